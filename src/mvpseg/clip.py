@@ -1,0 +1,252 @@
+"""Loading a frozen CLIP from open_clip: names, pretrained tags, local files, and the offline error.
+
+Every part of mvpseg that needs CLIP goes through :func:`load_clip`. CLIP itself always comes from
+open_clip; nothing here re-implements it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+
+__all__ = ["ClipBundle", "ClipWeightsUnavailable", "load_clip", "CACHE_ENV", "TINY_CLIP_NAME"]
+
+#: Environment variable naming a directory where open_clip caches (and looks for) downloaded weights.
+CACHE_ENV = "MVPSEG_CLIP_CACHE"
+#: The project's own tiny CLIP, pretrained on the synthetic world and shipped inside the package.
+TINY_CLIP_NAME = "mvpseg-tiny"
+_ASSETS = Path(__file__).parent / "world" / "assets"
+_registered = False
+
+
+class ClipWeightsUnavailable(RuntimeError):
+    """CLIP weights could not be had: no network, or a missing or unreadable file."""
+
+
+@dataclass
+class ClipBundle:
+    """A frozen open_clip model with what is needed to feed it.
+
+    Attributes:
+        model: the open_clip ``CLIP`` module, in eval mode, every parameter frozen.
+        tokenizer: open_clip's tokenizer for this model (callable: list of str -> (N, L) int64).
+        mean: per-channel RGB mean for input normalisation (images in [0, 1]).
+        std: per-channel RGB standard deviation.
+        image_size: the square input size the image tower was trained at.
+        name: the open_clip architecture name.
+        pretrained: the tag or file the weights came from, or None for random weights.
+    """
+
+    model: nn.Module
+    tokenizer: Callable[..., torch.Tensor]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int
+    name: str
+    pretrained: str | None
+
+
+def _register_project_configs() -> None:
+    """Make the project's own model configs (the tiny CLIP) known to open_clip by name."""
+    global _registered
+    if not _registered and _ASSETS.is_dir():
+        open_clip.add_model_config(_ASSETS)
+        _registered = True
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """OpenAI's released ``.pt`` files are TorchScript zip archives (they hold a ``code/`` folder)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name or name.startswith("code/") for name in archive.namelist())
+
+
+def _openai_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Weights of an OpenAI TorchScript archive, as an open_clip ``CLIP`` state dict.
+
+    TorchScript archives are read with ``torch.jit.load`` (no pickled Python objects are executed);
+    OpenAI's key names already match open_clip's ``CLIP`` module.
+    """
+    scripted = torch.jit.load(str(path), map_location="cpu")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in scripted.state_dict().items()}
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        state.pop(key, None)
+    return state
+
+
+def _offline_message(name: str, pretrained: str, cause: BaseException | str) -> str:
+    cfg: dict[str, Any] = open_clip.get_pretrained_cfg(name, pretrained) or {}
+    sources = []
+    if cfg.get("hf_hub"):
+        sources.append(f"the Hugging Face repository {cfg['hf_hub'].rstrip('/')} (open_clip_model.safetensors)")
+    if cfg.get("url"):
+        sources.append(cfg["url"])
+    where = " or ".join(sources) if sources else "the open_clip release of this tag"
+    return (
+        f"CLIP weights for {name!r} with tag {pretrained!r} could not be loaded ({cause}). "
+        f"This machine needs the weights file from {where}. Download it on a machine with network and "
+        f"pass it with --clip-weights PATH (Python: load_clip({name!r}, pretrained=PATH)), or put open_clip's "
+        f"cache folder on this machine and name it with the environment variable {CACHE_ENV}."
+    )
+
+
+@contextlib.contextmanager
+def _quiet_download() -> Iterator[None]:
+    """Silence open_clip's and huggingface_hub's retry logging; go offline at once without DNS.
+
+    Without a network the hub client retries for about a minute before giving up; when the hub's
+    host does not resolve we switch it to offline mode, where it still finds files in its cache.
+    """
+    try:
+        import huggingface_hub.constants as hub_constants
+    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
+        hub_constants = None
+    previous_offline = getattr(hub_constants, "HF_HUB_OFFLINE", None)
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        if hub_constants is not None:
+            hub_constants.HF_HUB_OFFLINE = True
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        if hub_constants is not None:
+            hub_constants.HF_HUB_OFFLINE = previous_offline
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def load_clip(
+    name: str,
+    pretrained: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> ClipBundle:
+    """Load a frozen open_clip CLIP model.
+
+    Args:
+        name: an open_clip architecture name ("RN50", "ViT-B-16", ...) or "mvpseg-tiny".
+        pretrained: an open_clip tag ("openai", "laion2b_s34b_b88k"), a local checkpoint file (OpenAI's
+            TorchScript ``.pt`` archive, an open_clip ``.pt``/``.bin``/``.safetensors`` state dict), or
+            None for random weights. For "mvpseg-tiny" the tag "mvpseg" selects the weights shipped
+            inside the package.
+        device: where to put the model.
+        cache_dir: open_clip's download cache; defaults to ``$MVPSEG_CLIP_CACHE`` when set.
+
+    Returns:
+        A :class:`ClipBundle` with the frozen model in eval mode.
+
+    Raises:
+        ClipWeightsUnavailable: the weights could not be downloaded or read; the message says which
+            file is needed and how to pass it.
+        ValueError: an unknown architecture name, or a tag that is neither known nor a file.
+    """
+    _register_project_configs()
+    if name not in open_clip.list_models():
+        raise ValueError(
+            f"unknown CLIP architecture {name!r}: use an open_clip name such as 'RN50' or 'ViT-B-16' "
+            f"(open_clip.list_models() lists them) or {TINY_CLIP_NAME!r}"
+        )
+    cache_dir = cache_dir or os.environ.get(CACHE_ENV) or None
+    pretrained_str = None if pretrained is None else str(pretrained)
+    if name == TINY_CLIP_NAME and pretrained_str == "mvpseg":
+        pretrained_str = str(_ASSETS / f"{TINY_CLIP_NAME}.safetensors")
+        if not Path(pretrained_str).is_file():
+            raise ClipWeightsUnavailable(
+                f"the shipped weights of {TINY_CLIP_NAME!r} are missing from this installation "
+                f"({pretrained_str}): reinstall mvpseg, or pretrain them with `python -m mvpseg.world.pretrain`"
+            )
+
+    kwargs: dict[str, Any] = {"device": device, "cache_dir": cache_dir}
+    state_dict: dict[str, torch.Tensor] | None = None
+    if pretrained_str is None:
+        logging.disable(logging.WARNING)  # open_clip warns that no weights were loaded: asked for
+        try:
+            model = open_clip.create_model(name, pretrained=None, **kwargs)
+        finally:
+            logging.disable(logging.NOTSET)
+    elif Path(pretrained_str).expanduser().exists() or os.sep in pretrained_str or pretrained_str.endswith(
+        (".pt", ".pth", ".bin", ".safetensors")
+    ):
+        path = Path(pretrained_str).expanduser()
+        if not path.is_file():
+            raise ClipWeightsUnavailable(
+                f"CLIP weights file not found: {path}. Pass an existing OpenAI .pt or open_clip "
+                f".pt/.bin/.safetensors file with --clip-weights PATH."
+            )
+        if _is_torchscript_archive(path):
+            # OpenAI's models were trained with QuickGELU.
+            state_dict = _openai_state_dict(path)
+            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=True, **kwargs)
+        else:
+            try:
+                model = open_clip.create_model(name, pretrained=str(path), **kwargs)
+            except RuntimeError as error:  # open_clip raises RuntimeError for a state dict that does not fit
+                raise ClipWeightsUnavailable(
+                    f"{path} does not hold weights of the CLIP architecture {name!r} "
+                    f"({str(error).splitlines()[0][:200]}); pass the --clip name this file was made for"
+                ) from error
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained_str not in tags:
+            raise ValueError(
+                f"{pretrained_str!r} is neither a known open_clip tag for {name!r} (known: "
+                f"{', '.join(tags) or 'none'}) nor an existing file"
+            )
+        tag_cfg = open_clip.get_pretrained_cfg(name, pretrained_str)
+        try:
+            with _quiet_download():
+                model = open_clip.create_model(
+                    name, pretrained=pretrained_str, force_quick_gelu=bool(tag_cfg.get("quick_gelu")), **kwargs
+                )
+        except (RuntimeError, OSError) as error:
+            raise ClipWeightsUnavailable(
+                _offline_message(name, pretrained_str, "it could not be downloaded and is not in the cache")
+            ) from error
+
+    if state_dict is not None:
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as error:
+            raise ClipWeightsUnavailable(
+                f"{pretrained_str} does not hold weights of the CLIP architecture {name!r}; "
+                f"pass the --clip name this file was made for"
+            ) from error
+        model.to(device)
+
+    if not isinstance(model, open_clip.CLIP):
+        raise ValueError(
+            f"{name!r} is not a plain open_clip CLIP (custom text towers and CoCa are not supported)"
+        )
+    preprocess = open_clip.get_model_preprocess_cfg(model)
+    image_size = preprocess.get("size", model.visual.image_size)
+    if isinstance(image_size, (tuple, list)):
+        image_size = image_size[0]
+    return ClipBundle(
+        model=_freeze(model),
+        tokenizer=open_clip.get_tokenizer(name),
+        mean=tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),  # type: ignore[arg-type]
+        std=tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),  # type: ignore[arg-type]
+        image_size=int(image_size),
+        name=name,
+        pretrained=pretrained_str,
+    )

@@ -1,0 +1,109 @@
+"""MVP-SEG's losses: pixel cross-entropy, GPR's presence loss, and the Orthogonal Constraint Loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .model import MVPSegOutput
+
+__all__ = ["LossWeights", "segmentation_loss", "presence_targets", "presence_loss", "orthogonality_loss", "total_loss"]
+
+
+@dataclass
+class LossWeights:
+    """``L = seg * L_seg + cls * L_cls + oc * L_OC`` (paper: weights not given; default 1, 1, 1)."""
+
+    seg: float = 1.0  # l1: pixel cross-entropy of the final map
+    cls: float = 1.0  # l2: binary cross-entropy of GPR's class scores (0 turns it off)
+    oc: float = 1.0  # l3: Orthogonal Constraint Loss between segmentation prompts (0 turns it off)
+
+
+def segmentation_loss(output: MVPSegOutput, labels: torch.Tensor, ignore_index: int = 255,
+                      class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """L_seg: pixel cross-entropy of the final map ``softmax_c(fused) * g`` against the labels.
+
+    The fused logits are upsampled (bilinear) to the label size first. The final map is
+    renormalised over classes, so lowering ``g`` of an absent class helps the true one.
+
+    Args:
+        output: the model's output at feature resolution.
+        labels: (B, H, W) int64 class indices, ``ignore_index`` for unlabelled pixels.
+        ignore_index: label value that is skipped.
+        class_weights: optional (C,) per-class weights (class-balanced training).
+
+    Returns:
+        Scalar loss (mean over labelled pixels); 0 when no pixel is labelled.
+    """
+    logits = output.final_logits(size=tuple(labels.shape[-2:]))  # (B, C, H, W)
+    if not (labels != ignore_index).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, weight=class_weights, ignore_index=ignore_index)
+
+
+def presence_targets(labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """(B, C) float: 1 where class c has at least one pixel in image b's labels."""
+    flat = labels.flatten(1)  # (B, H, W) -> (B, H*W)
+    valid = flat != ignore_index
+    targets = torch.zeros(labels.shape[0], num_classes, device=labels.device)
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(flat)
+    targets[rows[valid], flat[valid]] = 1.0
+    return targets
+
+
+def presence_loss(output: MVPSegOutput, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """L_cls: binary cross-entropy between GPR's scores ``g`` and each class's image-level presence.
+
+    Args:
+        output: the model's output (must carry GPR presence logits).
+        labels: (B, H, W) int64 class indices.
+        ignore_index: label value that is skipped.
+
+    Returns:
+        Scalar loss, mean over images and classes.
+    """
+    if output.presence_logits is None:
+        raise ValueError("the presence loss needs GPR (use_gpr=True)")
+    logits = output.presence_logits.float()  # (B, C)
+    targets = presence_targets(labels, logits.shape[1], ignore_index)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def orthogonality_loss(mean_contexts: torch.Tensor) -> torch.Tensor:
+    """L_OC = sum over i < j of |cos(p'_i, p'_j)|, p'_i the mean context vector of segmentation prompt i.
+
+    Args:
+        mean_contexts: (K, W) one mean context vector per segmentation prompt.
+
+    Returns:
+        Scalar loss; 0 when K = 1.
+    """
+    unit = F.normalize(mean_contexts.float(), dim=-1)
+    cosines = unit @ unit.T  # (K, K)
+    pairs = torch.triu_indices(len(unit), len(unit), offset=1, device=unit.device)
+    return cosines[pairs[0], pairs[1]].abs().sum()
+
+
+def total_loss(output: MVPSegOutput, labels: torch.Tensor, mean_contexts: torch.Tensor | None,
+               weights: LossWeights, ignore_index: int = 255,
+               class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The weighted sum ``l1 L_seg + l2 L_cls + l3 L_OC`` and its parts.
+
+    Args:
+        output: the model's output.
+        labels: (B, H, W) int64 labels.
+        mean_contexts: (K, W) from :meth:`PromptLearner.mean_contexts`, or None (no OC term).
+        weights: the loss weights; a zero weight skips its term.
+        ignore_index: label value that is skipped.
+        class_weights: optional (C,) pixel weights for L_seg.
+
+    Returns:
+        {"loss": total, "seg": L_seg, "cls": L_cls, "oc": L_OC} (skipped terms are 0).
+    """
+    zero = output.fused_logits.new_zeros(())
+    seg = segmentation_loss(output, labels, ignore_index, class_weights) if weights.seg else zero
+    cls = presence_loss(output, labels, ignore_index) if weights.cls and output.presence_logits is not None else zero
+    oc = orthogonality_loss(mean_contexts) if weights.oc and mean_contexts is not None else zero
+    return {"loss": weights.seg * seg + weights.cls * cls + weights.oc * oc, "seg": seg, "cls": cls, "oc": oc}

@@ -1,0 +1,223 @@
+"""MVP-SEG: per-prompt cosine maps, their fusion, and Global Prompt Refining (GPR).
+
+Data flows one way: normalised images -> dense CLIP features (B, D, h, w) -> one cosine map per
+prompt and class (B, P, C, h, w) -> fused logits ``tau1 * sum_i m_i`` (B, C, h, w) and image-level
+class scores ``g`` (B, C) -> the final map ``softmax_c(fused) * g``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dense import VIT_MODES, dense_features
+from .prompts import PromptLearner, template_embeddings
+
+__all__ = ["MVPSegConfig", "MVPHead", "MVPSeg", "MVPSegOutput"]
+
+
+@dataclass
+class MVPSegConfig:
+    """Everything that defines an MVP-SEG model besides CLIP's weights. Stored in checkpoints."""
+
+    clip_name: str = "RN50"  # open_clip architecture the prompts were learned on
+    num_prompts: int = 3  # K segmentation prompts (paper: best at K = 3); a global prompt comes on top
+    num_context: int | None = 16  # M context vectors per prompt (paper: not given; CoOp's 16)
+    init_text: str | None = None  # phrase initialising every prompt ("a photo of a"); None: N(0, 0.02)
+    use_gpr: bool = True  # Global Prompt Refining: multiply the fused map by image-level class scores g
+    gpr_gamma: float = 30.0  # sharpness of GPR's spatial softmax pooling (0: average, large: max); not given
+    gpr_bias: bool = True  # learnable offset b in g = sigmoid((s - b) / tau2); False: the paper's formula
+    tau1_init: float | None = None  # fusion scale tau1; None: CLIP's logit scale / K
+    tau2_init: float = 0.07  # GPR temperature tau2 (paper: not given; CLIP's initial temperature)
+    learn_temperatures: bool = True  # tau1 and tau2 trained (log-parametrised) along with the prompts
+    vit_mode: str = "maskclip"  # last ViT block for dense features: maskclip, value, qq, csa
+
+    def __post_init__(self) -> None:
+        if self.num_prompts < 1:
+            raise ValueError(f"num_prompts must be at least 1, got {self.num_prompts}")
+        if self.vit_mode not in VIT_MODES:
+            raise ValueError(f"vit_mode must be one of {', '.join(VIT_MODES)}, not {self.vit_mode!r}")
+        if self.tau2_init <= 0 or (self.tau1_init is not None and self.tau1_init <= 0):
+            raise ValueError("temperatures must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MVPSegConfig:
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown MVP-SEG config fields: {', '.join(unknown)}")
+        return cls(**values)
+
+
+@dataclass
+class MVPSegOutput:
+    """What one forward pass gives, at feature resolution.
+
+    Attributes:
+        fused_logits: (B, C, h, w) ``tau1 * sum_i m_i`` over the segmentation prompts.
+        presence_logits: (B, C) GPR's image-level scores before the sigmoid, or None without GPR.
+        prompt_maps: (B, P, C, h, w) cosine maps; P = K + 1 with the global prompt at index 0 when
+            the model has learned prompts, P = 1 for the template baseline.
+    """
+
+    fused_logits: torch.Tensor
+    presence_logits: torch.Tensor | None
+    prompt_maps: torch.Tensor
+
+    @property
+    def presence(self) -> torch.Tensor | None:
+        """(B, C) GPR's class scores ``g`` in (0, 1), or None without GPR."""
+        return None if self.presence_logits is None else torch.sigmoid(self.presence_logits)
+
+    def final_logits(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Log of the final map, ``log(softmax_c(fused) * g)``, optionally resized (bilinear) first.
+
+        Args:
+            size: (H, W) to upsample the fused logits to before the softmax, or None.
+
+        Returns:
+            (B, C, H, W) log-scores; their argmax over C is the predicted label.
+        """
+        logits = self.fused_logits
+        if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        logits = logits.float().log_softmax(dim=1)
+        if self.presence_logits is not None:
+            logits = logits + F.logsigmoid(self.presence_logits.float())[:, :, None, None]
+        return logits
+
+
+class MVPHead(nn.Module):
+    """Fusion of the segmentation prompts' maps and Global Prompt Refining.
+
+    Args:
+        has_global: whether index 0 of the maps is the global prompt (False for the templates).
+        use_gpr: apply GPR (needs ``has_global``).
+        tau1: initial fusion scale.
+        tau2: initial GPR temperature.
+        gamma: GPR's spatial softmax sharpness (fixed).
+        gpr_bias: learn an offset b in ``g = sigmoid((s - b) / tau2)``.
+        learnable: train tau1, tau2 (and b); otherwise they stay fixed.
+    """
+
+    def __init__(
+        self,
+        has_global: bool,
+        use_gpr: bool,
+        tau1: float,
+        tau2: float = 0.07,
+        gamma: float = 30.0,
+        gpr_bias: bool = True,
+        learnable: bool = True,
+    ) -> None:
+        super().__init__()
+        if use_gpr and not has_global:
+            raise ValueError("GPR needs a global prompt")
+        self.has_global, self.use_gpr, self.gamma = has_global, use_gpr, gamma
+        self.log_tau1 = nn.Parameter(torch.tensor(math.log(tau1)), requires_grad=learnable)
+        self.log_tau2 = nn.Parameter(torch.tensor(math.log(tau2)), requires_grad=learnable)
+        self.gpr_offset = nn.Parameter(torch.zeros(()), requires_grad=learnable and gpr_bias)
+
+    @property
+    def tau1(self) -> torch.Tensor:
+        return self.log_tau1.exp()
+
+    @property
+    def tau2(self) -> torch.Tensor:
+        return self.log_tau2.exp()
+
+    def presence_logits(self, global_maps: torch.Tensor) -> torch.Tensor:
+        """GPR's image-level scores before the sigmoid: ``(sum_pixels softmax_pixels(gamma m0) m0 - b) / tau2``.
+
+        Args:
+            global_maps: (B, C, h, w) the global prompt's cosine maps.
+
+        Returns:
+            (B, C) logits; ``g = sigmoid(logits)``.
+        """
+        flat = global_maps.float().flatten(2)  # (B, C, h, w) -> (B, C, h*w)
+        weights = (self.gamma * flat).softmax(dim=-1)
+        pooled = (weights * flat).sum(dim=-1)  # (B, C)
+        return (pooled - self.gpr_offset) / self.tau2
+
+    def forward(self, prompt_maps: torch.Tensor) -> MVPSegOutput:
+        """Combine per-prompt maps (B, P, C, h, w) into fused logits and presence scores."""
+        segment_maps = prompt_maps[:, 1:] if self.has_global else prompt_maps  # (B, K, C, h, w)
+        fused = self.tau1 * segment_maps.float().sum(dim=1)  # (B, C, h, w)
+        presence = self.presence_logits(prompt_maps[:, 0]) if self.use_gpr else None
+        return MVPSegOutput(fused_logits=fused, presence_logits=presence, prompt_maps=prompt_maps)
+
+
+class MVPSeg(nn.Module):
+    """MVP-SEG on a frozen CLIP: learned multi-view prompts, or MaskCLIP's templates when ``prompts`` is None.
+
+    The top model receives built parts; :func:`build_mvpseg` (in :mod:`mvpseg.checkpoint`) knows sizes.
+
+    Args:
+        clip_model: a frozen open_clip ``CLIP`` (not registered as a submodule: never trained, never saved).
+        tokenizer: its tokenizer (for the template baseline).
+        prompts: a :class:`PromptLearner`, or None for the 85-template baseline.
+        head: the fusion and GPR head.
+        config: the configuration the parts were built from.
+    """
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        tokenizer: Any,
+        prompts: PromptLearner | None,
+        head: MVPHead,
+        config: MVPSegConfig,
+    ) -> None:
+        super().__init__()
+        self._clip = [clip_model]
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.head = head
+        self.config = config
+
+    @property
+    def clip_model(self) -> nn.Module:
+        return self._clip[0]
+
+    def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
+        """(P, C, D) normalised class embeddings: every prompt's, or the template average (P = 1)."""
+        if self.prompts is not None:
+            return self.prompts(class_names)
+        return template_embeddings(self.clip_model, self.tokenizer, class_names).unsqueeze(0)  # (C, D) -> (1, C, D)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) L2-normalised dense features of normalised images (B, 3, H, W)."""
+        return F.normalize(dense_features(self.clip_model, images, self.config.vit_mode).float(), dim=1)
+
+    @staticmethod
+    def cosine_maps(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Cosine maps of normalised features (B, D, h, w) against text (P, C, D) -> (B, P, C, h, w)."""
+        return torch.einsum("bdhw,pcd->bpchw", features, text.to(features.dtype))
+
+    def forward(self, images: torch.Tensor, class_names: Sequence[str] | None = None,
+                text: torch.Tensor | None = None) -> MVPSegOutput:
+        """Segment normalised images against a vocabulary.
+
+        Args:
+            images: (B, 3, H, W) float, normalised with CLIP's mean and std.
+            class_names: C class names (ignored when ``text`` is given).
+            text: precomputed (P, C, D) embeddings from :meth:`text_embeddings`.
+
+        Returns:
+            :class:`MVPSegOutput` at feature resolution (h, w) = (H, W) / stride.
+        """
+        if text is None:
+            if class_names is None:
+                raise ValueError("give class_names or text embeddings")
+            text = self.text_embeddings(class_names)
+        return self.head(self.cosine_maps(self.features(images), text))

@@ -1,0 +1,69 @@
+"""Prompt checkpoints: round trip, compatibility checks, atomic writes, no pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import mvpseg
+from mvpseg.checkpoint import CheckpointError, load_mvpseg, read_prompt_checkpoint, save_prompt_checkpoint
+
+
+def _trained(clip: mvpseg.ClipBundle) -> mvpseg.MVPSeg:
+    config = mvpseg.MVPSegConfig(clip_name=clip.name, num_prompts=2, num_context=3, gpr_gamma=5.0)
+    model = mvpseg.build_mvpseg(clip, config, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model.head.log_tau1.fill_(1.5)
+        model.head.gpr_offset.fill_(0.2)
+    return model
+
+
+def test_round_trip_gives_the_same_model(tiny_rn: mvpseg.ClipBundle, tmp_path: Path) -> None:
+    model = _trained(tiny_rn)
+    path = save_prompt_checkpoint(tmp_path / "prompts.safetensors", model, extra={"dataset": "voc"})
+    assert [p.name for p in tmp_path.iterdir()] == ["prompts.safetensors"]  # no temp file left behind
+    tensors, metadata = read_prompt_checkpoint(path)
+    assert set(tensors) == {"prompts.contexts", "head.log_tau1", "head.log_tau2", "head.gpr_offset"}
+    assert metadata["config"]["num_prompts"] == 2 and metadata["config"]["gpr_gamma"] == 5.0
+    assert metadata["extra"] == {"dataset": "voc"} and metadata["mvpseg_version"] == mvpseg.__version__
+    loaded = load_mvpseg(path, tiny_rn)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, ["a", "b"]).final_logits(), model(images, ["a", "b"]).final_logits())
+
+
+def test_checkpoint_for_another_clip_is_refused(tiny_rn: mvpseg.ClipBundle, tiny_vit: mvpseg.ClipBundle,
+                                                tmp_path: Path) -> None:
+    path = save_prompt_checkpoint(tmp_path / "p.safetensors", _trained(tiny_rn))
+    with pytest.raises(CheckpointError, match="learned on CLIP 'test-tiny-rn'.*'test-tiny-vit'"):
+        load_mvpseg(path, tiny_vit)
+
+
+def test_wrong_files_get_one_clear_sentence(tiny_rn: mvpseg.ClipBundle, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_mvpseg(tmp_path / "missing.safetensors", tiny_rn)
+    pickle = tmp_path / "model.pt"
+    torch.save({"contexts": torch.zeros(2)}, pickle)
+    with pytest.raises(CheckpointError, match="not an mvpseg prompt checkpoint"):
+        load_mvpseg(pickle, tiny_rn)
+    bare = tmp_path / "bare.safetensors"
+    save_file({"x": torch.zeros(1)}, bare)
+    with pytest.raises(CheckpointError, match="without mvpseg metadata"):
+        load_mvpseg(bare, tiny_rn)
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    from mvpseg.checkpoint import atomic_write
+
+    def explode(tmp: str) -> None:
+        Path(tmp).write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "out.safetensors", explode)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,114 @@
+"""Dense features against independent computations from the open_clip weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mvpseg
+from mvpseg.dense import dense_features, feature_stride
+
+
+def _capture(module: torch.nn.Module, run, pre: bool = False) -> torch.Tensor:
+    """Run ``run()`` and return the input (pre=True) or output of ``module``."""
+    seen: list[torch.Tensor] = []
+    if pre:
+        handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    else:
+        handle = module.register_forward_hook(lambda m, args, out: seen.append(out.detach()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_resnet_matches_attention_pool_projections_as_1x1_convolutions(tiny_rn: mvpseg.ClipBundle) -> None:
+    visual = tiny_rn.model.visual
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        trunk = _capture(visual.layer4, lambda: visual(images))  # open_clip's own forward up to layer4
+        pool = visual.attnpool
+        value = F.conv2d(trunk, pool.v_proj.weight[:, :, None, None], pool.v_proj.bias)
+        expected = F.conv2d(value, pool.c_proj.weight[:, :, None, None], pool.c_proj.bias)
+    features = dense_features(tiny_rn.model, images)
+    assert features.shape == (2, 32, 2, 2)
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_resnet_any_input_size(tiny_rn: mvpseg.ClipBundle) -> None:
+    assert dense_features(tiny_rn.model, torch.randn(1, 3, 96, 160)).shape == (1, 32, 3, 5)
+    assert feature_stride(tiny_rn.model.visual) == 32
+
+
+def _last_block_by_hand(block: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """The last ViT block with q-k attention replaced, written out with plain matrix products. x: (B, L, W)."""
+    width = x.shape[-1]
+    heads = block.attn.num_heads
+    w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
+    normed = F.layer_norm(x, (width,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+    q = normed @ w[:width].T + b[:width]
+    v = normed @ w[2 * width :].T + b[2 * width :]
+    if mode == "qq":
+        head_width = width // heads
+        mixed = []
+        for h in range(heads):
+            cols = slice(h * head_width, (h + 1) * head_width)
+            attention = torch.softmax(q[..., cols] @ q[..., cols].transpose(1, 2) / head_width**0.5, dim=-1)
+            mixed.append(attention @ v[..., cols])
+        v = torch.cat(mixed, dim=-1)
+    out = v @ block.attn.out_proj.weight.T + block.attn.out_proj.bias
+    if mode != "maskclip":
+        return out
+    y = x + out
+    hidden = F.layer_norm(y, (width,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
+    hidden = F.gelu(hidden @ block.mlp.c_fc.weight.T + block.mlp.c_fc.bias)
+    return y + hidden @ block.mlp.c_proj.weight.T + block.mlp.c_proj.bias
+
+
+@pytest.mark.parametrize("mode", ["maskclip", "value", "qq"])
+def test_vit_matches_last_block_rerun_by_hand(tiny_vit: mvpseg.ClipBundle, mode: str) -> None:
+    visual = tiny_vit.model.visual
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        tokens = _capture(visual.transformer.resblocks[-1], lambda: visual(images), pre=True)  # (B, 1+64, W)
+        y = _last_block_by_hand(visual.transformer.resblocks[-1], tokens, mode)
+        y = F.layer_norm(y, (y.shape[-1],), visual.ln_post.weight, visual.ln_post.bias, visual.ln_post.eps)
+        expected = (y[:, 1:] @ visual.proj).transpose(1, 2).reshape(2, 32, 8, 8)
+    features = dense_features(tiny_vit.model, images, vit_mode=mode)
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_vit_positional_embedding_interpolated_for_other_sizes(tiny_vit: mvpseg.ClipBundle) -> None:
+    features = dense_features(tiny_vit.model, torch.randn(1, 3, 96, 40))
+    assert features.shape == (1, 32, 12, 5)
+    assert feature_stride(tiny_vit.model.visual) == 8
+    # Interpolating an 8x8 grid of positions to 8x8 must give the original embedding back.
+    from mvpseg.dense import _interpolated_positions
+
+    torch.testing.assert_close(_interpolated_positions(tiny_vit.model.visual, (8, 8)),
+                               tiny_vit.model.visual.positional_embedding)
+
+
+def test_features_carry_no_gradient(tiny_clip: mvpseg.ClipBundle) -> None:
+    images = torch.randn(1, 3, 64, 64, requires_grad=True)
+    assert not dense_features(tiny_clip.model, images).requires_grad
+
+
+def test_bad_inputs_are_named(tiny_vit: mvpseg.ClipBundle) -> None:
+    with pytest.raises(ValueError, match="vit_mode"):
+        dense_features(tiny_vit.model, torch.randn(1, 3, 64, 64), vit_mode="nope")
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        dense_features(tiny_vit.model, torch.randn(3, 64, 64))
+    with pytest.raises(TypeError, match="ModifiedResNet or VisionTransformer"):
+        dense_features(torch.nn.Linear(2, 2), torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name, grid", [("RN50", (7, 10)), ("ViT-B-16", (14, 20))])
+def test_real_architecture_sizes(name: str, grid: tuple[int, int]) -> None:
+    clip = mvpseg.load_clip(name, pretrained=None)
+    features = dense_features(clip.model, torch.randn(1, 3, 224, 320))
+    embed_dim = clip.model.text_projection.shape[1]
+    assert features.shape == (1, embed_dim, *grid)
+    assert embed_dim == {"RN50": 1024, "ViT-B-16": 512}[name]

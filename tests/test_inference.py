@@ -1,0 +1,129 @@
+"""Segmenter: resizing, sliding windows, stitching, upsampling, image kinds, caching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import mvpseg
+from mvpseg.image import ImageReadError, load_image
+from mvpseg.inference import InferenceConfig, Segmenter, sliding_windows
+
+NAMES = ["cat", "dog", "grass"]
+
+
+def _segmenter(clip: mvpseg.ClipBundle, **options) -> Segmenter:
+    config = mvpseg.MVPSegConfig(clip_name=clip.name, num_prompts=2, num_context=4)
+    model = mvpseg.build_mvpseg(clip, config, generator=torch.Generator().manual_seed(0))
+    return Segmenter(model, clip, InferenceConfig(**options), device="cpu")
+
+
+def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_sliding_windows_cover_the_image_like_mmseg() -> None:
+    boxes = sliding_windows(512, 1100, crop=512, stride=426)
+    assert boxes == [(0, 512, 0, 512), (0, 512, 426, 938), (0, 512, 588, 1100)]
+    assert sliding_windows(100, 200, crop=512, stride=426) == [(0, 100, 0, 200)]
+    covered = np.zeros((700, 900), bool)
+    for y0, y1, x0, x1 in sliding_windows(700, 900, 256, 200):
+        assert y1 - y0 == 256 and x1 - x0 == 256
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+
+
+def test_labels_at_input_resolution_and_scores_agree(tiny_clip: mvpseg.ClipBundle) -> None:
+    segmenter = _segmenter(tiny_clip, short_side=64, crop_size=64, stride=40)
+    prediction = segmenter.predict(_image(50, 83), NAMES, return_scores=True)
+    assert prediction.labels.shape == (50, 83) and prediction.labels.dtype == np.int32
+    assert prediction.scores.shape == (3, 50, 83) and prediction.presence.shape == (3,)
+    np.testing.assert_array_equal(prediction.labels, prediction.scores.argmax(0))
+    assert prediction.scores.max() <= 1.0 and prediction.scores.sum(0).max() <= 1.0 + 1e-5
+    assert sum(prediction.class_shares().values()) == pytest.approx(1.0)
+
+
+def test_upsampling_in_row_blocks_equals_one_bilinear_resize(tiny_rn: mvpseg.ClipBundle) -> None:
+    # No resizing and a size that is a multiple of the stride: the label map must be exactly the
+    # bilinear upsampling of the log-scores computed in one piece by F.interpolate.
+    segmenter = _segmenter(tiny_rn, short_side=None, mode="whole", upsample_rows=7)
+    image = _image(64, 96)
+    prediction = segmenter.predict(image, NAMES, return_scores=True)
+    tensor = segmenter._resize(image)
+    log_scores = segmenter.predict_torch(tensor, NAMES).final_logits()
+    expected = F.interpolate(log_scores, size=(64, 96), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_allclose(prediction.scores, expected.exp().numpy(), atol=1e-5)
+    np.testing.assert_array_equal(prediction.labels, expected.argmax(0).numpy())
+
+
+def test_windows_are_stitched_by_averaging_on_the_feature_grid(tiny_rn: mvpseg.ClipBundle) -> None:
+    segmenter = _segmenter(tiny_rn, short_side=None, crop_size=64, stride=32)
+    images = segmenter._resize(_image(64, 96))
+    stitched = segmenter.predict_torch(images, NAMES).prompt_maps[0]  # (P, C, 2, 3)
+    model, text = segmenter.model, segmenter.text_embeddings(NAMES)
+    with torch.no_grad():
+        left = model.cosine_maps(model.features(images[..., :64]), text)[0]  # (P, C, 2, 2)
+        right = model.cosine_maps(model.features(images[..., 32:]), text)[0]
+    torch.testing.assert_close(stitched[..., 0], left[..., 0])
+    torch.testing.assert_close(stitched[..., 1], (left[..., 1] + right[..., 0]) / 2)
+    torch.testing.assert_close(stitched[..., 2], right[..., 1])
+
+
+def test_one_window_equals_whole_image(tiny_vit: mvpseg.ClipBundle) -> None:
+    image = _image(48, 72)
+    slide = _segmenter(tiny_vit, short_side=None, crop_size=128, mode="slide").predict(image, NAMES, return_scores=True)
+    whole = _segmenter(tiny_vit, short_side=None, mode="whole").predict(image, NAMES, return_scores=True)
+    np.testing.assert_allclose(slide.scores, whole.scores, atol=1e-6)
+
+
+def test_background_is_class_zero_and_text_is_cached(tiny_rn: mvpseg.ClipBundle) -> None:
+    segmenter = _segmenter(tiny_rn, short_side=64)
+    prediction = segmenter.predict(_image(64, 64), NAMES, background="background")
+    assert prediction.class_names == ["background", *NAMES]
+    assert prediction.labels.max() < 4
+    first = segmenter.text_embeddings(NAMES)
+    assert segmenter.text_embeddings(list(NAMES)) is first
+    with pytest.raises(ValueError, match="duplicate"):
+        segmenter.predict(_image(64, 64), ["cat", "cat"])
+
+
+def test_template_baseline_segmenter(tiny_rn: mvpseg.ClipBundle) -> None:
+    segmenter = Segmenter(mvpseg.build_mvpseg(tiny_rn, None), tiny_rn, InferenceConfig(short_side=64))
+    prediction = segmenter.predict(_image(40, 70), NAMES)
+    assert prediction.presence is None and prediction.labels.shape == (40, 70)
+
+
+def test_image_kinds(tmp_path: Path) -> None:
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[0, 0, 3] = 255  # one opaque red pixel, the rest transparent -> white
+    out = load_image(Image.fromarray(rgba, "RGBA"))
+    assert out.shape == (4, 5, 3) and tuple(out[0, 0]) == (200, 0, 0) and tuple(out[1, 1]) == (255, 255, 255)
+    grey = load_image(Image.fromarray(np.full((3, 3), 77, np.uint8), "L"))
+    assert grey.shape == (3, 3, 3) and (grey == 77).all()
+    deep = Image.fromarray(np.full((3, 3), 65535, np.uint16))
+    assert deep.mode.startswith("I;16")
+    assert (load_image(deep) == 255).all()
+    palette = Image.fromarray(np.zeros((2, 2), np.uint8), "P")
+    palette.putpalette([10, 20, 30] * 256)
+    assert tuple(load_image(palette)[0, 0]) == (10, 20, 30)
+    assert load_image(np.zeros((6, 7), np.uint8)).shape == (6, 7, 3)
+    assert (load_image(np.ones((2, 2, 3), np.float32)) == 255).all()
+    # EXIF orientation 6 (rotate 90 degrees clockwise): a 10x20 file is seen as 20x10.
+    photo = Image.fromarray(_image(10, 20))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg").shape == (20, 10, 3)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(ImageReadError, match="broken.jpg: not a readable image"):
+        load_image(tmp_path / "broken.jpg")
+    with pytest.raises(ImageReadError, match="no such file"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageReadError, match="channels"):
+        load_image(np.zeros((2, 2, 5), np.uint8))
