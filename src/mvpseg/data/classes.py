@@ -1,0 +1,260 @@
+"""Class names and the standard seen/unseen splits of the zero-shot benchmarks.
+
+The names follow mmsegmentation's dataset classes, made readable for text prompts
+("pottedplant" -> "potted plant", "wall-concrete" -> "concrete wall"). The unseen splits are
+those of ZS3Net / MaskCLIP+ / ZegCLIP (see METHOD.md, section 2).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DatasetInfo",
+    "dataset_info",
+    "read_class_names",
+    "unseen_indices",
+    "VOC_CLASSES",
+    "CONTEXT_CLASSES",
+    "COCO_STUFF_CLASSES",
+    "MMSEG_CONTEXT_CLASSES",
+    "MMSEG_COCO_STUFF_CLASSES",
+    "MMSEG_VOC_CLASSES",
+]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset's label space.
+
+    Attributes:
+        name: "voc", "context", "coco-stuff" or "custom".
+        class_names: readable class names used in prompts, in label-index order.
+        unseen: sorted indices of the unseen classes of the zero-shot split (may be empty).
+        ignore_index: the label value of pixels that are not evaluated nor trained on.
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    unseen: tuple[int, ...]
+    ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        names = tuple(self.class_names)
+        if not names:
+            raise ValueError(f"dataset {self.name!r}: no class names")
+        duplicates = sorted(n for n, c in Counter(names).items() if c > 1)
+        if duplicates:
+            raise ValueError(f"dataset {self.name!r}: duplicate class names {duplicates}")
+        unseen = tuple(sorted({int(i) for i in self.unseen}))
+        bad = [i for i in unseen if not 0 <= i < len(names)]
+        if bad:
+            raise ValueError(f"dataset {self.name!r}: unseen indices {bad} outside 0..{len(names) - 1}")
+        if 0 <= self.ignore_index < len(names):
+            raise ValueError(f"dataset {self.name!r}: ignore_index {self.ignore_index} is a class index")
+        # Frozen dataclass: normalise the stored tuples in place.
+        object.__setattr__(self, "class_names", names)
+        object.__setattr__(self, "unseen", unseen)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes C (labels take values 0..C-1 or ignore_index)."""
+        return len(self.class_names)
+
+    @property
+    def seen(self) -> tuple[int, ...]:
+        """Indices of the seen classes, ascending."""
+        unseen = set(self.unseen)
+        return tuple(i for i in range(len(self.class_names)) if i not in unseen)
+
+    @property
+    def seen_names(self) -> tuple[str, ...]:
+        """Names of the seen classes, in index order."""
+        return tuple(self.class_names[i] for i in self.seen)
+
+    @property
+    def unseen_names(self) -> tuple[str, ...]:
+        """Names of the unseen classes, in index order."""
+        return tuple(self.class_names[i] for i in self.unseen)
+
+
+# --- PASCAL VOC 2012: 20 classes, background ignored -----------------------------------------------
+MMSEG_VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train",
+    "tv monitor",
+)  # fmt: skip
+VOC_UNSEEN_NAMES = ("pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+# --- PASCAL Context: 59 classes (mmseg PascalContextDataset59), background ignored -----------------
+MMSEG_CONTEXT_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle",
+    "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow",
+    "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food", "grass", "ground",
+    "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person", "plate", "platform",
+    "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa",
+    "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
+)  # fmt: skip
+_CONTEXT_READABLE = {"bedclothes": "bed clothes", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
+CONTEXT_CLASSES: tuple[str, ...] = tuple(_CONTEXT_READABLE.get(n, n) for n in MMSEG_CONTEXT_CLASSES)
+CONTEXT_UNSEEN_NAMES = (
+    "aeroplane", "bird", "boat", "cat", "cow", "fence", "keyboard", "motorbike", "sofa", "tvmonitor",
+)  # fmt: skip
+
+# --- COCO-Stuff 164k: 171 classes (mmseg COCOStuffDataset), 80 things then 91 stuff -----------------
+MMSEG_COCO_STUFF_CLASSES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush", "banner", "blanket", "branch", "bridge",
+    "building-other", "bush", "cabinet", "cage", "cardboard", "carpet", "ceiling-other",
+    "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard", "curtain", "desk-stuff",
+    "dirt", "door-stuff", "fence", "floor-marble", "floor-other", "floor-stone", "floor-tile",
+    "floor-wood", "flower", "fog", "food-other", "fruit", "furniture-other", "grass", "gravel",
+    "ground-other", "hill", "house", "leaves", "light", "mat", "metal", "mirror-stuff", "moss",
+    "mountain", "mud", "napkin", "net", "paper", "pavement", "pillow", "plant-other", "plastic",
+    "platform", "playingfield", "railing", "railroad", "river", "road", "rock", "roof", "rug",
+    "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs",
+    "stone", "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree",
+    "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone",
+    "wall-tile", "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
+)  # fmt: skip
+_COCO_STUFF_READABLE = {
+    "building-other": "building", "ceiling-other": "ceiling", "ceiling-tile": "ceiling tile",
+    "desk-stuff": "desk", "door-stuff": "door", "floor-marble": "marble floor", "floor-other": "floor",
+    "floor-stone": "stone floor", "floor-tile": "tile floor", "floor-wood": "wooden floor",
+    "food-other": "food", "furniture-other": "furniture", "ground-other": "ground",
+    "mirror-stuff": "mirror", "plant-other": "plant", "playingfield": "playing field",
+    "sky-other": "sky", "solid-other": "solid", "structural-other": "structure",
+    "textile-other": "textile", "wall-brick": "brick wall", "wall-concrete": "concrete wall",
+    "wall-other": "wall", "wall-panel": "wall panel", "wall-stone": "stone wall",
+    "wall-tile": "tile wall", "wall-wood": "wooden wall", "water-other": "water",
+    "waterdrops": "water drops", "window-blind": "window blind", "window-other": "window",
+}  # fmt: skip
+COCO_STUFF_CLASSES: tuple[str, ...] = tuple(_COCO_STUFF_READABLE.get(n, n) for n in MMSEG_COCO_STUFF_CLASSES)
+COCO_STUFF_UNSEEN_NAMES = (
+    "cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors", "cardboard",
+    "clouds", "grass", "playingfield", "river", "road", "tree", "wall-concrete",
+)  # fmt: skip
+
+
+def unseen_indices(
+    class_names: Iterable[str], unseen_names: Iterable[str], *, source: str = ""
+) -> tuple[int, ...]:
+    """Indices of the unseen classes, looked up by name.
+
+    Args:
+        class_names: all class names, in index order.
+        unseen_names: the unseen names; each must be one of `class_names`.
+        source: where the names came from (a file), quoted in the error message.
+
+    Returns:
+        The sorted indices of the unseen classes.
+
+    Raises:
+        ValueError: an unseen name is not a class name (the message names it).
+    """
+    names = list(class_names)
+    index = {n: i for i, n in enumerate(names)}
+    wanted = list(unseen_names)
+    missing = [n for n in wanted if n not in index]
+    if missing:
+        where = f" in {source}" if source else ""
+        raise ValueError(f"unseen class names{where} not among the class names: {missing}")
+    return tuple(sorted({index[n] for n in wanted}))
+
+
+_BUILTIN: dict[str, DatasetInfo] = {
+    "voc": DatasetInfo("voc", VOC_CLASSES, unseen_indices(MMSEG_VOC_CLASSES, VOC_UNSEEN_NAMES)),
+    "context": DatasetInfo(
+        "context", CONTEXT_CLASSES, unseen_indices(MMSEG_CONTEXT_CLASSES, CONTEXT_UNSEEN_NAMES)
+    ),
+    "coco-stuff": DatasetInfo(
+        "coco-stuff", COCO_STUFF_CLASSES, unseen_indices(MMSEG_COCO_STUFF_CLASSES, COCO_STUFF_UNSEEN_NAMES)
+    ),
+}
+_ALIASES = {
+    "pascal-voc": "voc", "voc2012": "voc", "voc20": "voc",
+    "pascal-context": "context", "context59": "context", "context-59": "context",
+    "cocostuff": "coco-stuff", "coco-stuff164k": "coco-stuff",
+}  # fmt: skip
+
+
+def canonical_name(name: str) -> str:
+    """The canonical dataset name ("voc", "context", "coco-stuff", "custom") for a name or alias.
+
+    Args:
+        name: a dataset name; case, "_" and "-" are interchangeable ("coco_stuff", "COCO-Stuff").
+
+    Returns:
+        The canonical name.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid names).
+    """
+    key = name.strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key in _BUILTIN or key == "custom":
+        return key
+    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join([*_BUILTIN, 'custom'])}")
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The label space of a built-in benchmark.
+
+    Args:
+        name: "voc", "context" or "coco-stuff" (aliases such as "coco_stuff" accepted).
+
+    Returns:
+        The dataset's DatasetInfo (readable class names and the standard unseen split).
+
+    Raises:
+        ValueError: unknown name, or "custom" (whose classes live in its folder: use build_dataset).
+    """
+    key = canonical_name(name)
+    if key == "custom":
+        raise ValueError(
+            "dataset 'custom' has no built-in classes; they are read from ROOT/class_names.txt "
+            f"by build_dataset; built-in names: {', '.join(_BUILTIN)}"
+        )
+    return _BUILTIN[key]
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Read class names, one per line.
+
+    Blank lines and lines starting with "#" are skipped; surrounding whitespace is stripped.
+
+    Args:
+        path: a UTF-8 text file.
+
+    Returns:
+        The names in file order.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file holds no names, or a name appears twice (the message names them).
+    """
+    path = Path(path)
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    names = [line for line in lines if line and not line.startswith("#")]
+    if not names:
+        raise ValueError(f"{path}: no class names (one name per line expected)")
+    duplicates = sorted(n for n, c in Counter(names).items() if c > 1)
+    if duplicates:
+        raise ValueError(f"{path}: duplicate class names {duplicates}")
+    return names
