@@ -12,6 +12,9 @@ import torch
 
 import mvpseg
 
+# The tiny models gain nothing from threads, and extra threads stall badly when the machine is busy.
+torch.set_num_threads(1)
+
 TINY_CONFIGS = {
     # A ModifiedResNet: layers [1,1,1,1], width 16 (stride 32), 4 attention-pool heads.
     "test-tiny-rn": {

@@ -121,12 +121,15 @@ def test_missing_clip_weights_file_is_one_paragraph(tmp_path: Path, capsys: pyte
 
 
 def test_help_is_complete() -> None:
-    parser = build_parser()
-    text = parser.format_help()
-    assert "segment" in text
-    for command in ("segment",):
-        result = subprocess.run([sys.executable, "-m", "mvpseg", command, "--help"], capture_output=True, text=True)
-        assert result.returncode == 0
-        for flag in ("--classes", "--classes-file", "--background", "--clip", "--pretrained", "--clip-weights",
-                     "--prompts", "--out", "--mode", "--short-side"):
-            assert flag in result.stdout
+    text = build_parser().format_help()
+    for command in ("segment", "eval", "prepare", "train"):
+        assert command in text
+    result = subprocess.run([sys.executable, "-m", "mvpseg", "segment", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for flag in ("--classes", "--classes-file", "--background", "--clip", "--pretrained", "--clip-weights",
+                 "--prompts", "--out", "--mode", "--short-side"):
+        assert flag in result.stdout
+    train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for flag in ("--dataset", "--data-root", "--iters", "--batch-size", "--lr", "--num-prompts", "--out", "--resume",
+                 "--no-gpr", "--oc-weight", "--cls-weight", "--transductive", "--clip-weights"):
+        assert flag in train_help

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .model import MVPSegOutput
 
-__all__ = ["LossWeights", "segmentation_loss", "presence_targets", "presence_loss", "orthogonality_loss", "total_loss"]
+__all__ = ["LossWeights", "labelled_weight", "segmentation_loss", "presence_targets", "presence_loss", "orthogonality_loss", "total_loss"]
 
 
 @dataclass
@@ -22,7 +22,8 @@ class LossWeights:
 
 
 def segmentation_loss(output: MVPSegOutput, labels: torch.Tensor, ignore_index: int = 255,
-                      class_weights: torch.Tensor | None = None) -> torch.Tensor:
+                      class_weights: torch.Tensor | None = None, normalizer: float | torch.Tensor | None = None
+                      ) -> torch.Tensor:
     """L_seg: pixel cross-entropy of the final map ``softmax_c(fused) * g`` against the labels.
 
     The fused logits are upsampled (bilinear) to the label size first. The final map is
@@ -33,14 +34,26 @@ def segmentation_loss(output: MVPSegOutput, labels: torch.Tensor, ignore_index: 
         labels: (B, H, W) int64 class indices, ``ignore_index`` for unlabelled pixels.
         ignore_index: label value that is skipped.
         class_weights: optional (C,) per-class weights (class-balanced training).
+        normalizer: divide the summed pixel losses by this instead of the (weighted) number of
+            labelled pixels; data-parallel training passes the count over all processes.
 
     Returns:
-        Scalar loss (mean over labelled pixels); 0 when no pixel is labelled.
+        Scalar loss (mean over labelled pixels by default); 0 when no pixel is labelled.
     """
     logits = output.final_logits(size=tuple(labels.shape[-2:]))  # (B, C, H, W)
-    if not (labels != ignore_index).any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, labels, weight=class_weights, ignore_index=ignore_index)
+    pixel_losses = F.cross_entropy(logits, labels, weight=class_weights, ignore_index=ignore_index, reduction="none")
+    if normalizer is None:
+        normalizer = labelled_weight(labels, ignore_index, class_weights)
+    return pixel_losses.sum() / torch.as_tensor(normalizer, dtype=pixel_losses.dtype).clamp_min(1e-12)
+
+
+def labelled_weight(labels: torch.Tensor, ignore_index: int = 255,
+                    class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The number of labelled pixels, or their summed class weights: L_seg's default normalizer."""
+    valid = labels != ignore_index
+    if class_weights is None:
+        return valid.sum().float()
+    return class_weights[labels[valid]].sum().float()
 
 
 def presence_targets(labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
@@ -87,8 +100,8 @@ def orthogonality_loss(mean_contexts: torch.Tensor) -> torch.Tensor:
 
 
 def total_loss(output: MVPSegOutput, labels: torch.Tensor, mean_contexts: torch.Tensor | None,
-               weights: LossWeights, ignore_index: int = 255,
-               class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               weights: LossWeights, ignore_index: int = 255, class_weights: torch.Tensor | None = None,
+               seg_normalizer: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The weighted sum ``l1 L_seg + l2 L_cls + l3 L_OC`` and its parts.
 
     Args:
@@ -98,12 +111,13 @@ def total_loss(output: MVPSegOutput, labels: torch.Tensor, mean_contexts: torch.
         weights: the loss weights; a zero weight skips its term.
         ignore_index: label value that is skipped.
         class_weights: optional (C,) pixel weights for L_seg.
+        seg_normalizer: see :func:`segmentation_loss`.
 
     Returns:
         {"loss": total, "seg": L_seg, "cls": L_cls, "oc": L_OC} (skipped terms are 0).
     """
     zero = output.fused_logits.new_zeros(())
-    seg = segmentation_loss(output, labels, ignore_index, class_weights) if weights.seg else zero
+    seg = segmentation_loss(output, labels, ignore_index, class_weights, seg_normalizer) if weights.seg else zero
     cls = presence_loss(output, labels, ignore_index) if weights.cls and output.presence_logits is not None else zero
     oc = orthogonality_loss(mean_contexts) if weights.oc and mean_contexts is not None else zero
     return {"loss": weights.seg * seg + weights.cls * cls + weights.oc * oc, "seg": seg, "cls": cls, "oc": oc}

@@ -1,0 +1,151 @@
+"""torch.distributed for ``torchrun``: set up the process group, ask who we are, synchronise, tear down.
+
+    torchrun --nproc_per_node 4 -m mvpseg eval --dataset voc --data-root data/ --out runs/eval
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. A process started
+without them (or with WORLD_SIZE=1) runs alone: nothing is initialised and every helper here
+degrades to the single-process answer, so callers never need to branch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "all_reduce_sum",
+    "average_gradients",
+    "barrier",
+    "cleanup",
+    "init_distributed",
+    "is_distributed",
+    "is_main_process",
+]
+
+
+def is_distributed() -> bool:
+    """True when a torch.distributed process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(
+    device: str | torch.device | None = None,
+    init_method: str | None = None,
+    timeout_s: float | None = None,
+) -> tuple[int, int, torch.device]:
+    """Initialise the process group when launched by torchrun with WORLD_SIZE > 1.
+
+    CUDA processes use NCCL on ``cuda:LOCAL_RANK`` (made the current device); CPU processes use
+    gloo. Calling it again, or after the group was initialised elsewhere, just reports the group.
+
+    Args:
+        device: "cpu" forces gloo on the CPU even where CUDA exists; "cuda" (any index) means
+            ``cuda:LOCAL_RANK`` under torchrun; None picks CUDA when available. Alone (no
+            torchrun), the device itself, default CUDA when available.
+        init_method: the rendezvous; default ``env://`` (torchrun's MASTER_ADDR / MASTER_PORT);
+            e.g. ``file:///tmp/rendezvous`` in tests.
+        timeout_s: collective timeout in seconds (default: torch's).
+
+    Returns:
+        (rank, world_size, device) for this process: (0, 1, device) when running alone.
+
+    Raises:
+        RuntimeError: WORLD_SIZE > 1 without RANK, or LOCAL_RANK without a matching CUDA device.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wanted = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    if is_distributed():
+        if dist.get_backend() == "nccl":
+            return dist.get_rank(), dist.get_world_size(), torch.device("cuda", torch.cuda.current_device())
+        return dist.get_rank(), dist.get_world_size(), wanted if wanted.type != "cuda" else torch.device("cpu")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, wanted
+    if "RANK" not in os.environ:
+        raise RuntimeError(f"WORLD_SIZE={world_size} but RANK is not set: launch with torchrun")
+    rank = int(os.environ["RANK"])
+    if wanted.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} CUDA devices: "
+                f"start at most that many processes per node"
+            )
+        wanted, backend = torch.device("cuda", local_rank), "nccl"
+        torch.cuda.set_device(wanted)
+    else:
+        backend = "gloo"
+    options = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
+    dist.init_process_group(backend=backend, init_method=init_method or "env://", rank=rank,
+                            world_size=world_size, **options)
+    return rank, world_size, wanted
+
+
+def is_main_process() -> bool:
+    """True on rank 0, and in a process running alone: the one that prints and writes files."""
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op when running alone)."""
+    if not is_distributed():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all ranks (itself when running alone).
+
+    NCCL reduces on the current CUDA device and gloo on the CPU; the tensor is moved there and back,
+    so callers may keep counters wherever they like.
+
+    Args:
+        tensor: any numeric tensor, the same shape and dtype on every rank.
+
+    Returns:
+        The sum over ranks, on the input's device (the input itself may be overwritten).
+    """
+    if not is_distributed():
+        return tensor
+    target = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    work = tensor.to(target)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(tensor.device)
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Replace every gradient by its mean over all ranks, in place (a no-op when running alone).
+
+    The gradients travel in one flat buffer per dtype: one collective instead of one per tensor.
+    Every rank must hold gradients for the same parameters (``zero_grad(set_to_none=False)``).
+
+    Args:
+        parameters: the trained parameters; those without a gradient are skipped.
+    """
+    if not is_distributed():
+        return
+    world_size = dist.get_world_size()
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for parameter in parameters:
+        if parameter.grad is not None:
+            by_dtype.setdefault(parameter.grad.dtype, []).append(parameter.grad)
+    for grads in by_dtype.values():
+        flat = all_reduce_sum(torch.cat([grad.reshape(-1) for grad in grads]))  # (sum of numels,)
+        offset = 0
+        for grad in grads:
+            grad.copy_(flat[offset : offset + grad.numel()].view_as(grad) / world_size)
+            offset += grad.numel()
+
+
+def cleanup() -> None:
+    """Destroy the process group if one is initialised (call once, at the end of the run)."""
+    if is_distributed():
+        dist.destroy_process_group()

@@ -1,0 +1,381 @@
+"""Training MVP-SEG prompts on seen classes: configs and presets, the loop, checkpoints, resume, data parallel.
+
+Only the prompt contexts and the head's temperatures are trained; CLIP stays frozen. Every
+random choice of the data pipeline is a function of (seed, sample position), so a run killed after
+a checkpoint and resumed takes exactly the samples, and reaches exactly the prompts, of a run that
+was never stopped; and N processes splitting a global batch see the same samples as one process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+from torch.utils.data import DataLoader, Dataset
+
+from . import distributed
+from .checkpoint import CheckpointError, atomic_write, build_mvpseg, save_prompt_checkpoint
+from .clip import load_clip
+from .data import SegmentationDataset, TrainAugmentation, build_dataset
+from .losses import LossWeights, labelled_weight, total_loss
+from .model import MVPSeg, MVPSegConfig
+
+__all__ = ["TrainConfig", "PRESETS", "preset", "train", "TrainingState"]
+
+TRAIN_FORMAT = "mvpseg-train"
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Every field is a command-line flag of ``mvpseg train``."""
+
+    dataset: str = "voc"  # voc, context, coco-stuff or custom (VOC-like layout with class_names.txt)
+    data_root: str = ""  # folder holding the dataset in its usual layout
+    split: str = "train"  # training split (voc: the SBD "aug" set when present)
+    class_names_file: str | None = None  # replaces the dataset's class names (custom datasets)
+    unseen_file: str | None = None  # replaces the unseen split (unseen class names, one per line)
+    clip: str = "RN50"  # open_clip architecture
+    pretrained: str | None = "openai"  # open_clip tag or weights file; None: random weights
+    out: str = "runs/mvpseg"  # run folder: checkpoints, prompts, logs
+    model: MVPSegConfig = field(default_factory=MVPSegConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    transductive: bool = False  # False: unseen names never shown, unseen pixels ignored (the paper's setting)
+    iters: int = 2000  # optimisation steps
+    batch_size: int = 8  # global batch, split evenly over processes
+    lr: float = 2e-3  # CoOp's learning rate for prompt contexts
+    optimizer: str = "sgd"  # sgd (momentum, CoOp) or adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine (CoOp), poly (power 0.9, mmseg) or constant
+    warmup_iters: int = 0  # linear warm-up steps
+    crop_size: int = 512  # training crop (mmseg's pipeline: rescale 0.5-2.0, crop, flip, photometric)
+    scale: tuple[int, int] = (2048, 512)  # mmseg img_scale before the random ratio
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    photometric: bool = True
+    seed: int = 0
+    num_workers: int = 2  # data-loading processes per training process
+    precision: str = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 on the CPU; fp32, bf16, fp16
+    device: str | None = None  # single-process device; default cuda when available
+    checkpoint_every: int = 500  # write checkpoint.safetensors and prompts.safetensors every N steps
+    log_every: int = 10  # CSV / TensorBoard rows every N steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        values = dict(values)
+        model = MVPSegConfig.from_dict(values.pop("model", {}))
+        loss = LossWeights(**values.pop("loss", {}))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training config fields: {', '.join(unknown)}")
+        for name in ("scale", "ratio_range"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(model=model, loss=loss, **values)
+
+
+# Per-dataset presets. The paper gives no prompt-training schedule; ours follows MaskCLIP+'s teacher
+# phase lengths (VOC 2k, Context 4k, COCO-Stuff 8k iterations) and CoOp's optimiser (SGD, lr 0.002,
+# cosine). Context trains on 480 crops as MaskCLIP+ does.
+PRESETS: dict[str, dict[str, Any]] = {
+    "voc": {"dataset": "voc", "iters": 2000, "crop_size": 512},
+    "context": {"dataset": "context", "iters": 4000, "crop_size": 480, "scale": (2048, 520)},
+    "coco-stuff": {"dataset": "coco-stuff", "iters": 8000, "crop_size": 512},
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """The named preset with ``overrides`` applied (unknown presets: plain defaults for that dataset)."""
+    values = {**PRESETS.get(name, {"dataset": name}), **overrides}
+    return TrainConfig(**values)
+
+
+class _TrainSamples(Dataset):
+    """Sample *positions* -> augmented samples. Position p is sample ``order(p // N)[p % N]`` of
+    epoch ``p // N``, augmented with ``default_rng([seed, p])``: nothing depends on workers or restarts."""
+
+    def __init__(self, dataset: SegmentationDataset, augment: TrainAugmentation, label_map: np.ndarray,
+                 seed: int) -> None:
+        self.dataset, self.augment, self.label_map, self.seed = dataset, augment, label_map, seed
+
+    @lru_cache(maxsize=2)  # noqa: B019 - a handful of epochs per worker
+    def _order(self, epoch: int) -> np.ndarray:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.dataset), generator=generator).numpy()
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        epoch, offset = divmod(position, len(self.dataset))
+        image, label = self.dataset.load(int(self._order(epoch)[offset]))
+        image_t, label_t = self.augment(image, self.label_map[label], np.random.default_rng([self.seed, position]))
+        return {"image": image_t, "label": label_t}
+
+
+def training_vocabulary(dataset: SegmentationDataset, transductive: bool) -> tuple[list[str], np.ndarray]:
+    """Class names shown to the prompts and the map from dataset labels to training labels.
+
+    Inductive: the seen classes only, unseen pixels -> ignore. Transductive: every class name,
+    unseen pixels still ignored (unlabelled).
+    """
+    info = dataset.info
+    names = list(info.class_names) if transductive else list(info.seen_names)
+    label_map = np.full(256, info.ignore_index, dtype=np.int64)
+    for new_index, name in enumerate(names):
+        old_index = info.class_names.index(name)
+        if old_index not in info.unseen:
+            label_map[old_index] = new_index
+    return names, label_map
+
+
+def _learning_rate(config: TrainConfig, step: int) -> float:
+    if config.warmup_iters and step < config.warmup_iters:
+        return config.lr * (step + 1) / config.warmup_iters
+    progress = (step - config.warmup_iters) / max(config.iters - config.warmup_iters, 1)
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if config.schedule == "poly":
+        return config.lr * (1 - progress) ** 0.9
+    return config.lr
+
+
+def _optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"optimizer must be sgd or adamw, not {config.optimizer!r}")
+
+
+@dataclass
+class TrainingState:
+    """What a training checkpoint restores."""
+
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: torch.Tensor
+    config: dict[str, Any]
+
+
+# Fields that may change between a run and its resumption: they do not change the numbers.
+_RESUMABLE = {"out", "data_root", "num_workers", "checkpoint_every", "log_every", "device"}
+
+
+def save_training_state(path: Path, model: MVPSeg, optimizer: torch.optim.Optimizer, step: int,
+                        config: TrainConfig) -> None:
+    """Atomically write model, optimizer, RNG state, data position (the step) and config to safetensors."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    metadata = {"format": TRAIN_FORMAT, "step": step, "config": config.to_dict(),
+                "optimizer_groups": state["param_groups"], "optimizer_scalars": scalars}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"mvpseg": json.dumps(metadata)}))
+
+
+def load_training_state(path: Path) -> TrainingState:
+    """Read a training checkpoint written by :func:`save_training_state`."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = json.loads((handle.metadata() or {}).get("mvpseg", "{}"))
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises several types for a foreign file
+        raise CheckpointError(f"{path} is not an mvpseg training checkpoint") from error
+    if metadata.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"{path} is not an mvpseg training checkpoint (format {metadata.get('format')!r})")
+    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    optimizer_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optimizer_state.setdefault(int(index), {})[name] = value
+    for index, values in metadata["optimizer_scalars"].items():
+        optimizer_state.setdefault(int(index), {}).update(values)
+    return TrainingState(step=int(metadata["step"]), model=model,
+                         optimizer={"state": optimizer_state, "param_groups": metadata["optimizer_groups"]},
+                         rng=tensors["rng.torch"], config=metadata["config"])
+
+
+def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse a checkpoint whose run differs from ``config`` in anything that changes the numbers."""
+    current = config.to_dict()
+    differing = sorted(key for key in set(saved) | set(current)
+                       if key not in _RESUMABLE and saved.get(key) != current.get(key))
+    if differing:
+        details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}" for key in differing)
+        raise CheckpointError(f"{path} belongs to another run ({details}); use the same settings or another --out")
+
+
+def _autocast(device: torch.device, precision: str) -> tuple[Any, torch.amp.GradScaler | None]:
+    import contextlib
+
+    if precision == "auto":
+        if device.type != "cuda":
+            return contextlib.nullcontext(), None
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
+        return contextlib.nullcontext(), None
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 and device.type == "cuda" else None
+    return torch.autocast(device.type, dtype=dtype), scaler
+
+
+class _Logger:
+    """CSV (and TensorBoard when installed) logging, rank 0 only; resumed runs drop rows past the checkpoint."""
+
+    def __init__(self, out: Path, start_step: int, enabled: bool) -> None:
+        self.enabled, self.path, self.writer = enabled, out / "log.csv", None
+        if not enabled:
+            return
+        columns = ["step", "loss", "seg", "cls", "oc", "lr", "tau1", "tau2", "seconds"]
+        rows = []
+        if start_step and self.path.exists():
+            with self.path.open(newline="") as handle:
+                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= start_step]
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step or None)
+        except ImportError:  # tensorboard is an optional extra
+            self.writer = None
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([step] + [f"{values[k]:.6g}" for k in
+                                                  ("loss", "seg", "cls", "oc", "lr", "tau1", "tau2", "seconds")])
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True,
+          callback: Callable[[int], None] | None = None) -> Path:
+    """Train MVP-SEG prompts; under ``torchrun`` every process runs this and rank 0 writes.
+
+    Args:
+        config: the run.
+        resume: continue from ``OUT/checkpoint.safetensors`` if it exists (refused if the run differs).
+        progress: show a progress bar with the loss and ETA (rank 0).
+        callback: called with the step number after each step (tests use it to interrupt a run).
+
+    Returns:
+        Path of the final prompt checkpoint ``OUT/prompts.safetensors``.
+    """
+    rank, world_size, device = distributed.init_distributed(config.device)
+    if config.batch_size % world_size:
+        raise ValueError(f"batch size {config.batch_size} does not split evenly over {world_size} processes")
+    out = Path(config.out)
+    main = rank == 0
+    checkpoint_path = out / "checkpoint.safetensors"
+    state = load_training_state(checkpoint_path) if resume and checkpoint_path.exists() else None
+    if state is not None:
+        check_resumable(state.config, config, checkpoint_path)
+
+    dataset = build_dataset(config.dataset, config.data_root, config.split, seed=config.seed,
+                            class_names_file=config.class_names_file, unseen_file=config.unseen_file)
+    names, label_map = training_vocabulary(dataset, config.transductive)
+    augment = TrainAugmentation(crop_size=config.crop_size, scale=config.scale, ratio_range=config.ratio_range,
+                                cat_max_ratio=config.cat_max_ratio, photometric=config.photometric)
+    clip = load_clip(config.clip, config.pretrained, device=device)
+    torch.manual_seed(config.seed)
+    model = build_mvpseg(clip, config.model, generator=torch.Generator().manual_seed(config.seed)).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(config, params)
+    start = 0
+    if state is not None:
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        torch.set_rng_state(state.rng)
+        start = state.step
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(config.to_dict(), indent=2)
+        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(text))
+
+    local_batch = config.batch_size // world_size
+    batches = [[step * config.batch_size + rank * local_batch + i for i in range(local_batch)]
+               for step in range(start, config.iters)]
+    loader = DataLoader(_TrainSamples(dataset, augment, label_map, config.seed), batch_sampler=batches,
+                        num_workers=config.num_workers, pin_memory=device.type == "cuda")
+    mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
+    autocast, scaler = _autocast(device, config.precision)
+    logger = _Logger(out, start, enabled=main)
+    extra = {"dataset": config.dataset, "trained_on": names, "transductive": config.transductive}
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.iters, initial=start, desc="train", unit="it", disable=not (progress and main))
+    tic = time.perf_counter()
+    model.train()
+    for step, batch in enumerate(loader, start=start):
+        images = (batch["image"].to(device, non_blocking=True).float() / 255.0 - mean) / std
+        labels = batch["label"].to(device, non_blocking=True)
+        lr = _learning_rate(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        normalizer = labelled_weight(labels)
+        if world_size > 1:  # every process divides by the pixel count of the whole global batch
+            normalizer = distributed.all_reduce_sum(normalizer) / world_size
+        with autocast:
+            output = model(images, names)
+        mean_contexts = model.prompts.mean_contexts() if model.prompts is not None else None
+        losses = total_loss(output, labels, mean_contexts, config.loss, seg_normalizer=normalizer)
+        optimizer.zero_grad(set_to_none=False)
+        (scaler.scale(losses["loss"]) if scaler else losses["loss"]).backward()
+        if world_size > 1:
+            distributed.average_gradients(params)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        done = step + 1
+        if main and (done % config.log_every == 0 or done == config.iters):
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            values.update(lr=lr, tau1=float(model.head.tau1.detach()), tau2=float(model.head.tau2.detach()),
+                          seconds=time.perf_counter() - tic)
+            logger.log(done, values)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+        bar.update(1)
+        if done % config.checkpoint_every == 0 or done == config.iters:
+            if main:
+                save_training_state(checkpoint_path, model, optimizer, done, config)
+                save_prompt_checkpoint(out / "prompts.safetensors", model, extra={**extra, "iters": done})
+            distributed.barrier()
+        if callback is not None:
+            callback(done)
+    bar.close()
+    logger.close()
+    return out / "prompts.safetensors"

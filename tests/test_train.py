@@ -1,0 +1,173 @@
+"""Training: the loss falls on a learnable signal, resume is bit-exact, two processes equal one."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.multiprocessing as mp
+from fakedata import write_custom
+from safetensors.torch import load_file, save_file
+
+import mvpseg
+from mvpseg import distributed
+from mvpseg.checkpoint import CheckpointError
+from mvpseg.data import build_dataset
+from mvpseg.losses import LossWeights, total_loss
+from mvpseg.model import MVPSegConfig
+from mvpseg.train import TrainConfig, train, training_vocabulary
+
+MODEL = MVPSegConfig(clip_name="test-tiny-rn", num_prompts=2, num_context=4)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_rn: mvpseg.ClipBundle) -> tuple[Path, Path]:
+    """A custom dataset whose classes have distinct colours (a learnable signal) and a tiny CLIP file."""
+    folder = tmp_path_factory.mktemp("train")
+    root = write_custom(folder / "data", num_train=8, num_val=2, size=(64, 64))
+    weights = folder / "tiny-rn.safetensors"
+    save_file(dict(tiny_rn.model.state_dict()), weights)
+    return root, weights
+
+
+def _config(setup: tuple[Path, Path], out: Path, **overrides) -> TrainConfig:
+    root, weights = setup
+    values = dict(dataset="custom", data_root=str(root), clip="test-tiny-rn", pretrained=str(weights), out=str(out),
+                  model=MVPSegConfig(**vars(MODEL)), iters=6, batch_size=4, crop_size=48, lr=0.05,
+                  optimizer="adamw", num_workers=0, log_every=1, checkpoint_every=3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_inductive_vocabulary_hides_unseen_classes(setup: tuple[Path, Path]) -> None:
+    dataset = build_dataset("custom", setup[0], "train")
+    assert dataset.info.class_names == ("sky", "grass", "red car", "tree") and dataset.info.unseen == (3,)
+    names, label_map = training_vocabulary(dataset, transductive=False)
+    assert names == ["sky", "grass", "red car"]
+    assert label_map[[0, 1, 2, 3, 255]].tolist() == [0, 1, 2, 255, 255]
+    names, label_map = training_vocabulary(dataset, transductive=True)
+    assert names == ["sky", "grass", "red car", "tree"]
+    assert label_map[[0, 1, 2, 3, 255]].tolist() == [0, 1, 2, 255, 255]  # unseen pixels stay unlabelled
+
+
+def test_training_lowers_the_loss_and_writes_its_files(setup: tuple[Path, Path], tiny_rn: mvpseg.ClipBundle,
+                                                       tmp_path: Path) -> None:
+    config = _config(setup, tmp_path / "run", iters=30, crop_size=64, photometric=False, ratio_range=(1.0, 1.0),
+                     scale=(64, 64), checkpoint_every=100)
+    prompts = train(config, progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name != "tensorboard") == [
+        "checkpoint.safetensors", "config.json", "log.csv", "prompts.safetensors"]
+    with (tmp_path / "run" / "log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))
+    # The loss on the training images, before and after, with the same frozen CLIP.
+    dataset = build_dataset("custom", setup[0], "train")
+    names, label_map = training_vocabulary(dataset, transductive=False)
+    images, labels = zip(*(dataset.load(i) for i in range(len(dataset))))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255  # (B, H, W, 3) -> (B, 3, H, W)
+    x = (x - torch.tensor(tiny_rn.mean).view(1, 3, 1, 1)) / torch.tensor(tiny_rn.std).view(1, 3, 1, 1)
+    y = torch.from_numpy(label_map[np.stack(labels)])
+
+    def loss(model: mvpseg.MVPSeg) -> dict[str, float]:
+        with torch.no_grad():
+            parts = total_loss(model(x, names), y, model.prompts.mean_contexts(), LossWeights())
+        return {k: float(v) for k, v in parts.items()}
+
+    before = loss(mvpseg.build_mvpseg(tiny_rn, MVPSegConfig(**vars(MODEL)), generator=torch.Generator().manual_seed(0)))
+    after = loss(mvpseg.load_mvpseg(prompts, tiny_rn))
+    assert after["loss"] < 0.8 * before["loss"]
+    assert after["seg"] < 0.9 * before["seg"] and after["cls"] < before["cls"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(setup: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    whole = train(_config(setup, tmp_path / "whole"), progress=False)
+
+    def kill_after_step_4(step: int) -> None:
+        if step == 4:  # one step past the checkpoint at step 3: that step's work is lost, as in a crash
+            raise _Killed
+
+    config = _config(setup, tmp_path / "killed")
+    with pytest.raises(_Killed):
+        train(config, progress=False, callback=kill_after_step_4)
+    resumed = train(config, resume=True, progress=False)
+    expected, got = load_file(whole), load_file(resumed)
+    assert set(expected) == set(got)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    with (tmp_path / "killed" / "log.csv").open() as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_another_run(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    config = _config(setup, tmp_path / "run", iters=3)
+    train(config, progress=False)
+    with pytest.raises(CheckpointError, match=r"another run \(lr: checkpoint 0.05, now 0.1\)"):
+        train(replace(config, lr=0.1), resume=True, progress=False)
+    other = replace(config, model=replace(config.model, num_prompts=3))
+    with pytest.raises(CheckpointError, match="model"):
+        train(other, resume=True, progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, config: TrainConfig, config_dir: str, port: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    open_clip.add_model_config(config_dir)
+    try:
+        train(config, progress=False)
+    finally:
+        distributed.cleanup()
+
+
+def test_two_gloo_processes_equal_one_with_the_same_global_batch(setup: tuple[Path, Path], tmp_path: Path,
+                                                                 tiny_configs: Path) -> None:
+    single = train(_config(setup, tmp_path / "one", iters=4), progress=False)
+    config = _config(setup, tmp_path / "two", iters=4)
+    # fork: a spawned process would spend most of this test re-importing torch and open_clip
+    mp.start_processes(_worker, args=(config, str(tiny_configs), _free_port()), nprocs=2, join=True,
+                       start_method="fork")
+    expected, got = load_file(single), load_file(tmp_path / "two" / "prompts.safetensors")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(expected["prompts.contexts"],
+                           mvpseg.build_mvpseg(mvpseg.load_clip("test-tiny-rn", config.pretrained),
+                                               MVPSegConfig(**vars(MODEL)),
+                                               generator=torch.Generator().manual_seed(0)).prompts.contexts)
+
+
+def test_train_and_eval_from_the_command_line(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+
+    from mvpseg.cli import main
+
+    root, weights = setup
+    out = tmp_path / "run"
+    common = ["--data-root", str(root), "--clip", "test-tiny-rn", "--clip-weights", str(weights), "--quiet"]
+    assert main(["train", "--dataset", "custom", *common, "--out", str(out), "--iters", "2", "--batch-size", "2",
+                 "--crop-size", "32", "--num-prompts", "2", "--num-context", "3", "--oc-weight", "0",
+                 "--num-workers", "0", "--optimizer", "adamw"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["num_prompts"] == 2 and saved["loss"]["oc"] == 0.0 and saved["iters"] == 2
+    assert main(["eval", "--dataset", "custom", *common, "--prompts", str(out / "prompts.safetensors"),
+                 "--out", str(tmp_path / "eval"), "--short-side", "64"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"miou", "miou_seen", "miou_unseen", "hiou", "pixel_acc", "per_class"} <= set(metrics)
+    assert set(metrics["per_class"]) == {"sky", "grass", "red car", "tree"}
