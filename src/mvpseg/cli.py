@@ -270,6 +270,11 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
                        help="auto: bf16/fp16 autocast on CUDA, fp32 on the CPU")
     optim.add_argument("--checkpoint-every", type=int, help=f"(default: {defaults.checkpoint_every})")
     optim.add_argument("--log-every", type=int, help=f"(default: {defaults.log_every})")
+    optim.add_argument("--feature-cache", metavar="DIR",
+                       help="train from cached dense features of augmented views (CLIP is frozen): built once "
+                            "in DIR, reused by runs with the same data, CLIP, augmentation and seed")
+    optim.add_argument("--cache-views", type=int,
+                       help=f"augmented views per image in the cache; epoch e uses view e mod V (default: {defaults.cache_views})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_clip_arguments(parser)
     parser.set_defaults(run=run_train)
@@ -283,7 +288,7 @@ def run_train(args: argparse.Namespace) -> int:
     clip = args.clip or "RN50"
     overrides = {key: getattr(args, key) for key in (
         "iters", "batch_size", "lr", "optimizer", "schedule", "warmup_iters", "crop_size", "seed", "num_workers",
-        "precision", "checkpoint_every", "log_every") if getattr(args, key) is not None}
+        "precision", "checkpoint_every", "log_every", "feature_cache", "cache_views") if getattr(args, key) is not None}
     config = preset(
         args.dataset, data_root=args.data_root, split=args.split, class_names_file=args.class_names_file,
         unseen_file=args.unseen_file, clip=clip, pretrained=clip_source(args), out=args.out,

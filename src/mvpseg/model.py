@@ -216,8 +216,13 @@ class MVPSeg(nn.Module):
         Returns:
             :class:`MVPSegOutput` at feature resolution (h, w) = (H, W) / stride.
         """
+        return self.segment_features(self.features(images), class_names, text)
+
+    def segment_features(self, features: torch.Tensor, class_names: Sequence[str] | None = None,
+                         text: torch.Tensor | None = None) -> MVPSegOutput:
+        """Like :meth:`forward`, from L2-normalised dense features (B, D, h, w) (e.g. a feature cache)."""
         if text is None:
             if class_names is None:
                 raise ValueError("give class_names or text embeddings")
             text = self.text_embeddings(class_names)
-        return self.head(self.cosine_maps(self.features(images), text))
+        return self.head(self.cosine_maps(features, text))

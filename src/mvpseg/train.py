@@ -27,6 +27,7 @@ from . import distributed
 from .checkpoint import CheckpointError, atomic_write, build_mvpseg, save_prompt_checkpoint
 from .clip import load_clip
 from .data import SegmentationDataset, TrainAugmentation, build_dataset
+from .feature_cache import FeatureCache, build_feature_cache, view_rng
 from .losses import LossWeights, labelled_weight, total_loss
 from .model import MVPSeg, MVPSegConfig
 
@@ -69,6 +70,8 @@ class TrainConfig:
     device: str | None = None  # single-process device; default cuda when available
     checkpoint_every: int = 500  # write checkpoint.safetensors and prompts.safetensors every N steps
     log_every: int = 10  # CSV / TensorBoard rows every N steps
+    feature_cache: str | None = None  # train from cached dense features of augmented views in this folder
+    cache_views: int = 4  # augmented views per image in the feature cache (epoch e uses view e mod V)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -105,12 +108,13 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
 
 
 class _TrainSamples(Dataset):
-    """Sample *positions* -> augmented samples. Position p is sample ``order(p // N)[p % N]`` of
-    epoch ``p // N``, augmented with ``default_rng([seed, p])``: nothing depends on workers or restarts."""
+    """Sample *positions* -> augmented samples. Position p is sample ``i = order(e)[p % N]`` of epoch
+    ``e = p // N``, augmented as view e of sample i (``view_rng(seed, i, e)``), or read from a feature
+    cache (view e mod V): nothing depends on workers, restarts or the number of processes."""
 
     def __init__(self, dataset: SegmentationDataset, augment: TrainAugmentation, label_map: np.ndarray,
-                 seed: int) -> None:
-        self.dataset, self.augment, self.label_map, self.seed = dataset, augment, label_map, seed
+                 seed: int, cache: FeatureCache | None = None) -> None:
+        self.dataset, self.augment, self.label_map, self.seed, self.cache = dataset, augment, label_map, seed, cache
 
     @lru_cache(maxsize=2)  # noqa: B019 - a handful of epochs per worker
     def _order(self, epoch: int) -> np.ndarray:
@@ -120,11 +124,19 @@ class _TrainSamples(Dataset):
     def __len__(self) -> int:
         return 2**62
 
+    def view(self, index: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented view ``view`` of sample ``index``: image uint8 (3, S, S), label int64 (S, S)."""
+        image, label = self.dataset.load(index)
+        return self.augment(image, self.label_map[label], view_rng(self.seed, index, view))
+
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         epoch, offset = divmod(position, len(self.dataset))
-        image, label = self.dataset.load(int(self._order(epoch)[offset]))
-        image_t, label_t = self.augment(image, self.label_map[label], np.random.default_rng([self.seed, position]))
-        return {"image": image_t, "label": label_t}
+        index = int(self._order(epoch)[offset])
+        if self.cache is not None:
+            features, label = self.cache.get(index, epoch)
+            return {"features": features, "label": label}
+        image, label = self.view(index, epoch)
+        return {"image": image, "label": label}
 
 
 def training_vocabulary(dataset: SegmentationDataset, transductive: bool) -> tuple[list[str], np.ndarray]:
@@ -172,6 +184,10 @@ class TrainingState:
     rng: torch.Tensor
     config: dict[str, Any]
 
+
+# What a feature cache depends on (with the resolved data root and the ViT mode).
+_CACHE_KEY = {"dataset", "split", "class_names_file", "unseen_file", "transductive", "clip", "pretrained",
+              "crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "seed", "cache_views"}
 
 # Fields that may change between a run and its resumption: they do not change the numbers.
 _RESUMABLE = {"out", "data_root", "num_workers", "checkpoint_every", "log_every", "device"}
@@ -280,6 +296,22 @@ class _Logger:
             self.writer.close()
 
 
+def _feature_cache(config: TrainConfig, samples: _TrainSamples, clip_model: torch.nn.Module, normalize,
+                   device: torch.device, autocast: Any, progress: bool) -> FeatureCache:
+    """Build (rank 0) or open the feature cache of this run's augmented views."""
+    key = {name: value for name, value in config.to_dict().items() if name in _CACHE_KEY}
+    key["data_root"] = str(Path(config.data_root).resolve())
+    key["vit_mode"] = config.model.vit_mode
+    folder = Path(config.feature_cache)
+    if distributed.is_main_process():
+        build_feature_cache(folder, key, config.cache_views, len(samples.dataset), samples.view, clip_model,
+                            normalize, config.model.vit_mode, device, autocast=autocast, progress=progress)
+    distributed.barrier()
+    if not FeatureCache.matches(folder, key):
+        raise CheckpointError(f"feature cache {folder} was made for another run; remove it or use another folder")
+    return FeatureCache(folder)
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
           callback: Callable[[int], None] | None = None) -> Path:
     """Train MVP-SEG prompts; under ``torchrun`` every process runs this and rank 0 writes.
@@ -327,11 +359,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     local_batch = config.batch_size // world_size
     batches = [[step * config.batch_size + rank * local_batch + i for i in range(local_batch)]
                for step in range(start, config.iters)]
-    loader = DataLoader(_TrainSamples(dataset, augment, label_map, config.seed), batch_sampler=batches,
-                        num_workers=config.num_workers, pin_memory=device.type == "cuda")
     mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
     autocast, scaler = _autocast(device, config.precision)
+    samples = _TrainSamples(dataset, augment, label_map, config.seed)
+    if config.feature_cache:
+        samples.cache = _feature_cache(config, samples, clip.model, lambda x: (x - mean) / std, device, autocast,
+                                       progress and main)
+    loader = DataLoader(samples, batch_sampler=batches, num_workers=config.num_workers,
+                        pin_memory=device.type == "cuda")
     logger = _Logger(out, start, enabled=main)
     extra = {"dataset": config.dataset, "trained_on": names, "transductive": config.transductive}
     from tqdm import tqdm
@@ -340,7 +376,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     tic = time.perf_counter()
     model.train()
     for step, batch in enumerate(loader, start=start):
-        images = (batch["image"].to(device, non_blocking=True).float() / 255.0 - mean) / std
         labels = batch["label"].to(device, non_blocking=True)
         lr = _learning_rate(config, step)
         for group in optimizer.param_groups:
@@ -349,7 +384,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         if world_size > 1:  # every process divides by the pixel count of the whole global batch
             normalizer = distributed.all_reduce_sum(normalizer) / world_size
         with autocast:
-            output = model(images, names)
+            if "features" in batch:
+                output = model.segment_features(batch["features"].to(device, non_blocking=True).float(), names)
+            else:
+                output = model((batch["image"].to(device, non_blocking=True).float() / 255.0 - mean) / std, names)
         mean_contexts = model.prompts.mean_contexts() if model.prompts is not None else None
         losses = total_loss(output, labels, mean_contexts, config.loss, seg_normalizer=normalizer)
         optimizer.zero_grad(set_to_none=False)

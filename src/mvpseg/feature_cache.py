@@ -1,0 +1,118 @@
+"""Training from cached dense features: CLIP is frozen, so each augmented view's features never change.
+
+A cache holds, for every training image and each of ``V`` augmented views, the L2-normalised dense
+features (fp16) and the view's training labels, in two memory-mapped ``.npy`` files. View ``v`` of
+image ``i`` is exactly the view the uncached path draws in epoch ``v`` (both use
+``default_rng([seed, i, v])``), so training from a cache of ``V`` views gives the uncached path's
+losses (up to fp16 rounding) for the first ``V`` epochs, and then cycles through the views.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .dense import dense_features
+
+__all__ = ["FeatureCache", "build_feature_cache", "view_rng"]
+
+_META = "meta.json"
+
+
+def view_rng(seed: int, index: int, view: int) -> np.random.Generator:
+    """The random generator of augmented view ``view`` of sample ``index``."""
+    return np.random.default_rng([seed, index, view])
+
+
+class FeatureCache:
+    """A finished cache folder, memory-mapped read-only.
+
+    Args:
+        folder: a folder written by :func:`build_feature_cache`.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.meta: dict[str, Any] = json.loads((self.folder / _META).read_text())
+        self.features = np.load(self.folder / "features.npy", mmap_mode="r")  # (N*V, D, h, w) float16
+        self.labels = np.load(self.folder / "labels.npy", mmap_mode="r")  # (N*V, S, S) uint8
+        self.views = int(self.meta["views"])
+
+    def get(self, index: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (D, h, w) float16 and labels (S, S) int64 of one view (``view`` is taken modulo V)."""
+        row = index * self.views + view % self.views
+        return torch.from_numpy(np.array(self.features[row])), torch.from_numpy(self.labels[row].astype(np.int64))
+
+    @staticmethod
+    def matches(folder: str | Path, key: dict[str, Any]) -> bool:
+        """Whether ``folder`` holds a finished cache made with exactly ``key``."""
+        meta = Path(folder) / _META
+        return meta.is_file() and json.loads(meta.read_text()).get("key") == key
+
+
+@torch.no_grad()
+def build_feature_cache(folder: str | Path, key: dict[str, Any], views: int, num_samples: int, load_view,
+                        clip_model: torch.nn.Module, normalize, vit_mode: str = "maskclip",
+                        device: str | torch.device = "cpu", batch_size: int = 32, autocast=None,
+                        progress: bool = True) -> FeatureCache:
+    """Compute and store the dense features of every view of every sample; reuse a matching cache.
+
+    Args:
+        folder: the cache folder; written to a temporary sibling and renamed when complete.
+        key: what the cache depends on (dataset, CLIP, augmentation, seed, vocabulary, ...); a cache
+            with another key is rebuilt.
+        views: augmented views per sample.
+        num_samples: the number of samples.
+        load_view: ``(index, view) -> (image uint8 (3, S, S), label int64 (S, S))``.
+        clip_model: the frozen CLIP.
+        normalize: ``images float (B, 3, S, S) in [0, 1] -> CLIP input``.
+        vit_mode: see :func:`mvpseg.dense_features`.
+        device: where to run the image tower.
+        batch_size: views per forward pass.
+        autocast: an autocast context for the image tower, or None.
+        progress: show a progress bar.
+
+    Returns:
+        The :class:`FeatureCache`.
+    """
+    folder = Path(folder)
+    if FeatureCache.matches(folder, key):
+        return FeatureCache(folder)
+    import contextlib
+
+    tmp = folder.with_name(folder.name + ".incomplete")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    jobs = [(index, view) for index in range(num_samples) for view in range(views)]
+    features = labels = None
+    bar = tqdm(total=len(jobs), desc="feature cache", unit="view", disable=not progress)
+    for start in range(0, len(jobs), batch_size):
+        chunk = [load_view(index, view) for index, view in jobs[start : start + batch_size]]
+        images = torch.stack([image for image, _ in chunk]).to(device).float() / 255.0  # (b, 3, S, S)
+        with autocast or contextlib.nullcontext():
+            dense = dense_features(clip_model, normalize(images), vit_mode)
+        dense = F.normalize(dense.float(), dim=1).half().cpu().numpy()  # (b, D, h, w)
+        if features is None:
+            features = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
+                                                 shape=(len(jobs), *dense.shape[1:]))
+            labels = np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.uint8,
+                                               shape=(len(jobs), *chunk[0][1].shape))
+        features[start : start + len(chunk)] = dense
+        labels[start : start + len(chunk)] = torch.stack([label for _, label in chunk]).numpy().astype(np.uint8)
+        bar.update(len(chunk))
+    bar.close()
+    assert features is not None and labels is not None
+    features.flush()
+    labels.flush()
+    del features, labels
+    (tmp / _META).write_text(json.dumps({"key": key, "views": views, "samples": num_samples}, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return FeatureCache(folder)
