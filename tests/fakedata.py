@@ -18,28 +18,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mvpseg.viz import voc_palette
+
 # Row 0 of write_stuffthingmaps labels: raw stuffthingmaps ids and their train ids (by hand:
 # used thing ids are 0..89 minus 11, 25, 28, 29, 44, 65, 67, 68, 70, 82; stuff 91..181 -> 80..170).
 STUFFTHINGMAPS_STAMP_RAW = (0, 10, 11, 12, 26, 27, 30, 89, 90, 91, 181, 182, 255)
 STUFFTHINGMAPS_STAMP_TRAIN_IDS = (0, 10, 255, 11, 24, 25, 26, 79, 255, 80, 170, 255, 255)
 
 
-def voc_palette(num_colors: int = 256) -> list[int]:
-    """The PASCAL VOC colour map as a flat [r0, g0, b0, r1, ...] list for `Image.putpalette`."""
-    palette = []
-    for index in range(num_colors):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-_COLORS = np.array(voc_palette(), dtype=np.int64).reshape(256, 3)  # (256,) * 3 -> (256, 3)
+_COLORS = voc_palette().astype(np.int64)  # (256, 3)
 
 
 def random_label(
@@ -73,7 +60,7 @@ def _save_label(label: np.ndarray, path: Path, palette: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(label)
     if palette:
-        img.putpalette(voc_palette())  # "L" -> "P": the stored bytes stay the class indices
+        img.putpalette(voc_palette().ravel().tolist())  # "L" -> "P": the stored bytes stay the class indices
     img.save(path)
 
 

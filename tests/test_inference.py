@@ -127,3 +127,14 @@ def test_image_kinds(tmp_path: Path) -> None:
         load_image(tmp_path / "missing.png")
     with pytest.raises(ImageReadError, match="channels"):
         load_image(np.zeros((2, 2, 5), np.uint8))
+
+
+def test_palettes() -> None:
+    from mvpseg.viz import colorize, palette, voc_palette
+
+    colors = voc_palette()
+    assert colors[0].tolist() == [0, 0, 0] and colors[1].tolist() == [128, 0, 0] and colors[15].tolist() == [192, 128, 128]
+    shown = palette()
+    assert shown[0].tolist() == [128, 0, 0] and shown[255].tolist() == [255, 255, 255]
+    image = colorize(np.array([[0, 3]], np.int32))
+    assert image.mode == "P" and np.asarray(image).tolist() == [[0, 3]]

@@ -7,21 +7,30 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["palette", "colorize", "overlay", "prompt_map_grid"]
+__all__ = ["voc_palette", "palette", "colorize", "overlay", "prompt_map_grid"]
 
 
-def palette(num_colors: int = 256) -> np.ndarray:
-    """PASCAL VOC's bit-interleaved palette, shifted so class 0 is not black.
+def voc_palette(num_colors: int = 256) -> np.ndarray:
+    """PASCAL VOC's bit-interleaved colour map (index 0 black), as stored in VOC's palette PNGs.
 
     Returns:
-        (num_colors, 3) uint8 RGB; index 255 (ignore) is white.
+        (num_colors, 3) uint8 RGB.
     """
-    indices = np.arange(num_colors) + 1  # +1: the first class gets a colour, not black
+    indices = np.arange(num_colors)
     colors = np.zeros((num_colors, 3), dtype=np.int64)
     for bit in range(8):
         for channel in range(3):
             colors[:, channel] |= ((indices >> (3 * bit + channel)) & 1) << (7 - bit)
-    colors = colors.astype(np.uint8)
+    return colors.astype(np.uint8)
+
+
+def palette(num_colors: int = 256) -> np.ndarray:
+    """The display palette: VOC's colours shifted by one so class 0 is not black; 255 (ignore) is white.
+
+    Returns:
+        (num_colors, 3) uint8 RGB.
+    """
+    colors = voc_palette(num_colors + 1)[1:].copy()
     if num_colors > 255:
         colors[255] = 255
     return colors

@@ -1,0 +1,27 @@
+"""The synthetic segmentation world and the tiny CLIP pretrained on it (the offline demo's pieces).
+
+- :mod:`mvpseg.world.scene`: drawing scenes, masks and captions from a seed.
+- :mod:`mvpseg.world.layout`: :func:`write_world`, the custom VOC layout on disk.
+- :mod:`mvpseg.world.pretrain`: CLIP contrastive pretraining of ``mvpseg-tiny``.
+- :mod:`mvpseg.world.evaluate`: :func:`evaluate_tiny_clip`, zero-shot, dense and linear-probe checks.
+"""
+
+from mvpseg.world.layout import write_world
+from mvpseg.world.scene import (
+    CLASS_NAMES,
+    STUFF_CLASSES,
+    THING_CLASSES,
+    UNSEEN_CLASSES,
+    generate_scene,
+    scene_rng,
+)
+
+__all__ = [
+    "CLASS_NAMES",
+    "STUFF_CLASSES",
+    "THING_CLASSES",
+    "UNSEEN_CLASSES",
+    "generate_scene",
+    "scene_rng",
+    "write_world",
+]

@@ -1,0 +1,102 @@
+"""Writing the synthetic world to disk in the custom VOC layout the dataset readers understand.
+
+::
+
+    ROOT/JPEGImages/<id>.png             RGB images (PNG: lossless, so masks match pixels exactly)
+    ROOT/SegmentationClass/<id>.png      palette PNGs, value = class index 0..C-1 (255 = ignore)
+    ROOT/ImageSets/Segmentation/{train,val}.txt
+    ROOT/class_names.txt                 one name per line, index order
+    ROOT/unseen.txt                      unseen class names, one per line
+
+Image ``i`` of a split is drawn from ``scene_rng(seed, split_code, i)``, so the files do not depend
+on the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from mvpseg.viz import voc_palette
+from mvpseg.world.scene import CLASS_NAMES, UNSEEN_CLASSES, generate_scene, scene_rng
+
+__all__ = ["write_world", "SPLIT_CODES"]
+
+#: Seed-stream code of each split (pretraining and CLIP evaluation use their own codes, 2 and 3).
+SPLIT_CODES = {"train": 0, "val": 1}
+
+
+_PALETTE = voc_palette().ravel().tolist()
+
+
+def _write_one(job: tuple[str, str, int, int, int]) -> str:
+    root, split, seed, index, size = job
+    scene = generate_scene(scene_rng(seed, SPLIT_CODES[split], index), size=size)
+    image_id = f"{split}_{index:06d}"
+    Image.fromarray(scene.image).save(os.path.join(root, "JPEGImages", f"{image_id}.png"), compress_level=1)
+    mask = Image.fromarray(scene.label, mode="L").convert("P")
+    mask.putpalette(_PALETTE)
+    mask.save(os.path.join(root, "SegmentationClass", f"{image_id}.png"), compress_level=1)
+    return image_id
+
+
+def _jobs(root: Path, split: str, count: int, seed: int, size: int) -> Iterator[tuple[str, str, int, int, int]]:
+    for index in range(count):
+        yield (str(root), split, seed, index, size)
+
+
+def write_world(
+    root: str | os.PathLike[str],
+    num_train: int,
+    num_val: int,
+    seed: int,
+    image_size: int = 128,
+    num_workers: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Generate the world's train and val splits and write them in the custom VOC layout.
+
+    Args:
+        root: output directory (created; existing files of the same ids are overwritten).
+        num_train: number of training images.
+        num_val: number of validation images.
+        seed: the world's seed; the same seed writes the same files.
+        image_size: square image side in pixels.
+        num_workers: worker processes drawing images (1 = in this process).
+        progress: show a tqdm bar.
+
+    Returns:
+        The root directory.
+    """
+    root = Path(root)
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    jobs = [job for split, count in (("train", num_train), ("val", num_val))
+            for job in _jobs(root, split, count, seed, image_size)]
+    bar = tqdm(total=len(jobs), desc="world", unit="img", disable=not progress)
+    if num_workers > 1:
+        with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
+            for _ in pool.imap(_write_one, jobs, chunksize=64):
+                bar.update()
+    else:
+        for job in jobs:
+            _write_one(job)
+            bar.update()
+    bar.close()
+    for split, count in (("train", num_train), ("val", num_val)):
+        ids = "".join(f"{split}_{i:06d}\n" for i in range(count))
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text(ids)
+    (root / "class_names.txt").write_text("".join(f"{name}\n" for name in CLASS_NAMES))
+    (root / "unseen.txt").write_text("".join(f"{name}\n" for name in UNSEEN_CLASSES))
+    return root
+
+
+def read_label(path: str | os.PathLike[str]) -> np.ndarray:
+    """A written mask as (H, W) uint8 class indices."""
+    return np.asarray(Image.open(path))

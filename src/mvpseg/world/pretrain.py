@@ -1,0 +1,329 @@
+"""CLIP contrastive pretraining of the tiny CLIP (``mvpseg-tiny``) from scratch on the synthetic world.
+
+::
+
+    python -m mvpseg.world.pretrain --out runs/tiny-clip --steps 6000 --threads 2
+
+A pool of world scenes is drawn once (in ``--threads`` processes), half of them as *twin pairs*
+(same layout and colours, one thing's class changed) that land in the same batch: hard negatives
+that stuff alone cannot separate. Captions are re-sampled from each image's class areas every time
+it is used, images are flipped and rotated by multiples of 90 degrees. The loss is CLIP's symmetric
+InfoNCE with a learnable temperature; AdamW with linear warm-up and cosine decay; bf16 autocast on
+the CPU. Every class is named in captions, unseen ones included (as real CLIP saw every word).
+
+Writes to ``--out``: ``mvpseg-tiny.safetensors`` (an open_clip ``CLIP`` state dict, fp16, written
+atomically), ``pretrain_log.csv`` and ``pretrain_config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from mvpseg.world.scene import (
+    CLASS_NAMES,
+    THING_CLASSES,
+    caption,
+    generate_scene,
+    render,
+    sample_spec,
+    scene_rng,
+    twin_spec,
+)
+
+__all__ = ["PretrainConfig", "pretrain", "main", "TINY_CONFIG_PATH", "WEIGHTS_NAME", "build_tiny_clip"]
+
+TINY_CONFIG_PATH = Path(__file__).parent / "assets" / "mvpseg-tiny.json"
+WEIGHTS_NAME = "mvpseg-tiny.safetensors"
+PRETRAIN_SPLIT = 2  # scene_rng stream of pretraining images (train/val of the demo use 0 and 1)
+_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+
+@dataclass
+class PretrainConfig:
+    """Pretraining settings; every field is a command-line flag of the same name."""
+
+    out: str = "runs/tiny-clip"  # output directory
+    model: str = "mvpseg-tiny"  # open_clip architecture name, or the path of a model config JSON
+    steps: int = 6000  # optimisation steps
+    batch_size: int = 128  # image-caption pairs per step
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.1  # on weights with 2+ dimensions only
+    warmup: int = 200  # linear warm-up steps
+    pool: int = 40000  # scenes drawn once and reused (uint8, about 49 KB each at 128 px)
+    twin_fraction: float = 0.5  # share of each batch made of twin pairs (hard negatives)
+    image_size: int = 128  # world image side, pixels (= the model's input size)
+    curriculum_steps: int = 0  # first steps: only one-thing images, captions naming the thing alone
+    seed: int = 0  # seeds the pool, the batch order, captions and the initialisation
+    threads: int = 1  # torch threads, and processes drawing the pool
+    bf16: bool = False  # bf16 autocast: faster only on CPUs with AVX512-BF16 or AMX, far slower on AVX2
+    log_every: int = 10  # CSV log interval, steps
+    save_every: int = 500  # also write the weights every this many steps (0: only at the end)
+    progress: bool = True  # tqdm bar
+
+
+def build_tiny_clip(name: str = "mvpseg-tiny") -> torch.nn.Module:
+    """A randomly initialised open_clip CLIP of a registered name or of a config JSON's path."""
+    if name.endswith(".json"):
+        open_clip.add_model_config(name)
+        name = Path(name).stem
+    elif name not in open_clip.list_models():
+        open_clip.add_model_config(TINY_CONFIG_PATH)
+    return open_clip.create_model(name)
+
+
+def _model_name(name: str) -> str:
+    return Path(name).stem if name.endswith(".json") else name
+
+
+# ----------------------------------------------------------------------------- the scene pool
+
+
+def _draw_pool_chunk(job: tuple[int, int, int, int, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Scenes [start, stop) of the pool: (N, H, W, 3) uint8 images, (N, C) int32 class pixel counts.
+
+    The first ``num_pairs`` pairs of the pool are twins (images 2k and 2k + 1 share a spec).
+    """
+    seed, start, stop, size, num_pairs = job
+    images = np.empty((stop - start, size, size, 3), dtype=np.uint8)
+    counts = np.empty((stop - start, len(CLASS_NAMES)), dtype=np.int32)
+    for offset, index in enumerate(range(start, stop)):
+        if index < 2 * num_pairs:
+            rng = scene_rng(seed, PRETRAIN_SPLIT, index // 2)
+            spec = sample_spec(rng, size=size)
+            if index % 2 == 1:
+                spec = twin_spec(spec, rng)
+            image, label = render(spec)
+        else:
+            scene = generate_scene(scene_rng(seed, PRETRAIN_SPLIT, index), size=size)
+            image, label = scene.image, scene.label
+        images[offset] = image
+        counts[offset] = np.bincount(label.ravel(), minlength=len(CLASS_NAMES))
+    return images, counts
+
+
+def draw_pool(
+    seed: int, size: int, num_images: int, twin_fraction: float, workers: int, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Draw the pretraining pool.
+
+    Returns:
+        images: (N, H, W, 3) uint8; counts: (N, C) int32 pixels per class; and the number of twin
+        pairs (images [0, 2 * pairs) are pairs (2k, 2k + 1)).
+    """
+    num_pairs = int(num_images * twin_fraction) // 2
+    chunk = 256
+    jobs = [(seed, s, min(s + chunk, num_images), size, num_pairs) for s in range(0, num_images, chunk)]
+    bar = tqdm(total=num_images, desc="drawing scenes", unit="img", disable=not progress)
+    parts = []
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for part in pool.imap(_draw_pool_chunk, jobs):
+                parts.append(part)
+                bar.update(len(part[0]))
+    else:
+        for job in jobs:
+            parts.append(_draw_pool_chunk(job))
+            bar.update(len(parts[-1][0]))
+    bar.close()
+    images = np.concatenate([p[0] for p in parts])
+    counts = np.concatenate([p[1] for p in parts])
+    return images, counts, num_pairs
+
+
+def _caption_from_counts(counts: np.ndarray, rng: np.random.Generator, stuff_probability: float = 0.5) -> str:
+    """A caption for an image known only by its class pixel counts (C,)."""
+    # caption() only needs the class areas: a 1-D "label map" with the same histogram is equivalent
+    label = np.repeat(np.arange(len(counts), dtype=np.uint8), counts)
+    return caption(label, rng, stuff_probability=stuff_probability)
+
+
+def _batch_indices(rng: np.random.Generator, batch_size: int, num_images: int, num_pairs: int,
+                   twin_fraction: float) -> np.ndarray:
+    """Pool indices of one batch: twin pairs side by side, then single scenes."""
+    pairs = min(int(batch_size * twin_fraction) // 2, num_pairs)
+    chosen = rng.choice(num_pairs, size=pairs, replace=False) if pairs else np.empty(0, dtype=np.int64)
+    twins = np.stack([2 * chosen, 2 * chosen + 1], axis=1).ravel()
+    singles_from = 2 * num_pairs
+    rest = batch_size - len(twins)
+    if num_images > singles_from:
+        singles = rng.integers(singles_from, num_images, size=rest)
+    else:
+        singles = rng.integers(0, num_images, size=rest)
+    return np.concatenate([twins, singles]).astype(np.int64)
+
+
+def _augment(images: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """Random flips and 90-degree rotations; (B, H, W, 3) uint8 -> (B, 3, H, W) normalised float."""
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        image = np.rot90(image, k=int(rng.integers(4)))
+        out[i] = image[:, ::-1] if rng.random() < 0.5 else image
+    x = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255)  # (B, H, W, 3) -> (B, 3, H, W)
+    return (x - _MEAN) / _STD
+
+
+def to_model_input(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float32 normalised with CLIP's mean and std."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)  # -> (B, 3, H, W)
+    return (x - _MEAN) / _STD
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.ndim < 2 or "logit_scale" in name or "positional_embedding" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_at(step: int, config: PretrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
+
+
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write an open_clip state dict as fp16 safetensors, atomically (temp file + os.replace)."""
+    state = {
+        k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def pretrain(config: PretrainConfig) -> Path:
+    """Pretrain the tiny CLIP; returns the path of the written weights.
+
+    Args:
+        config: the settings (see :class:`PretrainConfig`).
+
+    Returns:
+        ``<out>/mvpseg-tiny.safetensors``.
+    """
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+    model = build_tiny_clip(config.model)
+    tokenizer = open_clip.get_tokenizer(_model_name(config.model))
+    channels_last = hasattr(model.visual, "attnpool")  # ResNet towers: oneDNN convs run faster NHWC
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images, counts, num_pairs = draw_pool(
+        config.seed, config.image_size, config.pool, config.twin_fraction, config.threads, config.progress
+    )
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
+                                  betas=(0.9, 0.98), eps=1e-6)
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1000]))
+    token_cache: dict[str, torch.Tensor] = {}
+
+    def tokens(captions: list[str]) -> torch.Tensor:
+        missing = [c for c in set(captions) if c not in token_cache]
+        if missing:
+            for text, row in zip(missing, tokenizer(missing)):
+                token_cache[text] = row
+        return torch.stack([token_cache[c] for c in captions])  # (B, L)
+
+    weights = out / WEIGHTS_NAME
+    metadata = {"model": _model_name(config.model), "config": json.dumps(dataclasses.asdict(config))}
+    log_path = out / "pretrain_log.csv"
+    log_file = open(log_path, "w", newline="")
+    log = csv.writer(log_file)
+    log.writerow(["step", "loss", "accuracy", "lr", "logit_scale", "seconds"])
+    start = time.time()
+    model.train()
+    bar = tqdm(range(config.steps), desc="pretraining", unit="step", disable=not config.progress)
+    running = None
+    # the curriculum's images: single scenes (no twins) whose only visible thing is large
+    visible_things = (counts[:, : len(THING_CLASSES)] >= 0.015 * counts[0].sum()).sum(axis=1)
+    lone = np.flatnonzero(visible_things == 1)
+    lone = lone[lone >= 2 * num_pairs] if (lone >= 2 * num_pairs).any() else lone
+    for step in bar:
+        warming_up = step < config.curriculum_steps
+        if warming_up:
+            index = rng.choice(lone, size=config.batch_size, replace=len(lone) < config.batch_size)
+        else:
+            index = _batch_indices(rng, config.batch_size, len(images), num_pairs, config.twin_fraction)
+        batch_rngs = np.random.default_rng(rng.integers(2**63))
+        captions = []
+        for pool_index in index.tolist():
+            # twins share one caption rng, so their captions differ only in the swapped thing's word
+            key = (step, pool_index // 2, 0) if pool_index < 2 * num_pairs else (step, pool_index, 1)
+            caption_rng = np.random.default_rng(np.random.SeedSequence([config.seed, *key]))
+            captions.append(_caption_from_counts(counts[pool_index], caption_rng, 0.0 if warming_up else 0.5))
+        x = _augment(images[index], batch_rngs)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        text = tokens(captions)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            image_features = F.normalize(model.encode_image(x).float(), dim=-1)  # (B, D)
+            text_features = F.normalize(model.encode_text(text).float(), dim=-1)  # (B, D)
+        scale = model.logit_scale.exp()
+        logits = scale * image_features @ text_features.t()  # (B, B)
+        targets = torch.arange(len(index))
+        loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.3f}")
+        if step % config.log_every == 0 or step == config.steps - 1:
+            accuracy = (logits.argmax(dim=1) == targets).float().mean().item()
+            log.writerow([step, f"{loss.item():.4f}", f"{accuracy:.3f}", f"{_lr_at(step, config):.6f}",
+                          f"{scale.item():.2f}", f"{time.time() - start:.1f}"])
+            log_file.flush()
+        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
+            save_weights(model, weights, metadata={**metadata, "step": str(step + 1)})
+    log_file.close()
+    save_weights(model, weights, metadata={**metadata, "step": str(config.steps)})
+    return weights
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point: flags map onto :class:`PretrainConfig` fields."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for field in dataclasses.fields(PretrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(field.type)]
+            parser.add_argument(flag, type=kind, default=field.default)
+    args = parser.parse_args(argv)
+    weights = pretrain(PretrainConfig(**vars(args)))
+    print(f"wrote {weights}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The synthetic world: masks match the drawing, determinism, the written layout, the pretrain script."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from mvpseg.world.layout import read_label, write_world
+from mvpseg.world.pretrain import build_tiny_clip
+from mvpseg.world.pretrain import main as pretrain_main
+from mvpseg.world.scene import (
+    CLASS_NAMES,
+    STUFF_CLASSES,
+    THING_CLASSES,
+    UNSEEN_CLASSES,
+    Thing,
+    generate_scene,
+    render,
+    sample_spec,
+    scene_rng,
+    twin_spec,
+)
+
+
+def test_class_lists() -> None:
+    assert len(THING_CLASSES) >= 12 and len(STUFF_CLASSES) >= 4
+    assert len(set(CLASS_NAMES)) == len(CLASS_NAMES)
+    assert set(UNSEEN_CLASSES) <= set(CLASS_NAMES)
+    assert set(UNSEEN_CLASSES) & set(THING_CLASSES) and set(UNSEEN_CLASSES) & set(STUFF_CLASSES)
+
+
+def test_one_thing_mask_is_the_drawn_disc() -> None:
+    """A circular thing (no harmonics) of radius 20 covers pi * 20^2 pixels, all labelled with its class."""
+    spec = sample_spec(np.random.default_rng(0))
+    disc = Thing(label=2, center=(64.0, 64.0), radius=20.0, harmonics=((0.0, 0.0),) * 3, angle=0.3,
+                 period=8.0, colors=((255, 0, 0), (0, 0, 255)), offset=(0.0, 0.0))
+    spec = dataclasses.replace(spec, things=(disc,), noise=0.0, stuff=(len(THING_CLASSES),))
+    image, label = render(spec)
+    assert abs(int((label == 2).sum()) - np.pi * 20**2) < 2 * np.pi * 20  # within one pixel ring
+    assert int((label == len(THING_CLASSES)).sum()) == label.size - int((label == 2).sum())
+    # inside the disc only the thing's two colours appear, and both do
+    colors = {tuple(c) for c in image[label == 2]}
+    assert colors == {(255, 0, 0), (0, 0, 255)}
+    yy, xx = np.mgrid[0:128, 0:128]
+    assert np.all(label[(yy - 64) ** 2 + (xx - 64) ** 2 < 19**2] == 2)
+
+
+def test_later_things_occlude_earlier_ones() -> None:
+    spec = sample_spec(np.random.default_rng(1))
+    base = dict(harmonics=((0.0, 0.0),) * 3, angle=0.0, period=8.0, colors=((255, 255, 255), (0, 0, 0)),
+                offset=(0.0, 0.0))
+    below = Thing(label=0, center=(64.0, 50.0), radius=20.0, **base)
+    above = Thing(label=1, center=(64.0, 70.0), radius=20.0, **base)
+    _, label = render(dataclasses.replace(spec, things=(below, above)))
+    assert label[64, 70] == 1 and label[64, 58] == 1 and label[64, 40] == 0
+    assert abs(int((label == 1).sum()) - np.pi * 20**2) < 2 * np.pi * 20
+
+
+def test_scenes_are_deterministic_and_seeds_differ() -> None:
+    a, b = generate_scene(scene_rng(7, 0, 3)), generate_scene(scene_rng(7, 0, 3))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label) and a.caption == b.caption
+    c = generate_scene(scene_rng(8, 0, 3))
+    assert not np.array_equal(a.image, c.image)
+    assert a.image.shape == (128, 128, 3) and a.image.dtype == np.uint8 and a.label.dtype == np.uint8
+    assert a.label.max() < len(CLASS_NAMES)
+
+
+def test_caption_names_the_visible_things() -> None:
+    for index in range(20):
+        scene = generate_scene(scene_rng(0, 0, index))
+        counts = np.bincount(scene.label.ravel(), minlength=len(CLASS_NAMES))
+        words = set(re.findall(r"[a-z]+", scene.caption))
+        for c, name in enumerate(THING_CLASSES):
+            if counts[c] >= 0.015 * scene.label.size:
+                assert name in words, (scene.caption, name)
+            if counts[c] == 0:
+                assert name not in words, (scene.caption, name)
+
+
+def test_twin_changes_one_thing_only() -> None:
+    rng = np.random.default_rng(3)
+    spec = sample_spec(rng)
+    twin = twin_spec(spec, rng)
+    changed = [(a.label, b.label) for a, b in zip(spec.things, twin.things) if a.label != b.label]
+    assert len(changed) == 1 and changed[0][1] not in {t.label for t in spec.things}
+    (_, label_a), (_, label_b) = render(spec), render(twin)
+    assert np.array_equal(label_a == changed[0][0], label_b == changed[0][1])
+
+
+def test_write_world_layout(tmp_path) -> None:
+    root = write_world(tmp_path / "world", num_train=3, num_val=2, seed=5, progress=False)
+    assert (root / "class_names.txt").read_text().split("\n")[:-1] == list(CLASS_NAMES)
+    assert (root / "unseen.txt").read_text().split("\n")[:-1] == list(UNSEEN_CLASSES)
+    ids = {}
+    for split, count in (("train", 3), ("val", 2)):
+        ids[split] = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+        assert len(ids[split]) == count
+        for image_id in ids[split]:
+            image = Image.open(root / "JPEGImages" / f"{image_id}.png")
+            mask = Image.open(root / "SegmentationClass" / f"{image_id}.png")
+            assert image.mode == "RGB" and image.size == (128, 128)
+            assert mask.mode == "P" and mask.size == (128, 128)
+    scene = generate_scene(scene_rng(5, 1, 1))
+    assert np.array_equal(read_label(root / "SegmentationClass" / f"{ids['val'][1]}.png"), scene.label)
+    assert np.array_equal(np.asarray(Image.open(root / "JPEGImages" / f"{ids['val'][1]}.png")), scene.image)
+
+
+def test_pretrain_two_steps_writes_loadable_weights(tmp_path) -> None:
+    out = tmp_path / "clip"
+    pretrain_main(["--out", str(out), "--steps", "2", "--batch-size", "4", "--pool", "8", "--warmup", "1",
+                   "--curriculum-steps", "1", "--log-every", "1", "--no-progress"])
+    state = load_file(str(out / "mvpseg-tiny.safetensors"))
+    model = build_tiny_clip()
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    assert not torch.equal(model.logit_scale.detach(), torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
+    log = (out / "pretrain_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,loss") and len(log) == 3
+    tokens = open_clip.get_tokenizer("mvpseg-tiny")(["stripes on grass."])
+    with torch.no_grad():
+        assert model.encode_text(tokens).shape == (1, 128)
+
+
+@pytest.mark.parametrize("size", [96])
+def test_other_image_sizes(size: int) -> None:
+    scene = generate_scene(scene_rng(0, 0, 0), size=size)
+    assert scene.image.shape == (size, size, 3) and scene.label.shape == (size, size)
