@@ -50,3 +50,11 @@ def test_demo_is_deterministic(random_tiny_weights: Path, tmp_path: Path) -> Non
         results.append(json.loads((tmp_path / run / "results.json").read_text()))
     strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in rows] for rows in results]
     assert strip[0] == strip[1]
+
+
+@pytest.mark.slow
+def test_full_demo_with_the_shipped_tiny_clip(tmp_path: Path) -> None:
+    """The README's demo (about 4 minutes on 2 CPU cores): learned prompts beat the templates on unseen classes."""
+    assert main(["demo", "--out", str(tmp_path), "--threads", "1", "--quiet"]) == 0
+    rows = {row["name"]: row for row in json.loads((tmp_path / "results.json").read_text())}
+    assert rows["k-prompts"]["miou_unseen"] > rows["templates"]["miou_unseen"] + 3.0
