@@ -123,30 +123,38 @@ def notes(results: dict[str, Any]) -> list[str]:
                     "pixel: 4.2 million at 2048x2048), and the resize reads the full-size image.")
             if figures["hardware_ratio"] < 0.5:
                 found.append(f"{name}, {case}: hardware ratio {figures['hardware_ratio']:.2f} < 0.5.")
-    below = [f"{name} {case} {figures['overhead_ratio']:.2f}" for name, value in results["inference"].items()
+    below = [(name, case, figures["overhead_ratio"]) for name, value in results["inference"].items()
              for case, figures in value["cases"].items() if figures["overhead_ratio"] < 1]
     if below:
-        found.append("Overhead ratios below 1 (" + ", ".join(below) + "): `predict` runs the ResNet tower with its "
-                     "BatchNorms folded into the convolutions and in channels-last layout, and the ViT's last block "
-                     "without attention (MaskCLIP), where `encode_image` runs open_clip's plain tower.")
+        reasons = []
+        if any(name.startswith("RN") for name, _, _ in below):
+            reasons.append("runs the ResNet tower with its BatchNorms folded into the convolutions and in "
+                           "channels-last layout")
+        if any(name.startswith("ViT") for name, _, _ in below):
+            reasons.append("runs the ViT's last block without attention (MaskCLIP)")
+        found.append("Overhead ratios below 1 (" + ", ".join(f"{name} {case}: {ratio:.2f}" for name, case, ratio in below)
+                     + "): `predict` " + " and ".join(reasons) + ", where `encode_image` runs open_clip's plain tower.")
     found.append("Labels are found by a pruned search over the classes that can win in each quad of four feature "
                  "cells, so upsampling time depends on how many classes compete near a pixel: random weights give "
                  "label maps of ~10-20 regions here (see 'distinct labels'); a trained model's maps may differ. "
                  "Computing every class (what `return_scores=True` needs anyway) is the upper bound.")
     if results["machine"]["device"] == "cpu" and not machine_info["avx512_bf16"]:
-        found.append("This CPU has no AVX512-BF16 (nor AMX): bf16 matrix products are emulated, so bf16 is slower "
-                     "than fp32 here. Use bf16 on CPUs that have it (`lscpu | grep avx512_bf16`), or on CUDA.")
+        found.append("This CPU has no AVX512-BF16 (nor AMX), so no native bf16 arithmetic: bf16 autocast is slower "
+                     "than fp32 here (see above). It pays on CPUs that have it (`lscpu | grep -o avx512_bf16`) and on "
+                     "CUDA.")
     peak = summary.get("peak_rss_mib_4096")
     if peak is not None:
         verdict = "meets" if peak < 2048 else "misses"
         found.append(f"RN50, 4096x4096, 171 classes: process peak {peak:.0f} MiB {verdict} the 2 GiB bound.")
     threads = results.get("threads")
     if threads and len(threads) > 1:
-        found.append("Image tower (RN50, two 512x512 crops) by torch threads: "
-                     + ", ".join(f"{count} thread(s) {seconds:.2f} s" for count, seconds in threads.items())
-                     + f". With other processes on the machine (load {machine_info['load_average_at_start'][0]} "
-                       f"at the start on {machine_info['cores']} cores), every parallel operation waits for its "
-                       "slowest thread; set `torch.set_num_threads` to the free cores.")
+        load = results["sections"].get("threads", {}).get("load_start", [float("nan")])[0]
+        found.append("Image tower (RN50, two 512x512 crops) by torch threads, at a load of "
+                     f"{load:.1f}: " + ", ".join(f"{count}: {seconds:.2f} s" for count, seconds in threads.items())
+                     + f". The figures above use {machine_info['threads']} thread(s) (`--threads`). When other "
+                       "processes keep the cores busy, more threads can be slower: every parallel operation waits "
+                       "for its slowest thread, and a descheduled one costs a scheduler time slice per "
+                       "operation; give torch the free cores (`torch.set_num_threads`).")
     loads = [record["load_start"][0] for record in results["sections"].values()]
     loads += [record["load_end"][0] for record in results["sections"].values()]
     if loads and max(loads) > machine_info["cores"] * 0.75:
@@ -176,6 +184,7 @@ def main() -> None:
     report_path = Path(args.report) if args.report else REPOSITORY / "docs" / f"benchmarks{suffix}.md"
     if args.report_only:
         results = json.loads(out.read_text())
+        results["notes"] = notes(results)
         figures = [] if args.no_plots else plots.write_all(results, REPOSITORY / "docs", prefix=f"benchmarks{suffix}")
         report.write(results, report_path, figures)
         print(f"wrote {report_path}" + "".join(f", {figure}" for figure in figures))

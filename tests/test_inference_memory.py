@@ -10,7 +10,7 @@ from torch import nn
 
 import mvpseg
 import mvpseg.inference as inference
-from mvpseg.inference import InferenceConfig, Segmenter, block_rows, fold_batchnorm, upsample_log_scores
+from mvpseg.inference import InferenceConfig, Segmenter, fold_batchnorm, upsample_log_scores
 
 NAMES = ["cat", "dog", "grass", "sky", "road"]
 
@@ -33,11 +33,11 @@ def _regions(num_classes: int, height: int, width: int, seed: int = 0) -> torch.
 def test_block_rows_respects_the_budget() -> None:
     for width in (1, 37, 512, 4096, 100_000):
         for budget in (1.0, 1e4, 64 * 2**20):
-            rows = block_rows(width, budget)
+            rows = inference._block_rows(width, budget)
             assert rows >= 1
             assert rows == 1 or rows * width * 4 * inference._LIVE_ROWS <= budget
             assert (rows + 1) * width * 4 * inference._LIVE_ROWS > budget  # as many rows as fit
-    assert block_rows(4096, 64 * 2**20, rows=7) == 7
+    assert inference._block_rows(4096, 64 * 2**20, rows=7) == 7
 
 
 @pytest.mark.parametrize("prune", [True, False])
@@ -119,3 +119,15 @@ def test_segmenter_leaves_the_clip_tower_alone(tiny_rn: mvpseg.ClipBundle) -> No
     assert tiny_rn.model.visual.conv1.weight.is_contiguous()  # not switched to channels-last
     plain = _segmenter(tiny_rn, fold_batchnorm=False, channels_last=False)
     assert plain.visual is tiny_rn.model.visual
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_text_embeddings_in_class_batches_equal_one_batch(tiny_rn: mvpseg.ClipBundle, learned: bool) -> None:
+    names = ["cat", "dog", "grass", "sky", "road", "a very long class name indeed", "tree"]
+    if learned:
+        segmenter = _segmenter(tiny_rn, text_batch=3)
+    else:
+        segmenter = Segmenter(mvpseg.build_mvpseg(tiny_rn, None), tiny_rn, InferenceConfig(text_batch=3), device="cpu")
+    with torch.no_grad():
+        expected = segmenter.model.text_embeddings(names)
+    torch.testing.assert_close(segmenter.text_embeddings(names), expected, rtol=1e-5, atol=1e-6)

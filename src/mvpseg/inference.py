@@ -44,6 +44,7 @@ class InferenceConfig:
     precision: str = "auto"  # auto: fp16 autocast on CUDA, fp32 on the CPU; or fp32, bf16, fp16
     upsample_budget_mib: float = 64.0  # memory of the float blocks of upsampled class scores (bounds memory on huge images)
     upsample_rows: int | None = None  # output rows per block; None: as many as the budget allows
+    text_batch: int = 32  # classes encoded by the text tower at once (bounds memory for large vocabularies)
     fold_batchnorm: bool = True  # ResNet towers: a copy with the frozen BatchNorms folded into the convolutions
     channels_last: bool = True  # ResNet towers: NHWC convolutions (faster with oneDNN and cuDNN)
 
@@ -58,6 +59,8 @@ class InferenceConfig:
             raise ValueError("crop_size, stride and batch_size must be positive")
         if self.upsample_budget_mib <= 0 or (self.upsample_rows is not None and self.upsample_rows < 1):
             raise ValueError("upsample_budget_mib and upsample_rows must be positive")
+        if self.text_batch < 1:
+            raise ValueError("text_batch must be positive")
 
 
 @dataclass
@@ -222,12 +225,13 @@ def _band_candidates(log_scores: torch.Tensor, band: int, next_band: int, possib
     return torch.where(valid, order, order[:1]), valid.sum(dim=0)
 
 
-#: float32-sized rows of width W that one upsampling row block keeps alive: the value of a class,
-#: a product, the running maximum, the winning index (int64: two) and its update mask.
-_LIVE_ROWS = 6
+#: float32-sized rows of width W that one upsampling row block keeps alive at most: the running
+#: maximum, the value of a class, a product (or its exp with scores), the update mask, the winning
+#: slot (int64: two), and at the end its class (int64: two).
+_LIVE_ROWS = 8
 
 
-def block_rows(width: int, budget_bytes: float, rows: int | None = None) -> int:
+def _block_rows(width: int, budget_bytes: float, rows: int | None = None) -> int:
     """Output rows upsampled at once, so that a block's temporaries (:data:`_LIVE_ROWS` float32 rows of
     ``width``) stay within ``budget_bytes``. The number of classes does not matter: classes are visited
     one after the other.
@@ -270,7 +274,7 @@ def upsample_log_scores(log_scores: torch.Tensor, size: tuple[int, int], cells_p
         size: (H, W) output size.
         cells_per_pixel: (y, x) cells per output pixel (cell grid coordinate of pixel i is
             ``cells_per_pixel * (i + 0.5) - 0.5``).
-        budget_bytes: memory of one row block's temporaries (see :func:`block_rows`).
+        budget_bytes: memory of one row block's temporaries (see :func:`_block_rows`).
         rows: fixed rows per block instead of the budget.
         with_scores: also return ``exp`` of the upsampled log-scores.
         prune: skip the classes that cannot win (labels only); False visits every class.
@@ -301,7 +305,7 @@ def upsample_log_scores(log_scores: torch.Tensor, size: tuple[int, int], cells_p
         return widened[index]
 
     bands, band_sizes = torch.unique_consecutive(y0, return_counts=True)  # output rows sharing their cell rows
-    step = block_rows(width, budget_bytes, rows)
+    step = _block_rows(width, budget_bytes, rows)
     start = 0
     for band, band_size in zip(bands.tolist(), band_sizes.tolist()):
         stop, next_band = start + band_size, min(band + 1, cells_h - 1)
@@ -435,11 +439,19 @@ class Segmenter:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
-        """(P, C, D) class embeddings, computed once per vocabulary and cached."""
+        """(P, C, D) class embeddings, computed once per vocabulary and cached.
+
+        Classes go through the text tower ``config.text_batch`` at a time: each class's prompts are
+        encoded on their own (causal text tower), so the embeddings are those of one batch, with a
+        fraction of its activations in memory (171 classes x 4 prompts at once: about 700 MiB).
+        """
         names = tuple(validate_class_names(class_names))
         if names not in self._text_cache:
+            step = self.config.text_batch
             with torch.inference_mode(), self._autocast():
-                self._text_cache[names] = self.model.text_embeddings(names).float()
+                parts = [self.model.text_embeddings(names[start : start + step]).float()
+                         for start in range(0, len(names), step)]  # (P, c, D) each
+            self._text_cache[names] = torch.cat(parts, dim=1)  # (P, C, D)
         return self._text_cache[names]
 
     def _windows(self, height: int, width: int) -> Iterator[tuple[int, int, int, int]]:
