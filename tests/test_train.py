@@ -192,3 +192,13 @@ def test_feature_cache_gives_the_losses_of_the_uncached_path(setup: tuple[Path, 
     other = replace(cached, out=str(tmp_path / "other"), seed=1, iters=1)
     train(other, progress=False)
     assert json.loads((tmp_path / "cache" / "meta.json").read_text())["key"]["seed"] == 1
+    # Other weights in the same file (same name and path: only the content differs) rebuild it too.
+    copy = tmp_path / "weights.safetensors"
+    state = load_file(other.pretrained)
+    save_file(state, copy)
+    train(replace(other, out=str(tmp_path / "other2"), pretrained=str(copy)), progress=False)
+    before = json.loads((tmp_path / "cache" / "meta.json").read_text())["key"]
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, copy)
+    train(replace(other, out=str(tmp_path / "other3"), pretrained=str(copy)), progress=False)
+    after = json.loads((tmp_path / "cache" / "meta.json").read_text())["key"]
+    assert after["pretrained"] == before["pretrained"] == str(copy) and after["clip_weights"] != before["clip_weights"]

@@ -9,6 +9,7 @@ losses (up to fp16 rounding) for the first ``V`` epochs, and then cycles through
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from .dense import dense_features
 
-__all__ = ["FeatureCache", "build_feature_cache", "view_rng"]
+__all__ = ["FeatureCache", "build_feature_cache", "view_rng", "weights_fingerprint"]
 
 _META = "meta.json"
 
@@ -29,6 +30,20 @@ _META = "meta.json"
 def view_rng(seed: int, index: int, view: int) -> np.random.Generator:
     """The random generator of augmented view ``view`` of sample ``index``."""
     return np.random.default_rng([seed, index, view])
+
+
+@torch.no_grad()
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short digest of a model's weights: every tensor's name, shape and float64 sum and sum of squares.
+
+    Part of a cache's key, so that a cache made with other weights under the same name or path
+    (a re-downloaded tag, an overwritten file, a newer shipped tiny CLIP) is rebuilt, not reused.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        values = tensor.detach().double()
+        digest.update(f"{name}{tuple(tensor.shape)}{values.sum().item():.10e}{values.square().sum().item():.10e}".encode())
+    return digest.hexdigest()[:16]
 
 
 class FeatureCache:

@@ -27,7 +27,7 @@ from . import distributed
 from .checkpoint import CheckpointError, atomic_write, build_mvpseg, save_prompt_checkpoint
 from .clip import load_clip
 from .data import SegmentationDataset, TrainAugmentation, build_dataset
-from .feature_cache import FeatureCache, build_feature_cache, view_rng
+from .feature_cache import FeatureCache, build_feature_cache, view_rng, weights_fingerprint
 from .losses import LossWeights, labelled_weight, total_loss
 from .model import MVPSeg, MVPSegConfig
 
@@ -302,6 +302,7 @@ def _feature_cache(config: TrainConfig, samples: _TrainSamples, clip_model: torc
     key = {name: value for name, value in config.to_dict().items() if name in _CACHE_KEY}
     key["data_root"] = str(Path(config.data_root).resolve())
     key["vit_mode"] = config.model.vit_mode
+    key["clip_weights"] = weights_fingerprint(clip_model)
     folder = Path(config.feature_cache)
     if distributed.is_main_process():
         build_feature_cache(folder, key, config.cache_views, len(samples.dataset), samples.view, clip_model,
