@@ -123,6 +123,10 @@ def template_embeddings(
     return F.normalize(per_template.mean(dim=1), dim=-1)
 
 
+#: Noise added to phrase-initialised segmentation prompts, relative to the phrase's RMS.
+_PHRASE_NOISE = 0.1
+
+
 class PromptLearner(nn.Module):
     """K segmentation prompts plus one global prompt, each ``num_context`` learnable token vectors.
 
@@ -133,9 +137,10 @@ class PromptLearner(nn.Module):
         num_prompts: K, the number of segmentation prompts (the global prompt comes on top).
         num_context: M, context vectors per prompt. Default 16 (CoOp); with ``init_text`` the
             phrase's token count.
-        init_text: a phrase such as "a photo of a" whose token embeddings initialise every prompt;
-            None draws the contexts from N(0, 0.02).
-        generator: random generator for the N(0, 0.02) initialisation.
+        init_text: a phrase such as "a photo of a" whose token embeddings initialise every prompt
+            (the segmentation prompts with 10 % noise, so that they can diverge); None draws the
+            contexts from N(0, 0.02).
+        generator: random generator for the initialisation.
     """
 
     def __init__(
@@ -168,6 +173,11 @@ class PromptLearner(nn.Module):
             with torch.no_grad():
                 phrase = clip_model.token_embedding(ids)[0, 1 : 1 + phrase_length].float()  # (M, W)
             contexts = phrase.unsqueeze(0).repeat(num_prompts + 1, 1, 1)  # (K+1, M, W)
+            # Identical segmentation prompts would stay identical (the fused map sums them, and the
+            # OC loss has no gradient at cosine 1), so they start from the phrase plus a little noise
+            # (10 % of its RMS); the global prompt starts from the phrase exactly.
+            noise = torch.randn(num_prompts, phrase_length, width, generator=generator).to(device)
+            contexts[1:] += _PHRASE_NOISE * phrase.square().mean().sqrt() * noise
         else:
             num_context = 16 if num_context is None else num_context
             if num_context < 1:
