@@ -21,6 +21,7 @@ from mvpseg.world.scene import (
     THING_CLASSES,
     UNSEEN_CLASSES,
     Thing,
+    caption,
     generate_scene,
     render,
     sample_spec,
@@ -94,6 +95,31 @@ def test_twin_changes_one_thing_only() -> None:
     assert np.array_equal(label_a == changed[0][0], label_b == changed[0][1])
 
 
+def test_stuff_twin_changes_the_stuff_only() -> None:
+    rng = np.random.default_rng(4)
+    spec = sample_spec(rng)
+    twin = twin_spec(spec, rng, swap="stuff")
+    assert twin.things == spec.things and len(twin.stuff) == len(spec.stuff)
+    assert not set(twin.stuff) & set(spec.stuff)
+    (_, label_a), (_, label_b) = render(spec), render(twin)
+    things = label_a < len(THING_CLASSES)
+    assert np.array_equal(label_a[things], label_b[things]) and np.array_equal(things, label_b < len(THING_CLASSES))
+    for old, new in zip(spec.stuff, twin.stuff):  # each background region keeps its place, with the new kind
+        assert np.array_equal(label_a == old, label_b == new)
+    with pytest.raises(ValueError, match="swap"):
+        twin_spec(spec, rng, swap="colour")
+
+
+def test_stuff_only_caption_names_the_stuff_alone() -> None:
+    for index in range(10):
+        scene = generate_scene(scene_rng(0, 0, index))
+        counts = np.bincount(scene.label.ravel(), minlength=len(CLASS_NAMES))
+        words = set(re.findall(r"[a-z]+", caption(scene.label, np.random.default_rng(index), stuff_only=True)))
+        assert not words & set(THING_CLASSES)
+        named = {name for c, name in enumerate(CLASS_NAMES) if c >= len(THING_CLASSES) and counts[c] >= 0.1 * counts.sum()}
+        assert named and named <= words and not (set(STUFF_CLASSES) - named) & words
+
+
 def test_write_world_layout(tmp_path) -> None:
     root = write_world(tmp_path / "world", num_train=3, num_val=2, seed=5, progress=False)
     assert (root / "class_names.txt").read_text().split("\n")[:-1] == list(CLASS_NAMES)
@@ -112,16 +138,17 @@ def test_write_world_layout(tmp_path) -> None:
     assert np.array_equal(np.asarray(Image.open(root / "JPEGImages" / f"{ids['val'][1]}.png")), scene.image)
 
 
-def test_pretrain_two_steps_writes_loadable_weights(tmp_path) -> None:
+def test_pretrain_phases_write_loadable_weights(tmp_path) -> None:
     out = tmp_path / "clip"
-    pretrain_main(["--out", str(out), "--steps", "2", "--batch-size", "4", "--pool", "8", "--warmup", "1",
-                   "--curriculum-steps", "1", "--log-every", "1", "--no-progress"])
+    pretrain_main(["--out", str(out), "--steps", "3", "--batch-size", "4", "--pool", "8", "--warmup", "1",
+                   "--curriculum-steps", "1", "--stuff-only-fraction", "0.5", "--stuff-twin-fraction", "0.5",
+                   "--log-every", "1", "--no-progress"])
     state = load_file(str(out / "mvpseg-tiny.safetensors"))
     model = build_tiny_clip()
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     assert not torch.equal(model.logit_scale.detach(), torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
     log = (out / "pretrain_log.csv").read_text().splitlines()
-    assert log[0].startswith("step,loss") and len(log) == 3
+    assert log[0].startswith("step,loss") and len(log) == 4
     tokens = open_clip.get_tokenizer("mvpseg-tiny")(["stripes on grass."])
     with torch.no_grad():
         assert model.encode_text(tokens).shape == (1, 128)
@@ -146,3 +173,20 @@ def test_shipped_tiny_clip_loads_and_beats_chance() -> None:
     # presence AUC of the 12 things (chance: 0.5) on held-out world images, unseen things included
     assert result["summary"]["thing_auc"] > 0.75
     assert result["summary"]["thing_auc_unseen"] > 0.70
+    assert result["summary"]["stuff_top1"] > 0.5  # 4 stuff kinds: chance 0.25
+
+
+def test_pool_twins_change_stuff_or_a_thing() -> None:
+    from mvpseg.world.pretrain import draw_pool, is_stuff_twin
+
+    _, counts, pairs = draw_pool(0, 64, 16, twin_fraction=1.0, workers=1, progress=False, stuff_twin_fraction=0.5)
+    assert pairs == 8
+    kinds = []
+    for k in range(pairs):
+        a, b = counts[2 * k], counts[2 * k + 1]
+        things_equal = np.array_equal(a[: len(THING_CLASSES)], b[: len(THING_CLASSES)])
+        kinds.append(is_stuff_twin(0, k, 0.5))
+        assert things_equal == kinds[-1]  # a stuff twin keeps every thing's pixels; a thing twin changes one
+        if kinds[-1]:
+            assert not set(np.flatnonzero(a[len(THING_CLASSES):])) & set(np.flatnonzero(b[len(THING_CLASSES):]))
+    assert any(kinds) and not all(kinds)

@@ -2,11 +2,19 @@
 
 ::
 
-    python -m mvpseg.world.pretrain --out runs/tiny-clip --steps 6000 --threads 2
+    python -m mvpseg.world.pretrain --out runs/tiny-clip --steps 3000 --batch-size 64 --curriculum-steps 400 \
+        --stuff-only-fraction 0.25 --stuff-twin-fraction 0.5 --warmup 100 --pool 20000 --threads 2
+
+(the shipped weights' recipe: 36 minutes on 2 idle CPU cores).
 
 A pool of world scenes is drawn once (in ``--threads`` processes), half of them as *twin pairs*
-(same layout and colours, one thing's class changed) that land in the same batch: hard negatives
-that stuff alone cannot separate. Captions are re-sampled from each image's class areas every time
+(same layout and colours, one thing's class changed, or with ``--stuff-twin-fraction`` the
+background kinds) that land in the same batch: hard negatives that only the changed word separates.
+Training starts with ``--curriculum-steps`` of one-thing images whose captions never name the
+stuff together with the thing, then the full mix. Throughout, ``--stuff-only-fraction`` of the
+captions name the stuff alone. A caption naming one kind of class only cannot be matched by the
+other kind: without these, the text tower collapses the words of whichever kind the image tower
+has not learned yet (the things first, or after the curriculum the stuff; see NOTES.md). Captions are re-sampled from each image's class areas every time
 it is used, images are flipped and rotated by multiples of 90 degrees. The loss is CLIP's symmetric
 InfoNCE with a learnable temperature; AdamW with linear warm-up and cosine decay; bf16 autocast on
 the CPU. Every class is named in captions, unseen ones included (as real CLIP saw every word).
@@ -70,6 +78,8 @@ class PretrainConfig:
     twin_fraction: float = 0.5  # share of each batch made of twin pairs (hard negatives)
     image_size: int = 128  # world image side, pixels (= the model's input size)
     curriculum_steps: int = 0  # first steps: only one-thing images, captions naming the thing alone
+    stuff_only_fraction: float = 0.0  # share of captions naming the stuff alone (never for thing twins)
+    stuff_twin_fraction: float = 0.0  # share of twin pairs that change the stuff instead of a thing
     seed: int = 0  # seeds the pool, the batch order, captions and the initialisation
     threads: int = 1  # torch threads, and processes drawing the pool
     bf16: bool = False  # bf16 autocast: faster only on CPUs with AVX512-BF16 or AMX, far slower on AVX2
@@ -95,12 +105,17 @@ def _model_name(name: str) -> str:
 # ----------------------------------------------------------------------------- the scene pool
 
 
-def _draw_pool_chunk(job: tuple[int, int, int, int, float]) -> tuple[np.ndarray, np.ndarray]:
+def is_stuff_twin(seed: int, pair: int, fraction: float) -> bool:
+    """Whether twin pair ``pair`` of the pool changes the stuff (else a thing)."""
+    return fraction > 0 and np.random.default_rng(np.random.SeedSequence([seed, 3, pair])).random() < fraction
+
+
+def _draw_pool_chunk(job: tuple[int, int, int, int, int, float]) -> tuple[np.ndarray, np.ndarray]:
     """Scenes [start, stop) of the pool: (N, H, W, 3) uint8 images, (N, C) int32 class pixel counts.
 
     The first ``num_pairs`` pairs of the pool are twins (images 2k and 2k + 1 share a spec).
     """
-    seed, start, stop, size, num_pairs = job
+    seed, start, stop, size, num_pairs, stuff_twin_fraction = job
     images = np.empty((stop - start, size, size, 3), dtype=np.uint8)
     counts = np.empty((stop - start, len(CLASS_NAMES)), dtype=np.int32)
     for offset, index in enumerate(range(start, stop)):
@@ -108,7 +123,8 @@ def _draw_pool_chunk(job: tuple[int, int, int, int, float]) -> tuple[np.ndarray,
             rng = scene_rng(seed, PRETRAIN_SPLIT, index // 2)
             spec = sample_spec(rng, size=size)
             if index % 2 == 1:
-                spec = twin_spec(spec, rng)
+                swap = "stuff" if is_stuff_twin(seed, index // 2, stuff_twin_fraction) else "thing"
+                spec = twin_spec(spec, rng, swap)
             image, label = render(spec)
         else:
             scene = generate_scene(scene_rng(seed, PRETRAIN_SPLIT, index), size=size)
@@ -119,7 +135,8 @@ def _draw_pool_chunk(job: tuple[int, int, int, int, float]) -> tuple[np.ndarray,
 
 
 def draw_pool(
-    seed: int, size: int, num_images: int, twin_fraction: float, workers: int, progress: bool = True
+    seed: int, size: int, num_images: int, twin_fraction: float, workers: int, progress: bool = True,
+    stuff_twin_fraction: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Draw the pretraining pool.
 
@@ -129,7 +146,8 @@ def draw_pool(
     """
     num_pairs = int(num_images * twin_fraction) // 2
     chunk = 256
-    jobs = [(seed, s, min(s + chunk, num_images), size, num_pairs) for s in range(0, num_images, chunk)]
+    jobs = [(seed, s, min(s + chunk, num_images), size, num_pairs, stuff_twin_fraction)
+            for s in range(0, num_images, chunk)]
     bar = tqdm(total=num_images, desc="drawing scenes", unit="img", disable=not progress)
     parts = []
     if workers > 1:
@@ -147,11 +165,12 @@ def draw_pool(
     return images, counts, num_pairs
 
 
-def _caption_from_counts(counts: np.ndarray, rng: np.random.Generator, stuff_probability: float = 0.5) -> str:
+def _caption_from_counts(counts: np.ndarray, rng: np.random.Generator, stuff_probability: float = 0.5,
+                         stuff_only: bool = False) -> str:
     """A caption for an image known only by its class pixel counts (C,)."""
     # caption() only needs the class areas: a 1-D "label map" with the same histogram is equivalent
     label = np.repeat(np.arange(len(counts), dtype=np.uint8), counts)
-    return caption(label, rng, stuff_probability=stuff_probability)
+    return caption(label, rng, stuff_probability=stuff_probability, stuff_only=stuff_only)
 
 
 def _batch_indices(rng: np.random.Generator, batch_size: int, num_images: int, num_pairs: int,
@@ -237,8 +256,11 @@ def pretrain(config: PretrainConfig) -> Path:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     images, counts, num_pairs = draw_pool(
-        config.seed, config.image_size, config.pool, config.twin_fraction, config.threads, config.progress
+        config.seed, config.image_size, config.pool, config.twin_fraction, config.threads, config.progress,
+        config.stuff_twin_fraction,
     )
+    stuff_pairs = np.array([is_stuff_twin(config.seed, k, config.stuff_twin_fraction) for k in range(num_pairs)],
+                           dtype=bool)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
                                   betas=(0.9, 0.98), eps=1e-6)
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1000]))
@@ -274,10 +296,15 @@ def pretrain(config: PretrainConfig) -> Path:
         batch_rngs = np.random.default_rng(rng.integers(2**63))
         captions = []
         for pool_index in index.tolist():
-            # twins share one caption rng, so their captions differ only in the swapped thing's word
-            key = (step, pool_index // 2, 0) if pool_index < 2 * num_pairs else (step, pool_index, 1)
+            # twins share one caption rng, so their captions differ only in the swapped word(s)
+            twin = pool_index < 2 * num_pairs
+            key = (step, pool_index // 2, 0) if twin else (step, pool_index, 1)
             caption_rng = np.random.default_rng(np.random.SeedSequence([config.seed, *key]))
-            captions.append(_caption_from_counts(counts[pool_index], caption_rng, 0.0 if warming_up else 0.5))
+            stuff_twin = twin and stuff_pairs[pool_index // 2]
+            stuff_probability = 0.0 if warming_up else (1.0 if stuff_twin else 0.5)
+            # thing twins share their stuff: a stuff-only caption could not tell them apart
+            stuff_only = (not twin or stuff_twin) and caption_rng.random() < config.stuff_only_fraction
+            captions.append(_caption_from_counts(counts[pool_index], caption_rng, stuff_probability, stuff_only))
         x = _augment(images[index], batch_rngs)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -205,8 +205,22 @@ def sample_spec(rng: np.random.Generator, size: int = 128) -> SceneSpec:
     )
 
 
-def twin_spec(spec: SceneSpec, rng: np.random.Generator) -> SceneSpec:
-    """The same scene with one thing's class changed to another one not in the scene (a hard negative)."""
+def twin_spec(spec: SceneSpec, rng: np.random.Generator, swap: str = "thing") -> SceneSpec:
+    """The same scene with one class changed (a hard negative).
+
+    Args:
+        spec: the scene.
+        rng: the source of randomness.
+        swap: "thing": one thing's class becomes a thing class not in the scene; "stuff": the
+            background kinds become others (same layout and textures' seed), so that only the stuff
+            words tell the two apart.
+    """
+    if swap == "stuff":
+        others = [s + _NUM_THINGS for s in range(len(STUFF_CLASSES)) if s + _NUM_THINGS not in spec.stuff]
+        new_stuff = tuple(int(s) for s in rng.choice(others, size=len(spec.stuff), replace=False))
+        return dataclasses.replace(spec, stuff=new_stuff)
+    if swap != "thing":
+        raise ValueError(f"swap must be 'thing' or 'stuff', not {swap!r}")
     present = {t.label for t in spec.things}
     which = int(rng.integers(0, len(spec.things)))
     choices = [c for c in range(_NUM_THINGS) if c not in present]
@@ -391,6 +405,16 @@ _THINGS_ONLY = (
 )
 
 
+_STUFF_ONLY = (
+    "{stuff}.",
+    "a photo of {stuff}.",
+    "a picture of the {stuff}.",
+    "an image of {stuff}.",
+    "there is {stuff}.",
+    "a background of {stuff}.",
+)
+
+
 def _join(words: list[str]) -> str:
     if len(words) == 1:
         return words[0]
@@ -398,7 +422,8 @@ def _join(words: list[str]) -> str:
 
 
 def caption(
-    label: np.ndarray, rng: np.random.Generator, min_fraction: float = 0.015, stuff_probability: float = 0.5
+    label: np.ndarray, rng: np.random.Generator, min_fraction: float = 0.015, stuff_probability: float = 0.5,
+    stuff_only: bool = False,
 ) -> str:
     """A varied sentence naming the things (always) and the stuff (sometimes) in a label map.
 
@@ -407,6 +432,7 @@ def caption(
         rng: the source of randomness (template and word order).
         min_fraction: things covering less of the image than this are not named.
         stuff_probability: how often the stuff is named too.
+        stuff_only: name the stuff alone (pretraining's stuff phase), e.g. ``"a photo of grass and sky."``.
 
     Returns:
         The caption, e.g. ``"a photo of stripes and dots on grass."``.
@@ -415,6 +441,9 @@ def caption(
     total = label.size
     things = [c for c in np.argsort(-counts[:_NUM_THINGS]) if counts[c] >= min_fraction * total]
     stuff = [c for c in np.argsort(-counts[_NUM_THINGS:]) + _NUM_THINGS if counts[c] >= 0.1 * total]
+    if stuff_only and stuff:
+        template = _STUFF_ONLY[int(rng.integers(len(_STUFF_ONLY)))]
+        return template.format(stuff=_join([CLASS_NAMES[c] for c in stuff]))
     if rng.random() < 0.5:
         rng.shuffle(things)
     thing_words = _join([CLASS_NAMES[c] for c in things]) if things else "nothing"
