@@ -330,6 +330,8 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--iters", type=int, default=defaults.iters,
                         help=f"training steps per learned row (default: {defaults.iters})")
     parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts, help=f"K (default: {defaults.num_prompts})")
+    parser.add_argument("--seeds", type=int, default=defaults.seeds,
+                        help=f"prompt-training seeds per learned row, averaged (default: {defaults.seeds})")
     parser.add_argument("--clip-weights", default=defaults.clip_weights, metavar="PATH",
                         help="tiny CLIP weights (default: the ones shipped in the package)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -345,7 +347,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = DemoConfig(out=args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                        iters=args.iters, num_prompts=args.num_prompts, clip_weights=args.clip_weights)
+                        iters=args.iters, num_prompts=args.num_prompts, seeds=args.seeds,
+                        clip_weights=args.clip_weights)
     rows = run_demo(config, progress=not args.quiet)
     print(format_results(rows))
     print(f"results in {Path(args.out) / 'results.md'}", file=sys.stderr)

@@ -43,7 +43,9 @@ class DemoConfig:
     num_train: int = 1200  # world training images (prompts see only their seen classes)
     num_val: int = 150  # world validation images (zero-shot evaluation)
     num_prompts: int = 3  # K of the multi-view rows
-    num_context: int = 8  # M context vectors per prompt
+    num_context: int | None = None  # M context vectors per prompt (None: the length of init_text)
+    init_text: str | None = "a photo of a"  # phrase initialising the prompts; None: N(0, 0.02)
+    seeds: int = 3  # prompt-training seeds per learned row (seed, seed + 1, ...); the row reports their mean
     iters: int = 250  # training steps per learned row
     batch_size: int = 16
     lr: float = 0.01
@@ -77,6 +79,12 @@ def format_results(rows: list[dict[str, Any]]) -> str:
         cells = [f"{row[key]:.1f}" if row[key] is not None else "-" for key in ("miou_seen", "miou_unseen", "hiou")]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """Mean over seeds; None when no seed has a value (e.g. no unseen class in a tiny val split)."""
+    present = [value for value in values if value is not None]
+    return float(np.mean(present)) if present else None
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -121,7 +129,8 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
         progress: show progress bars.
 
     Returns:
-        One dict per row: name, label, miou_seen, miou_unseen, hiou, miou, seconds.
+        One dict per row: name, label, miou_seen, miou_unseen, hiou, miou, per_class (means over the
+        seeds of a learned row), seeds (each seed's figures) and seconds.
     """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,39 +140,50 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
     clip = load_clip(config.clip, config.clip_weights)
     inference = InferenceConfig(short_side=config.short_side, mode="whole")
     rows: list[dict[str, Any]] = []
-    # CLIP is frozen: every learned row trains from one cache of the augmented views' dense features,
-    # with as many views as epochs, so training sees exactly what the uncached path would.
+    # CLIP is frozen: every learned row trains from one cache (per seed) of the augmented views' dense
+    # features, with as many views as epochs, so training sees exactly what the uncached path would.
     views = max(math.ceil(config.iters * config.batch_size / config.num_train), 1)
+    keys = ("miou_seen", "miou_unseen", "hiou", "miou")
     for name, overrides, weights in ABLATION:
         tic = time.perf_counter()
         label = _LABELS[name].format(k=config.num_prompts)
-        if overrides is None:
-            model = build_mvpseg(clip, None)
-        else:
-            model_config = replace(MVPSegConfig(clip_name=config.clip, num_prompts=config.num_prompts,
-                                                num_context=config.num_context), **overrides)
-            run = out / "runs" / name
-            train_config = TrainConfig(
-                dataset="custom", data_root=str(world), clip=config.clip, pretrained=config.clip_weights,
-                out=str(run), model=model_config, loss=weights or LossWeights(), iters=config.iters,
-                batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer, crop_size=config.crop_size,
-                scale=(4 * config.crop_size, config.crop_size), seed=config.seed, num_workers=config.num_workers,
-                precision=config.precision, checkpoint_every=config.iters, log_every=max(config.iters // 50, 1),
-                feature_cache=str(out / "feature-cache"), cache_views=views)
-            if progress:
-                print(f"training: {label}", flush=True)
-            model = load_mvpseg(train(train_config, progress=progress), clip)
-        segmenter = Segmenter(model, clip, inference, device="cpu")
-        metrics = evaluate(segmenter, val, progress=False)
-        rows.append({"name": name, "label": label,
-                     "miou_seen": metrics["miou_seen"], "miou_unseen": metrics["miou_unseen"],
-                     "hiou": metrics["hiou"], "miou": metrics["miou"], "per_class": metrics["per_class"],
-                     "seconds": round(time.perf_counter() - tic, 1)})
+        runs: list[dict[str, Any]] = []
+        for offset in range(1 if overrides is None else config.seeds):
+            seed = config.seed + offset
+            if overrides is None:
+                model = build_mvpseg(clip, None)
+            else:
+                model_config = replace(MVPSegConfig(clip_name=config.clip, num_prompts=config.num_prompts,
+                                                    num_context=config.num_context, init_text=config.init_text),
+                                       **overrides)
+                train_config = TrainConfig(
+                    dataset="custom", data_root=str(world), clip=config.clip, pretrained=config.clip_weights,
+                    out=str(out / "runs" / name / f"seed-{seed}"), model=model_config, loss=weights or LossWeights(),
+                    iters=config.iters, batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer,
+                    crop_size=config.crop_size, scale=(4 * config.crop_size, config.crop_size),
+                    ratio_range=(1.0, 1.0),  # no rescaling: the tiny CLIP knows the world at one scale only
+                    seed=seed, num_workers=config.num_workers, precision=config.precision,
+                    checkpoint_every=config.iters, log_every=max(config.iters // 50, 1),
+                    feature_cache=str(out / "feature-cache" / f"seed-{seed}"), cache_views=views)
+                if progress:
+                    print(f"training: {label}, seed {seed}", flush=True)
+                model = load_mvpseg(train(train_config, progress=progress), clip)
+            segmenter = Segmenter(model, clip, inference, device="cpu")
+            metrics = evaluate(segmenter, val, progress=False)
+            runs.append({"seed": seed, **{key: metrics[key] for key in keys}, "per_class": metrics["per_class"]})
+            if name == "mvp-seg" and offset == 0:
+                _pictures(segmenter, val, out, config.overlays)
+        row: dict[str, Any] = {"name": name, "label": label}
+        row.update({key: _mean([run[key] for run in runs]) for key in keys})
+        row["per_class"] = {c: _mean([run["per_class"][c] for run in runs]) for c in runs[0]["per_class"]}
+        row["seeds"] = runs
+        row["seconds"] = round(time.perf_counter() - tic, 1)
+        rows.append(row)
         if progress:
-            print(f"{label}: mIoU(S) {metrics['miou_seen']:.1f}  mIoU(U) {metrics['miou_unseen']:.1f}  "
-                  f"hIoU {metrics['hiou']:.1f}", flush=True)
-        if name == "mvp-seg":
-            _pictures(segmenter, val, out, config.overlays)
+            spread = "" if len(runs) == 1 else f" (mean of {len(runs)} seeds; mIoU(U) " + \
+                ", ".join(f"{run['miou_unseen']:.1f}" for run in runs) + ")"
+            print(f"{label}: mIoU(S) {row['miou_seen']:.1f}  mIoU(U) {row['miou_unseen']:.1f}  "
+                  f"hIoU {row['hiou']:.1f}{spread}", flush=True)
     table = format_results(rows)
     run_info = {"config": asdict(config), "seconds": round(time.perf_counter() - start, 1),
                 "unseen": list(val.info.unseen_names), "torch_threads": torch.get_num_threads()}
