@@ -71,12 +71,8 @@ def inference_figure(results: dict[str, Any], path: Path) -> Path | None:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.suptitle(_subtitle(results) + "\nimages resized to a short side of 512 (the default); memory: a fresh "
-                    "process per point", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path, results, "images resized to a short side of 512 (the default); memory: a fresh "
+                 "process per point")
 
 
 def training_figure(results: dict[str, Any], path: Path) -> Path | None:
@@ -104,8 +100,13 @@ def training_figure(results: dict[str, Any], path: Path) -> Path | None:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.suptitle(_subtitle(results) + "\nRN50, batch 4, crop 512; the image tower does not depend on K or the "
-                    "classes", fontsize=9)
+    return _save(plt, figure, path, results, "RN50, batch 4, crop 512; the image tower does not depend on K or the "
+                 "classes")
+
+
+def _save(plt: Any, figure: Any, path: Path, results: dict[str, Any], note: str) -> Path:
+    """Title a figure with the machine and ``note``, write it to ``path`` and close it."""
+    figure.suptitle(_subtitle(results) + "\n" + note, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
