@@ -205,26 +205,28 @@ def random_clip(name: str, device: torch.device, seed: int = 0) -> mvpseg.ClipBu
 
 def build_model(clip: mvpseg.ClipBundle, num_prompts: int = 3, seed: int = 0) -> mvpseg.MVPSeg:
     """MVP-SEG with K learned (here: randomly initialised) prompts and GPR, as trained models are."""
-    config = mvpseg.MVPSegConfig(clip_name=clip.name, num_prompts=num_prompts)
+    config = mvpseg.MVPSegConfig(num_prompts=num_prompts)
     return mvpseg.build_mvpseg(clip, config, generator=torch.Generator().manual_seed(seed))
 
 
 def segmenter(clip: mvpseg.ClipBundle, model: mvpseg.MVPSeg, device: torch.device, **options: Any) -> Segmenter:
-    return Segmenter(model, clip, InferenceConfig(**options), device=device)
+    return Segmenter(model, InferenceConfig(**options), device=device)
 
 
 def share_text(target: Segmenter, source: Segmenter, names: list[str]) -> None:
-    """Give ``target`` the text embeddings ``source`` computed for ``names`` (its first rows when a subset).
+    """Give ``target`` the text embeddings ``source`` has for ``names``: its rows of the 171-class vocabulary
+    when ``names`` are among those classes, else the embeddings of ``names`` themselves.
 
     Each class's prompts are encoded independently (causal text tower), so the rows of a larger
-    vocabulary are the embeddings of the smaller one.
+    vocabulary are the embeddings of the smaller one; ``source`` runs its text tower at most once per
+    vocabulary (its calls are cached).
     """
-    for vocabulary_names, embeddings in source._text_cache.items():
-        if set(names) <= set(vocabulary_names):
-            rows = [vocabulary_names.index(name) for name in names]
-            target._text_cache[tuple(names)] = embeddings[:, rows]
-            return
-    raise KeyError("no cached vocabulary holds these names")
+    everything = vocabulary(171)
+    if set(names) <= set(everything):
+        embeddings = source.text_embeddings(everything)[:, [everything.index(name) for name in names]]
+    else:
+        embeddings = source.text_embeddings(names)
+    target.cache_text_embeddings(names, embeddings)
 
 
 def matmul_flops_per_second(device: torch.device, size: int = 2048, repeats: int = 5,

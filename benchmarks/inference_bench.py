@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +16,6 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 from common import (
     Section,
     Settings,
@@ -47,8 +45,8 @@ PHASES = ("image_tower", "head_matching", "text_lookup", "resize", "upsample", "
 class PhaseTimer:
     """Times the phases of :meth:`Segmenter.predict` by wrapping the instance's methods.
 
-    ``predict`` calls ``_resize``, ``predict_torch`` (which calls ``text_embeddings`` and, per window
-    batch, ``features``: the image tower) and ``_upsample``; the head, the cosine maps and the
+    ``predict`` calls ``resize``, ``predict_torch`` (which calls ``text_embeddings`` and, per window
+    batch, ``features``: the image tower) and ``upsample``; the head, the cosine maps and the
     stitching are what ``predict_torch`` spends outside the tower and the text lookup.
     """
 
@@ -56,10 +54,8 @@ class PhaseTimer:
         self.seg, self.device = seg, seg.device
         self.seconds: dict[str, float] = defaultdict(float)
         self.count_flops, self.flops = False, 0  # count the tower's FLOPs (a warm-up run) instead of timing
-        # Segmenters before this work ran the tower through model.features: time that instead.
-        tower_owner = seg if hasattr(seg, "features") else seg.model
-        self.wrapped: list[tuple[Any, str]] = [(tower_owner, "features")]
-        self.wrapped += [(seg, name) for name in ("_resize", "predict_torch", "_upsample", "text_embeddings")]
+        self.wrapped: list[tuple[Any, str]] = [
+            (seg, name) for name in ("features", "resize", "predict_torch", "upsample", "text_embeddings")]
         for owner, name in self.wrapped:
             setattr(owner, name, self._wrap(name, getattr(owner, name)))
 
@@ -90,10 +86,10 @@ class PhaseTimer:
             "image_tower": seconds["features"],
             "text_lookup": seconds["text_embeddings"],
             "head_matching": seconds["predict_torch"] - seconds["features"] - seconds["text_embeddings"],
-            "resize": seconds["_resize"],
-            "upsample": seconds["_upsample"],
+            "resize": seconds["resize"],
+            "upsample": seconds["upsample"],
         }
-        phases["other"] = total - seconds["predict_torch"] - seconds["_resize"] - seconds["_upsample"]
+        phases["other"] = total - seconds["predict_torch"] - seconds["resize"] - seconds["upsample"]
         phases["total"] = total
         return phases, prediction
 
@@ -115,18 +111,9 @@ def counting_flops() -> Iterator[FlopCounterMode]:
 
 def window_batches(seg: Segmenter, image: np.ndarray) -> list[torch.Tensor]:
     """The crops ``predict`` feeds the image tower, batched as it batches them: normalised (G, 3, h', w')."""
-    resized = seg._resize(image)
-    _, _, height, width = resized.shape
-    step = seg.stride
-    padded_h, padded_w = math.ceil(height / step) * step, math.ceil(width / step) * step
-    padded = F.pad(resized, (0, padded_w - width, 0, padded_h - height))
-    boxes = list(seg._windows(padded_h, padded_w))
-    batches = []
-    for start in range(0, len(boxes), seg.config.batch_size):
-        chunk = boxes[start : start + seg.config.batch_size]
-        if len({(y1 - y0, x1 - x0) for y0, y1, x0, x1 in chunk}) != 1:
-            raise ValueError("windows of several sizes: no fixed-size reference model fits")
-        batches.append(torch.cat([padded[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in chunk]))
+    batches = [crops for _, crops in seg.window_batches(seg.pad(seg.resize(image)))]
+    if len({crops.shape[-2:] for crops in batches}) > 1:
+        raise ValueError("windows of several sizes: no fixed-size reference model fits")
     return batches
 
 
@@ -154,7 +141,7 @@ def inference_case(seg: Segmenter, reference: torch.nn.Module, image: np.ndarray
     right = torch.randn(size, size, device=device, dtype=matmul_dtype)
 
     def run_reference() -> None:
-        with torch.inference_mode(), seg._autocast():
+        with torch.inference_mode(), seg.autocast():
             for batch in batches:
                 reference.encode_image(batch)
 
@@ -201,7 +188,7 @@ def inference_case(seg: Segmenter, reference: torch.nn.Module, image: np.ndarray
 
 def text_encoding(seg: Segmenter, names: list[str], settings: Settings) -> dict[str, float]:
     """The first ``text_embeddings`` call for a vocabulary (the text tower runs) against cached calls."""
-    seg._text_cache.pop(tuple(names), None)
+    seg.clear_text_cache()
     first, _ = timed(lambda: seg.text_embeddings(names), seg.device)
     cached = [timed(lambda: seg.text_embeddings(names), seg.device)[0] for _ in range(max(settings.repeats, 3))]
     return {"classes": len(names), "first_call_seconds": first, "cached_call_seconds": median(cached)}
@@ -294,7 +281,7 @@ def run(name: str, settings: Settings, section: Section, full_figures: bool = Tr
                                                    settings, dtype)
     del reference
     if stash is not None:
-        stash.update(clip=clip, text=seg._text_cache.get(tuple(vocabulary(171))))
+        stash.update(clip=clip, text=seg.text_embeddings(vocabulary(171)) if full_figures else None)
     if full_figures:
         result["precision"] = []
         for precision in ("bf16",) if device.type == "cpu" else ("fp16", "bf16"):

@@ -76,24 +76,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     if buffers:
         clip.model.visual.load_state_dict(buffers, strict=False)
     model = build_model(clip)
-    if args.inference_file:  # the implementation of another revision (before/after comparisons)
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("mvpseg._compared_inference", args.inference_file)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        segmenter_class = module.Segmenter
-    else:
-        segmenter_class = mvpseg.Segmenter
-    seg = segmenter_class(model, clip, device=device)
+    seg = mvpseg.Segmenter(model, device=device)
     names = vocabulary(args.classes)
     if args.encode_text:
         result["rss_after_load_mib"] = status_mib("VmRSS")
         seg.text_embeddings(names)
     else:
-        seg._text_cache[tuple(names)] = inputs["text"][:, : args.classes].to(device)
+        seg.cache_text_embeddings(names, inputs["text"][:, : args.classes])
         result["rss_after_load_mib"] = status_mib("VmRSS")
     image = scene(args.side, args.side, seed=args.side)
     peak_before = status_mib("VmHWM")
@@ -108,12 +97,12 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     # Not getrusage's ru_maxrss: Linux carries the parent's RSS at fork into it.
     result["peak_rss_mib"] = max(peak_before, result["predict_peak_rss_mib"])
     result.update(clip=args.clip, side=args.side, classes=args.classes, device=str(device),
-                  text_encoded_here=args.encode_text, inference_file=args.inference_file)
+                  text_encoded_here=args.encode_text)
     return result
 
 
 def measure(clip: str, side: int, classes: int, inputs: Path | None, device: str, threads: int | None = None,
-            encode_text: bool = False, inference_file: str | None = None) -> dict[str, Any]:
+            encode_text: bool = False) -> dict[str, Any]:
     """Run one case in a fresh Python process and return what it reports."""
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--clip", clip, "--side", str(side),
                "--classes", str(classes), "--device", device]
@@ -123,8 +112,6 @@ def measure(clip: str, side: int, classes: int, inputs: Path | None, device: str
         command += ["--threads", str(threads)]
     if encode_text:
         command.append("--encode-text")
-    if inference_file:
-        command += ["--inference-file", inference_file]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if completed.returncode != 0:
@@ -141,7 +128,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--inputs", default=None, help="BatchNorm statistics and text embeddings (from the parent)")
     parser.add_argument("--encode-text", action="store_true", help="run the text tower in this process")
-    parser.add_argument("--inference-file", default=None, help="use the Segmenter of this inference.py")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -157,12 +143,11 @@ def main() -> None:
         seg = segmenter(clip, build_model(clip), device)
         with tempfile.TemporaryDirectory() as folder:
             inputs = save_inputs(Path(folder), clip, seg.text_embeddings(vocabulary(171)))
-            print(json.dumps(measure(args.clip, args.side, args.classes, inputs, args.device, args.threads,
-                                     inference_file=args.inference_file), indent=2))
+            print(json.dumps(measure(args.clip, args.side, args.classes, inputs, args.device, args.threads), indent=2))
         return
     inputs = Path(args.inputs) if args.inputs else None
     print(json.dumps(measure(args.clip, args.side, args.classes, inputs, args.device, args.threads,
-                             args.encode_text, args.inference_file), indent=2))
+                             args.encode_text), indent=2))
 
 
 if __name__ == "__main__":

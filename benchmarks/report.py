@@ -221,9 +221,9 @@ def before_after_section(results: dict[str, Any]) -> list[str]:
     if not comparison:
         return []
     lines = ["## Before and after", "",
-             f"The `Segmenter` of `{comparison['baseline']}` (before this work) against the current one, in the same "
-             "process, runs alternating; same model, same images, same text embeddings. What changed in "
-             "`src/mvpseg/inference.py`:", "",
+             f"The `Segmenter` of `{comparison['baseline']}` (before the speed work) against the one that work made, in "
+             "the same process, runs alternating; same model, same images, same text embeddings (measured by the "
+             "suite's former `--baseline` option, when that work landed). What changed:", "",
              "- **Upsampling and labels.** Before, each block of 256 output rows was a `grid_sample` of every class, "
              "`(C, 256, W)` float32 (717 MB at C = 171, W = 4096), followed by an `argmax` over the classes. Now "
              "`upsample_log_scores` interpolates like `F.interpolate` (two cell rows along the width, then each output "
@@ -262,7 +262,7 @@ def write(results: dict[str, Any], path: Path, figures: list[Path]) -> None:
     """Write the Markdown report."""
     lines = ["# Benchmarks", "",
              "Speed and memory of mvpseg's inference and training, measured by `python benchmarks/run.py "
-             "[--device cuda] [--quick] [--threads N] [--baseline REV]` (this page and `benchmarks/results.json` "
+             "[--device cuda] [--quick] [--threads N]` (this page and `benchmarks/results.json` "
              "are its output). CLIP weights are random (speed does not depend on their values); the ResNet's "
              "BatchNorm statistics are set from one synthetic scene so that features vary over the image as a "
              "trained network's do, and the label maps are not one class everywhere. Images are synthetic scenes. "

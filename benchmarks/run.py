@@ -4,11 +4,10 @@ Writes ``benchmarks/results.json``, ``docs/benchmarks.md`` and the scaling plots
 (with ``--device cuda``: ``results_cuda.json``, ``benchmarks_cuda.md`` and ``benchmarks_cuda_*.png``).
 
     pip install -e ".[bench]"
-    python benchmarks/run.py [--device cuda] [--quick] [--threads N] [--baseline REV]
+    python benchmarks/run.py [--device cuda] [--quick] [--threads N]
 
 ``--quick`` (a few minutes on a 2-core CPU): 2 timed runs per figure, fewer curve points, and for
-ViT-B-16 only the 512x683 case; ``--baseline REV`` adds a before/after comparison with the
-``Segmenter`` of git revision REV (e.g. a0918f8, the commit before the speed work).
+ViT-B-16 only the 512x683 case.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import compare_baseline
 import inference_bench
 import memory_bench
 import plots
@@ -69,7 +67,7 @@ def threads_comparison(settings: Settings, section: Section, clip: Any) -> dict[
 
     from mvpseg.inference import Segmenter
 
-    seg = Segmenter(build_model(clip), clip, device=settings.device)
+    seg = Segmenter(build_model(clip), device=settings.device)
     crops = torch.randn(2, 3, 512, 512, device=settings.device)
     configured = torch.get_num_threads()
     result: dict[str, Any] = {}
@@ -169,8 +167,6 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and curve points")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--baseline", default=None,
-                        help=f"also compare with the Segmenter of this git revision (e.g. {compare_baseline.DEFAULT_BASELINE})")
     parser.add_argument("--end-to-end", action="store_true",
                         help="also time mvpseg.train itself, with and without the feature cache (default in full mode)")
     parser.add_argument("--no-plots", action="store_true")
@@ -209,9 +205,6 @@ def main() -> None:
     results["threads"] = threads_comparison(settings, section, stash["RN50"]["clip"])
     results["memory"] = memory_cases(settings, section, stash)
     results["training"] = train_bench.run(settings, section, end_to_end_run=args.end_to_end or not args.quick)
-    if args.baseline:
-        results["before_after"] = compare_baseline.run(settings, section, args.baseline, stash,
-                                                       clips=("RN50",) if args.quick else CLIPS)
     results["summary"] = summarise(results)
     results["sections"] = section.records
     results["run_seconds"] = time.perf_counter() - start

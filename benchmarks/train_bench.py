@@ -30,6 +30,7 @@ from PIL import Image
 import mvpseg
 from mvpseg.feature_cache import FeatureCache, build_feature_cache
 from mvpseg.losses import LossWeights, labelled_weight, total_loss
+from mvpseg.runtime import autocast
 from mvpseg.train import TrainConfig, train
 
 PARTS = ("image_tower", "cache_read", "text_forward", "head_loss_forward", "head_loss_backward",
@@ -37,11 +38,8 @@ PARTS = ("image_tower", "cache_read", "text_forward", "head_loss_forward", "head
 
 
 def training_autocast(device: torch.device) -> Callable[[], AbstractContextManager[Any]]:
-    """What ``TrainConfig(precision="auto")`` runs under: fp32 on the CPU, bf16 (else fp16) autocast on CUDA."""
-    if device.type != "cuda":
-        return nullcontext
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return lambda: torch.autocast("cuda", dtype=dtype)
+    """What ``TrainConfig(precision="auto")`` runs under (:func:`mvpseg.runtime.autocast`), as a factory."""
+    return lambda: autocast(device, "auto")
 
 
 def synthetic_batch(batch_size: int, crop: int, num_classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,7 +220,7 @@ def end_to_end(settings: Settings, clip: str = "RN50", batch_size: int = 4, crop
         root = write_voc_like(Path(tmp), count=batch_size * (iters + 1), size=(375, 500))
         for mode in ("uncached", "cached"):
             config = TrainConfig(dataset="voc", data_root=str(root), clip=clip, pretrained=None,
-                                 out=f"{tmp}/{mode}", model=mvpseg.MVPSegConfig(clip_name=clip, num_prompts=3),
+                                 out=f"{tmp}/{mode}", model=mvpseg.MVPSegConfig(num_prompts=3),
                                  iters=iters + 1, batch_size=batch_size, crop_size=crop, num_workers=num_workers,
                                  precision=precision, device=str(settings.device), checkpoint_every=10**9,
                                  log_every=1, feature_cache=f"{tmp}/cache" if mode == "cached" else None,

@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import save_file
 
 import mvpseg
-from mvpseg.checkpoint import CheckpointError, load_mvpseg, read_prompt_checkpoint, save_prompt_checkpoint
+from mvpseg.build import load_mvpseg
+from mvpseg.checkpoint import CheckpointError, read_prompt_checkpoint, save_prompt_checkpoint
 
 
 def _trained(clip: mvpseg.ClipBundle) -> mvpseg.MVPSeg:
-    config = mvpseg.MVPSegConfig(clip_name=clip.name, num_prompts=2, num_context=3, gpr_gamma=5.0)
+    config = mvpseg.MVPSegConfig(num_prompts=2, num_context=3, gpr_gamma=5.0)
     model = mvpseg.build_mvpseg(clip, config, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         model.head.log_tau1.fill_(1.5)
@@ -58,7 +59,7 @@ def test_wrong_files_get_one_clear_sentence(tiny_rn: mvpseg.ClipBundle, tmp_path
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
-    from mvpseg.checkpoint import atomic_write
+    from mvpseg.files import atomic_write
 
     def explode(tmp: str) -> None:
         Path(tmp).write_text("half")
@@ -67,3 +68,24 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         atomic_write(tmp_path / "out.safetensors", explode)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_format_v1_files_still_load(tiny_rn: mvpseg.ClipBundle, tiny_vit: mvpseg.ClipBundle, tmp_path: Path) -> None:
+    import json
+
+    model = _trained(tiny_rn)
+    tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    config = {**model.config.to_dict(), "clip_name": "test-tiny-rn", "num_context": 3}  # v1 kept the name here
+    metadata = {"format": "mvpseg-prompts", "format_version": 1, "mvpseg_version": "0.1.0", "config": config,
+                "clip": {"token_width": 32, "embed_dim": 32}, "extra": {}}
+    path = tmp_path / "v1.safetensors"
+    save_file(tensors, path, metadata={"mvpseg": json.dumps(metadata)})
+    assert read_prompt_checkpoint(path)[1]["clip"]["name"] == "test-tiny-rn"
+    loaded = load_mvpseg(path, tiny_rn)
+    torch.testing.assert_close(loaded.prompts.contexts, model.prompts.contexts)
+    with pytest.raises(CheckpointError, match="learned on CLIP 'test-tiny-rn'"):
+        load_mvpseg(path, tiny_vit)
+    metadata["format_version"] = 99
+    save_file(tensors, path, metadata={"mvpseg": json.dumps(metadata)})
+    with pytest.raises(CheckpointError, match="upgrade mvpseg"):
+        load_mvpseg(path, tiny_rn)

@@ -92,7 +92,7 @@ def test_classes_file(weights: Path, tmp_path: Path) -> None:
 
 def test_prompts_for_another_clip_are_refused(weights: Path, tiny_vit: mvpseg.ClipBundle, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    model = mvpseg.build_mvpseg(tiny_vit, mvpseg.MVPSegConfig(clip_name="test-tiny-vit", num_context=2))
+    model = mvpseg.build_mvpseg(tiny_vit, mvpseg.MVPSegConfig(num_context=2))
     checkpoint = save_prompt_checkpoint(tmp_path / "vit.safetensors", model)
     image = _photo(tmp_path / "a.png")
     status = main(["segment", str(image), "--classes", "cat", "--prompts", str(checkpoint), *_common(weights, tmp_path / "o")])
@@ -102,7 +102,7 @@ def test_prompts_for_another_clip_are_refused(weights: Path, tiny_vit: mvpseg.Cl
 
 
 def test_prompts_checkpoint_is_used(weights: Path, tiny_rn: mvpseg.ClipBundle, tmp_path: Path) -> None:
-    model = mvpseg.build_mvpseg(tiny_rn, mvpseg.MVPSegConfig(clip_name="test-tiny-rn", num_context=2),
+    model = mvpseg.build_mvpseg(tiny_rn, mvpseg.MVPSegConfig(num_context=2),
                                 generator=torch.Generator().manual_seed(0))
     checkpoint = save_prompt_checkpoint(tmp_path / "rn.safetensors", model)
     image = _photo(tmp_path / "a.png")

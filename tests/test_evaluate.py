@@ -52,14 +52,14 @@ def weights(tiny_rn: mvpseg.ClipBundle, tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def prompts(tiny_rn: mvpseg.ClipBundle, tmp_path: Path) -> Path:
-    model = mvpseg.build_mvpseg(tiny_rn, mvpseg.MVPSegConfig(clip_name="test-tiny-rn", num_context=2),
+    model = mvpseg.build_mvpseg(tiny_rn, mvpseg.MVPSegConfig(num_context=2),
                                 generator=torch.Generator().manual_seed(0))
     return save_prompt_checkpoint(tmp_path / "prompts.safetensors", model)
 
 
 def _segmenter(clip: mvpseg.ClipBundle, prompts: Path | None = None) -> mvpseg.Segmenter:
     model = mvpseg.load_mvpseg(prompts, clip) if prompts is not None else mvpseg.build_mvpseg(clip, None)
-    return mvpseg.Segmenter(model, clip, config=mvpseg.InferenceConfig(**TINY), device="cpu")
+    return mvpseg.Segmenter(model, config=mvpseg.InferenceConfig(**TINY), device="cpu")
 
 
 def _expected_metrics(segmenter: mvpseg.Segmenter, dataset: mvpseg.data.SegmentationDataset,

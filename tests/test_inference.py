@@ -18,9 +18,9 @@ NAMES = ["cat", "dog", "grass"]
 
 
 def _segmenter(clip: mvpseg.ClipBundle, **options) -> Segmenter:
-    config = mvpseg.MVPSegConfig(clip_name=clip.name, num_prompts=2, num_context=4)
+    config = mvpseg.MVPSegConfig(num_prompts=2, num_context=4)
     model = mvpseg.build_mvpseg(clip, config, generator=torch.Generator().manual_seed(0))
-    return Segmenter(model, clip, InferenceConfig(**options), device="cpu")
+    return Segmenter(model, InferenceConfig(**options), device="cpu")
 
 
 def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -54,7 +54,7 @@ def test_upsampling_in_row_blocks_equals_one_bilinear_resize(tiny_rn: mvpseg.Cli
     segmenter = _segmenter(tiny_rn, short_side=None, mode="whole", upsample_rows=7)
     image = _image(64, 96)
     prediction = segmenter.predict(image, NAMES, return_scores=True)
-    tensor = segmenter._resize(image)
+    tensor = segmenter.resize(image)
     log_scores = segmenter.predict_torch(tensor, NAMES).final_logits()
     expected = F.interpolate(log_scores, size=(64, 96), mode="bilinear", align_corners=False)[0]
     np.testing.assert_allclose(prediction.scores, expected.exp().numpy(), atol=1e-5)
@@ -63,7 +63,7 @@ def test_upsampling_in_row_blocks_equals_one_bilinear_resize(tiny_rn: mvpseg.Cli
 
 def test_windows_are_stitched_by_averaging_on_the_feature_grid(tiny_rn: mvpseg.ClipBundle) -> None:
     segmenter = _segmenter(tiny_rn, short_side=None, crop_size=64, stride=32)
-    images = segmenter._resize(_image(64, 96))
+    images = segmenter.resize(_image(64, 96))
     stitched = segmenter.predict_torch(images, NAMES).prompt_maps[0]  # (P, C, 2, 3)
     model, text = segmenter.model, segmenter.text_embeddings(NAMES)
     with torch.no_grad():
@@ -92,8 +92,47 @@ def test_background_is_class_zero_and_text_is_cached(tiny_rn: mvpseg.ClipBundle)
         segmenter.predict(_image(64, 64), ["cat", "cat"])
 
 
+def test_window_plan_rounds_crop_down_and_stride_to_the_nearest_feature_step(tiny_rn: mvpseg.ClipBundle) -> None:
+    # Feature step 32: crop 100 -> 96 (whole cells only); stride 56 -> 64 (nearest), never 32 (floored).
+    segmenter = _segmenter(tiny_rn, crop_size=100, stride=56)
+    assert segmenter.window_boxes(160, 224) == sliding_windows(160, 224, crop=96, stride=64)
+    assert _segmenter(tiny_rn, crop_size=100, stride=40).window_boxes(160, 160) == sliding_windows(160, 160, 96, 32)
+    assert _segmenter(tiny_rn, mode="whole").window_boxes(96, 128) == [(0, 96, 0, 128)]
+
+
+def test_window_batches_are_the_padded_images_windows(tiny_rn: mvpseg.ClipBundle) -> None:
+    segmenter = _segmenter(tiny_rn, short_side=None, crop_size=64, stride=32, batch_size=2)
+    images = torch.randn(2, 3, 70, 100)
+    padded = segmenter.pad(images)
+    assert padded.shape == (2, 3, 96, 128)
+    torch.testing.assert_close(padded[..., :70, :100], images)
+    assert padded[..., 70:, :].abs().sum() == 0 and padded[..., 100:].abs().sum() == 0
+    seen = []
+    for boxes, crops in segmenter.window_batches(padded):
+        assert len(boxes) <= 2 and crops.shape == (2 * len(boxes), 3, 64, 64)
+        for index, (y0, y1, x0, x1) in enumerate(boxes):  # window-major: the B images of a window together
+            torch.testing.assert_close(crops[2 * index : 2 * index + 2], padded[:, :, y0:y1, x0:x1])
+        seen += boxes
+    assert seen == segmenter.window_boxes(96, 128)
+
+
+def test_text_embeddings_can_be_given_and_forgotten(tiny_rn: mvpseg.ClipBundle) -> None:
+    segmenter = _segmenter(tiny_rn, short_side=64)
+    given = torch.nn.functional.normalize(torch.randn(3, 3, 32), dim=-1)  # (P, C, D)
+    segmenter.cache_text_embeddings(NAMES, given)
+    torch.testing.assert_close(segmenter.text_embeddings(NAMES), given)
+    maps = segmenter.predict_torch(segmenter.resize(_image(64, 64)), NAMES).prompt_maps
+    features = segmenter.features(segmenter.resize(_image(64, 64)))
+    torch.testing.assert_close(maps, segmenter.model.cosine_maps(features, given))  # the given ones are used
+    segmenter.clear_text_cache()
+    with torch.no_grad():
+        torch.testing.assert_close(segmenter.text_embeddings(NAMES), segmenter.model.text_embeddings(NAMES))
+    with pytest.raises(ValueError, match=r"\(P, 3, D\)"):
+        segmenter.cache_text_embeddings(NAMES, given[:, :2])
+
+
 def test_template_baseline_segmenter(tiny_rn: mvpseg.ClipBundle) -> None:
-    segmenter = Segmenter(mvpseg.build_mvpseg(tiny_rn, None), tiny_rn, InferenceConfig(short_side=64))
+    segmenter = Segmenter(mvpseg.build_mvpseg(tiny_rn, None), InferenceConfig(short_side=64))
     prediction = segmenter.predict(_image(40, 70), NAMES)
     assert prediction.presence is None and prediction.labels.shape == (40, 70)
 

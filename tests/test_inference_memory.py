@@ -9,16 +9,18 @@ import torch.nn.functional as F
 from torch import nn
 
 import mvpseg
-import mvpseg.inference as inference
-from mvpseg.inference import InferenceConfig, Segmenter, fold_batchnorm, upsample_log_scores
+import mvpseg.upsample as upsample
+from mvpseg.dense import fold_batchnorm
+from mvpseg.inference import InferenceConfig, Segmenter
+from mvpseg.upsample import upsample_log_scores
 
 NAMES = ["cat", "dog", "grass", "sky", "road"]
 
 
 def _segmenter(clip: mvpseg.ClipBundle, **options) -> Segmenter:
-    config = mvpseg.MVPSegConfig(clip_name=clip.name, num_prompts=2, num_context=4)
+    config = mvpseg.MVPSegConfig(num_prompts=2, num_context=4)
     model = mvpseg.build_mvpseg(clip, config, generator=torch.Generator().manual_seed(0))
-    return Segmenter(model, clip, InferenceConfig(**options), device="cpu")
+    return Segmenter(model, InferenceConfig(**options), device="cpu")
 
 
 def _regions(num_classes: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -33,11 +35,11 @@ def _regions(num_classes: int, height: int, width: int, seed: int = 0) -> torch.
 def test_block_rows_respects_the_budget() -> None:
     for width in (1, 37, 512, 4096, 100_000):
         for budget in (1.0, 1e4, 64 * 2**20):
-            rows = inference._block_rows(width, budget)
+            rows = upsample.block_rows(width, budget)
             assert rows >= 1
-            assert rows == 1 or rows * width * 4 * inference._LIVE_ROWS <= budget
-            assert (rows + 1) * width * 4 * inference._LIVE_ROWS > budget  # as many rows as fit
-    assert inference._block_rows(4096, 64 * 2**20, rows=7) == 7
+            assert rows == 1 or rows * width * 4 * upsample._LIVE_ROWS <= budget
+            assert (rows + 1) * width * 4 * upsample._LIVE_ROWS > budget  # as many rows as fit
+    assert upsample.block_rows(4096, 64 * 2**20, rows=7) == 7
 
 
 @pytest.mark.parametrize("prune", [True, False])
@@ -47,17 +49,17 @@ def test_upsampling_blocks_stay_within_budget_and_give_the_unchunked_labels(
     size, cells_per_pixel = (150, 211), (6 / 150, 9 / 211)
     budget = 20_000  # bytes: a few rows of 211 pixels
     shapes: list[tuple[int, ...]] = []
-    original = inference._interpolate_rows
+    original = upsample._interpolate_rows
 
     def recording(*args: torch.Tensor) -> torch.Tensor:
         block = original(*args)
         shapes.append(tuple(block.shape))
         return block
 
-    monkeypatch.setattr(inference, "_interpolate_rows", recording)
+    monkeypatch.setattr(upsample, "_interpolate_rows", recording)
     labels, scores = upsample_log_scores(log_scores, size, cells_per_pixel, budget_bytes=budget, prune=prune)
     assert scores is None and shapes
-    assert max(rows * width for rows, width in shapes) * 4 * inference._LIVE_ROWS <= budget
+    assert max(rows * width for rows, width in shapes) * 4 * upsample._LIVE_ROWS <= budget
     # Every block holds one class's rows: nothing of shape (C, H, W), nor (C, rows, W).
     assert all(len(shape) == 2 for shape in shapes)
     expected = F.interpolate(log_scores[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
@@ -114,11 +116,11 @@ def test_folded_tower_gives_the_same_features(tiny_rn: mvpseg.ClipBundle) -> Non
 
 def test_segmenter_leaves_the_clip_tower_alone(tiny_rn: mvpseg.ClipBundle) -> None:
     segmenter = _segmenter(tiny_rn)
-    assert segmenter.visual is not tiny_rn.model.visual
+    assert segmenter.tower is not tiny_rn.model.visual
     assert any(isinstance(module, nn.BatchNorm2d) for module in tiny_rn.model.visual.modules())
     assert tiny_rn.model.visual.conv1.weight.is_contiguous()  # not switched to channels-last
     plain = _segmenter(tiny_rn, fold_batchnorm=False, channels_last=False)
-    assert plain.visual is tiny_rn.model.visual
+    assert plain.tower is tiny_rn.model.visual
 
 
 @pytest.mark.parametrize("learned", [True, False])
@@ -127,7 +129,7 @@ def test_text_embeddings_in_class_batches_equal_one_batch(tiny_rn: mvpseg.ClipBu
     if learned:
         segmenter = _segmenter(tiny_rn, text_batch=3)
     else:
-        segmenter = Segmenter(mvpseg.build_mvpseg(tiny_rn, None), tiny_rn, InferenceConfig(text_batch=3), device="cpu")
+        segmenter = Segmenter(mvpseg.build_mvpseg(tiny_rn, None), InferenceConfig(text_batch=3), device="cpu")
     with torch.no_grad():
         expected = segmenter.model.text_embeddings(names)
     torch.testing.assert_close(segmenter.text_embeddings(names), expected, rtol=1e-5, atol=1e-6)

@@ -101,7 +101,7 @@ def test_total_loss_weights_each_term() -> None:
 
 
 def test_model_forward_shapes_and_training_signal(tiny_clip: mvpseg.ClipBundle) -> None:
-    config = mvpseg.MVPSegConfig(clip_name=tiny_clip.name, num_prompts=3, num_context=4)
+    config = mvpseg.MVPSegConfig(num_prompts=3, num_context=4)
     model = mvpseg.build_mvpseg(tiny_clip, config, generator=torch.Generator().manual_seed(0))
     images = torch.randn(2, 3, 64, 64)
     out = model(images, ["cat", "dog", "grass"])

@@ -25,7 +25,7 @@ from mvpseg.losses import LossWeights, total_loss
 from mvpseg.model import MVPSegConfig
 from mvpseg.train import TrainConfig, train, training_vocabulary
 
-MODEL = MVPSegConfig(clip_name="test-tiny-rn", num_prompts=2, num_context=4)
+MODEL = MVPSegConfig(num_prompts=2, num_context=4)
 
 
 @pytest.fixture(scope="module")

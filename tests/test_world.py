@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from mvpseg.world.layout import read_label, write_world
+from mvpseg.data import read_label
+from mvpseg.world.layout import write_world
 from mvpseg.world.pretrain import build_tiny_clip
 from mvpseg.world.pretrain import main as pretrain_main
 from mvpseg.world.scene import (

@@ -20,12 +20,12 @@ import open_clip
 import torch
 from torch import nn
 
+from .config import TINY_CLIP_NAME
+
 __all__ = ["ClipBundle", "ClipWeightsUnavailable", "load_clip", "CACHE_ENV", "TINY_CLIP_NAME"]
 
 #: Environment variable naming a directory where open_clip caches (and looks for) downloaded weights.
 CACHE_ENV = "MVPSEG_CLIP_CACHE"
-#: The project's own tiny CLIP, pretrained on the synthetic world and shipped inside the package.
-TINY_CLIP_NAME = "mvpseg-tiny"
 _ASSETS = Path(__file__).parent / "world" / "assets"
 _registered = False
 

@@ -22,23 +22,24 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .checkpoint import atomic_write
+from .config import EVAL_PRESETS
 from .data.classes import canonical_name, unseen_indices
 from .data.datasets import SegmentationDataset
 from .distributed import all_reduce_sum, is_distributed
+from .files import write_text
 from .inference import InferenceConfig, Segmenter
 from .metrics import ConfusionMatrix
 from .prompts import validate_class_names
+from .version import __version__
 
 __all__ = ["EVAL_SHORT_SIDE", "evaluate", "evaluation_setup", "inference_preset", "write_metrics"]
 
 #: Evaluation short side per dataset (MaskCLIP+ / ZegCLIP): Context 520, the others 512.
-EVAL_SHORT_SIDE: dict[str, int] = {"voc": 512, "context": 520, "coco-stuff": 512, "custom": 512}
+EVAL_SHORT_SIDE: dict[str, int] = {name: preset["short_side"] for name, preset in EVAL_PRESETS.items()}
 
 
 def inference_preset(dataset: str, **overrides: Any) -> InferenceConfig:
-    """The standard evaluation settings of a dataset.
+    """The standard evaluation settings of a dataset (:data:`mvpseg.config.EVAL_PRESETS`).
 
     Args:
         dataset: "voc", "context", "coco-stuff" or "custom" (aliases accepted).
@@ -47,10 +48,7 @@ def inference_preset(dataset: str, **overrides: Any) -> InferenceConfig:
     Returns:
         InferenceConfig with the dataset's short side, sliding windows of 512 with stride 426.
     """
-    fields: dict[str, Any] = {"short_side": EVAL_SHORT_SIDE[canonical_name(dataset)], "mode": "slide",
-                              "crop_size": 512, "stride": 426}
-    fields.update(overrides)
-    return InferenceConfig(**fields)
+    return InferenceConfig(**{**EVAL_PRESETS[canonical_name(dataset)], **overrides})
 
 
 def _unseen_classes(class_names: Sequence[str], unseen: Sequence[int | str]) -> list[int]:
@@ -189,4 +187,4 @@ def write_metrics(out_dir: str | os.PathLike[str], metrics: dict[str, Any],
     if extra is not None:
         payload["setup"] = extra
     text = json.dumps(payload, indent=2, default=str) + "\n"
-    return atomic_write(Path(out_dir) / "metrics.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return write_text(Path(out_dir) / "metrics.json", text)

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from .config import LossWeights
 from .model import MVPSegOutput
 
 __all__ = ["LossWeights", "labelled_weight", "segmentation_loss", "presence_targets", "presence_loss", "orthogonality_loss", "total_loss"]
-
-
-@dataclass
-class LossWeights:
-    """``L = seg * L_seg + cls * L_cls + oc * L_OC`` (paper: weights not given; default 1, 1, 1)."""
-
-    seg: float = 1.0  # l1: pixel cross-entropy of the final map
-    cls: float = 1.0  # l2: binary cross-entropy of GPR's class scores (0 turns it off)
-    oc: float = 1.0  # l3: Orthogonal Constraint Loss between segmentation prompts (0 turns it off)
 
 
 def segmentation_loss(output: MVPSegOutput, labels: torch.Tensor, ignore_index: int = 255,

@@ -82,6 +82,13 @@ class ConfusionMatrix:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
 
+    def iou(self) -> list[float | None]:
+        """Per-class IoU ``I / U`` in [0, 1]; None for a class in neither the ground truth nor the prediction."""
+        matrix = self.matrix.double().cpu()
+        intersection = matrix.diag()  # (C,)
+        union = matrix.sum(dim=0) + matrix.sum(dim=1) - intersection  # (C,): pred + gt - both
+        return [float(intersection[c] / union[c]) if union[c] > 0 else None for c in range(self.num_classes)]
+
     def compute(self, class_names: Sequence[str], unseen: Sequence[int | str] = ()) -> dict:
         """The metrics of everything accumulated so far.
 
@@ -110,11 +117,7 @@ class ConfusionMatrix:
 
         matrix = self.matrix.double().cpu()
         intersection = matrix.diag()  # (C,)
-        union = matrix.sum(dim=0) + matrix.sum(dim=1) - intersection  # (C,): pred + gt - both
-        iou = [
-            float(intersection[c] / union[c]) * 100.0 if union[c] > 0 else None
-            for c in range(self.num_classes)
-        ]
+        iou = [None if value is None else value * 100.0 for value in self.iou()]
 
         def mean(indices: Sequence[int]) -> float | None:
             values = [iou[c] for c in indices if iou[c] is not None]

@@ -9,53 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dense import VIT_MODES, dense_features
+from .clip import ClipBundle
+from .config import MVPSegConfig
+from .dense import dense_features, feature_stride
 from .prompts import PromptLearner, template_embeddings
 
 __all__ = ["MVPSegConfig", "MVPHead", "MVPSeg", "MVPSegOutput"]
-
-
-@dataclass
-class MVPSegConfig:
-    """Everything that defines an MVP-SEG model besides CLIP's weights. Stored in checkpoints."""
-
-    clip_name: str = "RN50"  # open_clip architecture the prompts were learned on
-    num_prompts: int = 3  # K segmentation prompts (paper: best at K = 3); a global prompt comes on top
-    num_context: int | None = 16  # M context vectors per prompt (paper: not given; CoOp's 16)
-    init_text: str | None = None  # phrase initialising every prompt ("a photo of a"); None: N(0, 0.02)
-    use_gpr: bool = True  # Global Prompt Refining: multiply the fused map by image-level class scores g
-    gpr_gamma: float = 30.0  # sharpness of GPR's spatial softmax pooling (0: average, large: max); not given
-    gpr_bias: bool = True  # learnable offset b in g = sigmoid((s - b) / tau2); False: the paper's formula
-    tau1_init: float | None = None  # fusion scale tau1; None: CLIP's logit scale / K
-    tau2_init: float = 0.07  # GPR temperature tau2 (paper: not given; CLIP's initial temperature)
-    learn_temperatures: bool = True  # tau1 and tau2 trained (log-parametrised) along with the prompts
-    vit_mode: str = "maskclip"  # last ViT block for dense features: maskclip, value, qq, csa
-
-    def __post_init__(self) -> None:
-        if self.num_prompts < 1:
-            raise ValueError(f"num_prompts must be at least 1, got {self.num_prompts}")
-        if self.vit_mode not in VIT_MODES:
-            raise ValueError(f"vit_mode must be one of {', '.join(VIT_MODES)}, not {self.vit_mode!r}")
-        if self.tau2_init <= 0 or (self.tau1_init is not None and self.tau1_init <= 0):
-            raise ValueError("temperatures must be positive")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> MVPSegConfig:
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown MVP-SEG config fields: {', '.join(unknown)}")
-        return cls(**values)
 
 
 @dataclass
@@ -160,44 +125,53 @@ class MVPHead(nn.Module):
 class MVPSeg(nn.Module):
     """MVP-SEG on a frozen CLIP: learned multi-view prompts, or MaskCLIP's templates when ``prompts`` is None.
 
-    The top model receives built parts; :func:`build_mvpseg` (in :mod:`mvpseg.checkpoint`) knows sizes.
+    The top model receives built parts; :func:`mvpseg.build_mvpseg` knows sizes.
 
     Args:
-        clip_model: a frozen open_clip ``CLIP`` (not registered as a submodule: never trained, never saved).
-        tokenizer: its tokenizer (for the template baseline).
+        clip: the frozen CLIP (its model is not registered as a submodule: never trained, never saved).
         prompts: a :class:`PromptLearner`, or None for the 85-template baseline.
         head: the fusion and GPR head.
         config: the configuration the parts were built from.
     """
 
-    def __init__(
-        self,
-        clip_model: nn.Module,
-        tokenizer: Any,
-        prompts: PromptLearner | None,
-        head: MVPHead,
-        config: MVPSegConfig,
-    ) -> None:
+    def __init__(self, clip: ClipBundle, prompts: PromptLearner | None, head: MVPHead, config: MVPSegConfig) -> None:
         super().__init__()
-        self._clip = [clip_model]
-        self.tokenizer = tokenizer
+        self._clip = [clip]  # a list hides the CLIP from nn.Module registration and state_dict
         self.prompts = prompts
         self.head = head
         self.config = config
 
     @property
-    def clip_model(self) -> nn.Module:
+    def clip(self) -> ClipBundle:
+        """The frozen CLIP the model runs on (name, weights' source, normalisation, tokenizer)."""
         return self._clip[0]
+
+    @property
+    def clip_model(self) -> nn.Module:
+        """The open_clip ``CLIP`` module."""
+        return self._clip[0].model
+
+    @property
+    def stride(self) -> int:
+        """Pixels per feature-map cell (32 for ResNet towers, the patch size for ViTs)."""
+        return feature_stride(self.clip_model.visual)
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
         """(P, C, D) normalised class embeddings: every prompt's, or the template average (P = 1)."""
         if self.prompts is not None:
             return self.prompts(class_names)
-        return template_embeddings(self.clip_model, self.tokenizer, class_names).unsqueeze(0)  # (C, D) -> (1, C, D)
+        return template_embeddings(self.clip_model, self.clip.tokenizer, class_names).unsqueeze(0)  # (C, D) -> (1, C, D)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, D, h, w) L2-normalised dense features of normalised images (B, 3, H, W)."""
-        return F.normalize(dense_features(self.clip_model, images, self.config.vit_mode).float(), dim=1)
+    def features(self, images: torch.Tensor, tower: nn.Module | None = None) -> torch.Tensor:
+        """(B, D, h, w) L2-normalised dense features of normalised images (B, 3, H, W).
+
+        Args:
+            images: (B, 3, H, W) float, normalised with CLIP's mean and std.
+            tower: the image tower to run; default CLIP's own (:class:`mvpseg.Segmenter` passes an
+                :func:`mvpseg.dense.inference_tower`, which gives the same features faster).
+        """
+        visual = self.clip_model.visual if tower is None else tower
+        return F.normalize(dense_features(visual, images, self.config.vit_mode).float(), dim=1)
 
     @staticmethod
     def cosine_maps(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -13,97 +13,34 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, safe_open, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
-from .checkpoint import CheckpointError, atomic_write, build_mvpseg, save_prompt_checkpoint
+from .build import build_mvpseg
+from .checkpoint import CheckpointError, load_training_state, save_prompt_checkpoint, save_training_state
 from .clip import load_clip
+from .config import TRAIN_PRESETS, TrainConfig
 from .data import SegmentationDataset, TrainAugmentation, build_dataset
 from .feature_cache import FeatureCache, build_feature_cache, view_rng, weights_fingerprint
-from .losses import LossWeights, labelled_weight, total_loss
-from .model import MVPSeg, MVPSegConfig
+from .files import write_text
+from .losses import labelled_weight, total_loss
+from .runtime import autocast, grad_scaler
 
-__all__ = ["TrainConfig", "PRESETS", "preset", "train", "TrainingState"]
+__all__ = ["TrainConfig", "PRESETS", "preset", "train", "training_vocabulary", "check_resumable"]
 
-TRAIN_FORMAT = "mvpseg-train"
-
-
-@dataclass
-class TrainConfig:
-    """One training run. Every field is a command-line flag of ``mvpseg train``."""
-
-    dataset: str = "voc"  # voc, context, coco-stuff or custom (VOC-like layout with class_names.txt)
-    data_root: str = ""  # folder holding the dataset in its usual layout
-    split: str = "train"  # training split (voc: the SBD "aug" set when present)
-    class_names_file: str | None = None  # replaces the dataset's class names (custom datasets)
-    unseen_file: str | None = None  # replaces the unseen split (unseen class names, one per line)
-    clip: str = "RN50"  # open_clip architecture
-    pretrained: str | None = "openai"  # open_clip tag or weights file; None: random weights
-    out: str = "runs/mvpseg"  # run folder: checkpoints, prompts, logs
-    model: MVPSegConfig = field(default_factory=MVPSegConfig)
-    loss: LossWeights = field(default_factory=LossWeights)
-    transductive: bool = False  # False: unseen names never shown, unseen pixels ignored (the paper's setting)
-    iters: int = 2000  # optimisation steps
-    batch_size: int = 8  # global batch, split evenly over processes
-    lr: float = 2e-3  # CoOp's learning rate for prompt contexts
-    optimizer: str = "sgd"  # sgd (momentum, CoOp) or adamw
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine (CoOp), poly (power 0.9, mmseg) or constant
-    warmup_iters: int = 0  # linear warm-up steps
-    crop_size: int = 512  # training crop (mmseg's pipeline: rescale 0.5-2.0, crop, flip, photometric)
-    scale: tuple[int, int] = (2048, 512)  # mmseg img_scale before the random ratio
-    ratio_range: tuple[float, float] = (0.5, 2.0)
-    cat_max_ratio: float = 0.75
-    photometric: bool = True
-    seed: int = 0
-    num_workers: int = 2  # data-loading processes per training process
-    precision: str = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 on the CPU; fp32, bf16, fp16
-    device: str | None = None  # single-process device; default cuda when available
-    checkpoint_every: int = 500  # write checkpoint.safetensors and prompts.safetensors every N steps
-    log_every: int = 10  # CSV / TensorBoard rows every N steps
-    feature_cache: str | None = None  # train from cached dense features of augmented views in this folder
-    cache_views: int = 4  # augmented views per image in the feature cache (epoch e uses view e mod V)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        values = dict(values)
-        model = MVPSegConfig.from_dict(values.pop("model", {}))
-        loss = LossWeights(**values.pop("loss", {}))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training config fields: {', '.join(unknown)}")
-        for name in ("scale", "ratio_range"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(model=model, loss=loss, **values)
-
-
-# Per-dataset presets. The paper gives no prompt-training schedule; ours follows MaskCLIP+'s teacher
-# phase lengths (VOC 2k, Context 4k, COCO-Stuff 8k iterations) and CoOp's optimiser (SGD, lr 0.002,
-# cosine). Context trains on 480 crops as MaskCLIP+ does.
-PRESETS: dict[str, dict[str, Any]] = {
-    "voc": {"dataset": "voc", "iters": 2000, "crop_size": 512},
-    "context": {"dataset": "context", "iters": 4000, "crop_size": 480, "scale": (2048, 520)},
-    "coco-stuff": {"dataset": "coco-stuff", "iters": 8000, "crop_size": 512},
-}
+#: Per-dataset presets (:data:`mvpseg.config.TRAIN_PRESETS`).
+PRESETS = TRAIN_PRESETS
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """The named preset with ``overrides`` applied (unknown presets: plain defaults for that dataset)."""
-    values = {**PRESETS.get(name, {"dataset": name}), **overrides}
+    values = {**TRAIN_PRESETS.get(name, {"dataset": name}), **overrides}
     return TrainConfig(**values)
 
 
@@ -174,64 +111,12 @@ def _optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.o
     raise ValueError(f"optimizer must be sgd or adamw, not {config.optimizer!r}")
 
 
-@dataclass
-class TrainingState:
-    """What a training checkpoint restores."""
-
-    step: int
-    model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
-    rng: torch.Tensor
-    config: dict[str, Any]
-
-
 # What a feature cache depends on (with the resolved data root and the ViT mode).
 _CACHE_KEY = {"dataset", "split", "class_names_file", "unseen_file", "transductive", "clip", "pretrained",
               "crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "seed", "cache_views"}
 
 # Fields that may change between a run and its resumption: they do not change the numbers.
 _RESUMABLE = {"out", "data_root", "num_workers", "checkpoint_every", "log_every", "device"}
-
-
-def save_training_state(path: Path, model: MVPSeg, optimizer: torch.optim.Optimizer, step: int,
-                        config: TrainConfig) -> None:
-    """Atomically write model, optimizer, RNG state, data position (the step) and config to safetensors."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    state = optimizer.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, values in state["state"].items():
-        for key, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    tensors["rng.torch"] = torch.get_rng_state()
-    metadata = {"format": TRAIN_FORMAT, "step": step, "config": config.to_dict(),
-                "optimizer_groups": state["param_groups"], "optimizer_scalars": scalars}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"mvpseg": json.dumps(metadata)}))
-
-
-def load_training_state(path: Path) -> TrainingState:
-    """Read a training checkpoint written by :func:`save_training_state`."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = json.loads((handle.metadata() or {}).get("mvpseg", "{}"))
-        tensors = load_file(str(path))
-    except Exception as error:  # safetensors raises several types for a foreign file
-        raise CheckpointError(f"{path} is not an mvpseg training checkpoint") from error
-    if metadata.get("format") != TRAIN_FORMAT:
-        raise CheckpointError(f"{path} is not an mvpseg training checkpoint (format {metadata.get('format')!r})")
-    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    optimizer_state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            optimizer_state.setdefault(int(index), {})[name] = value
-    for index, values in metadata["optimizer_scalars"].items():
-        optimizer_state.setdefault(int(index), {}).update(values)
-    return TrainingState(step=int(metadata["step"]), model=model,
-                         optimizer={"state": optimizer_state, "param_groups": metadata["optimizer_groups"]},
-                         rng=tensors["rng.torch"], config=metadata["config"])
 
 
 def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
@@ -242,20 +127,6 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
     if differing:
         details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}" for key in differing)
         raise CheckpointError(f"{path} belongs to another run ({details}); use the same settings or another --out")
-
-
-def _autocast(device: torch.device, precision: str) -> tuple[Any, torch.amp.GradScaler | None]:
-    import contextlib
-
-    if precision == "auto":
-        if device.type != "cuda":
-            return contextlib.nullcontext(), None
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp32":
-        return contextlib.nullcontext(), None
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 and device.type == "cuda" else None
-    return torch.autocast(device.type, dtype=dtype), scaler
 
 
 class _Logger:
@@ -297,7 +168,7 @@ class _Logger:
 
 
 def _feature_cache(config: TrainConfig, samples: _TrainSamples, clip_model: torch.nn.Module, normalize,
-                   device: torch.device, autocast: Any, progress: bool) -> FeatureCache:
+                   device: torch.device, context: Any, progress: bool) -> FeatureCache:
     """Build (rank 0) or open the feature cache of this run's augmented views."""
     key = {name: value for name, value in config.to_dict().items() if name in _CACHE_KEY}
     key["data_root"] = str(Path(config.data_root).resolve())
@@ -306,7 +177,7 @@ def _feature_cache(config: TrainConfig, samples: _TrainSamples, clip_model: torc
     folder = Path(config.feature_cache)
     if distributed.is_main_process():
         build_feature_cache(folder, key, config.cache_views, len(samples.dataset), samples.view, clip_model,
-                            normalize, config.model.vit_mode, device, autocast=autocast, progress=progress)
+                            normalize, config.model.vit_mode, device, autocast=context, progress=progress)
     distributed.barrier()
     if not FeatureCache.matches(folder, key):
         raise CheckpointError(f"feature cache {folder} was made for another run; remove it or use another folder")
@@ -353,19 +224,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         torch.set_rng_state(state.rng)
         start = state.step
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(config.to_dict(), indent=2)
-        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(text))
+        write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
     local_batch = config.batch_size // world_size
     batches = [[step * config.batch_size + rank * local_batch + i for i in range(local_batch)]
                for step in range(start, config.iters)]
     mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
-    autocast, scaler = _autocast(device, config.precision)
+    context, scaler = autocast(device, config.precision), grad_scaler(device, config.precision)
     samples = _TrainSamples(dataset, augment, label_map, config.seed)
     if config.feature_cache:
-        samples.cache = _feature_cache(config, samples, clip.model, lambda x: (x - mean) / std, device, autocast,
+        samples.cache = _feature_cache(config, samples, clip.model, lambda x: (x - mean) / std, device, context,
                                        progress and main)
     loader = DataLoader(samples, batch_sampler=batches, num_workers=config.num_workers,
                         pin_memory=device.type == "cuda")
@@ -384,7 +253,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         normalizer = labelled_weight(labels)
         if world_size > 1:  # every process divides by the pixel count of the whole global batch
             normalizer = distributed.all_reduce_sum(normalizer) / world_size
-        with autocast:
+        with context:
             if "features" in batch:
                 output = model.segment_features(batch["features"].to(device, non_blocking=True).float(), names)
             else:
@@ -410,7 +279,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         bar.update(1)
         if done % config.checkpoint_every == 0 or done == config.iters:
             if main:
-                save_training_state(checkpoint_path, model, optimizer, done, config)
+                save_training_state(checkpoint_path, model, optimizer, done, config.to_dict())
                 save_prompt_checkpoint(out / "prompts.safetensors", model, extra={**extra, "iters": done})
             distributed.barrier()
         if callback is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,43 +20,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpoint import atomic_write, build_mvpseg, load_mvpseg
-from ..clip import TINY_CLIP_NAME, load_clip
+from ..build import build_mvpseg, load_mvpseg
+from ..clip import load_clip
+from ..config import DemoConfig, InferenceConfig, LossWeights, MVPSegConfig, TrainConfig
 from ..data import build_dataset
 from ..evaluate import evaluate
-from ..inference import InferenceConfig, Segmenter
-from ..losses import LossWeights
-from ..model import MVPSegConfig
-from ..train import TrainConfig, train
+from ..files import write_text
+from ..inference import Segmenter
+from ..train import train
 from ..viz import overlay, prompt_map_grid
 from .layout import write_world
 
 __all__ = ["DemoConfig", "ABLATION", "run_demo", "format_results"]
-
-
-@dataclass
-class DemoConfig:
-    """The demo's settings; ``mvpseg demo`` exposes each as a flag."""
-
-    out: str = "demo-out"  # results, overlays, prompt maps and the generated world
-    seed: int = 0  # seeds the world, the prompts and the data order
-    num_train: int = 1200  # world training images (prompts see only their seen classes)
-    num_val: int = 150  # world validation images (zero-shot evaluation)
-    num_prompts: int = 3  # K of the multi-view rows
-    num_context: int | None = None  # M context vectors per prompt (None: the length of init_text)
-    init_text: str | None = "a photo of a"  # phrase initialising the prompts; None: N(0, 0.02)
-    seeds: int = 3  # prompt-training seeds per learned row (seed, seed + 1, ...); the row reports their mean
-    iters: int = 250  # training steps per learned row
-    batch_size: int = 16
-    lr: float = 0.01
-    optimizer: str = "adamw"
-    crop_size: int = 128  # the world's image size: the scale the tiny CLIP was pretrained at
-    short_side: int = 128  # evaluation scale
-    clip: str = TINY_CLIP_NAME
-    clip_weights: str | None = "mvpseg"  # "mvpseg": the shipped weights; or a file; None: random (tests only)
-    num_workers: int = 0  # data-loading processes during training
-    precision: str = "auto"
-    overlays: int = 4  # val images drawn with their predicted labels
 
 
 # (row name, model overrides, loss weights): the paper's ablation, one piece added per row.
@@ -87,10 +62,6 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def _pictures(segmenter: Segmenter, dataset, out: Path, count: int) -> None:
     """Overlays of a few val images (prediction | ground truth) and one image's per-prompt maps."""
     names = list(dataset.info.class_names)
@@ -114,7 +85,7 @@ def _pictures(segmenter: Segmenter, dataset, out: Path, count: int) -> None:
     else:
         return
     target = int(present[0])
-    resized = segmenter._resize(image)
+    resized = segmenter.resize(image)
     output = segmenter.predict_torch(resized, names)
     maps = output.prompt_maps[0, :, target].cpu().numpy()  # (P, h, w)
     titles = ["global"] + [f"prompt {i}" for i in range(1, maps.shape[0])]
@@ -153,9 +124,8 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
             if overrides is None:
                 model = build_mvpseg(clip, None)
             else:
-                model_config = replace(MVPSegConfig(clip_name=config.clip, num_prompts=config.num_prompts,
-                                                    num_context=config.num_context, init_text=config.init_text),
-                                       **overrides)
+                model_config = replace(MVPSegConfig(num_prompts=config.num_prompts, num_context=config.num_context,
+                                                    init_text=config.init_text), **overrides)
                 train_config = TrainConfig(
                     dataset="custom", data_root=str(world), clip=config.clip, pretrained=config.clip_weights,
                     out=str(out / "runs" / name / f"seed-{seed}"), model=model_config, loss=weights or LossWeights(),
@@ -168,7 +138,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
                 if progress:
                     print(f"training: {label}, seed {seed}", flush=True)
                 model = load_mvpseg(train(train_config, progress=progress), clip)
-            segmenter = Segmenter(model, clip, inference, device="cpu")
+            segmenter = Segmenter(model, inference, device="cpu")
             metrics = evaluate(segmenter, val, progress=False)
             runs.append({"seed": seed, **{key: metrics[key] for key in keys}, "per_class": metrics["per_class"]})
             if name == "mvp-seg" and offset == 0:
@@ -187,7 +157,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
     table = format_results(rows)
     run_info = {"config": asdict(config), "seconds": round(time.perf_counter() - start, 1),
                 "unseen": list(val.info.unseen_names), "torch_threads": torch.get_num_threads()}
-    _write_text(out / "results.json", json.dumps(rows, indent=2))
-    _write_text(out / "run_info.json", json.dumps(run_info, indent=2))
-    _write_text(out / "results.md", f"{table}\n\nunseen classes: {', '.join(val.info.unseen_names)}\n")
+    write_text(out / "results.json", json.dumps(rows, indent=2))
+    write_text(out / "run_info.json", json.dumps(run_info, indent=2))
+    write_text(out / "results.md", f"{table}\n\nunseen classes: {', '.join(val.info.unseen_names)}\n")
     return rows

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from mvpseg.dense import dense_features
+from mvpseg.metrics import ConfusionMatrix
 from mvpseg.prompts import TEMPLATES, template_embeddings
-from mvpseg.world.pretrain import _model_name, build_tiny_clip, to_model_input
+from mvpseg.world.pretrain import build_tiny_clip, model_name, to_model_input
 from mvpseg.world.scene import CLASS_NAMES, THING_CLASSES, UNSEEN_CLASSES, generate_scene, scene_rng
 
 __all__ = ["evaluate_tiny_clip", "load_tiny_clip", "presence_auc", "WORLD_TEMPLATES", "EVAL_SPLIT", "PROBE_SPLIT"]
@@ -60,17 +61,11 @@ def presence_auc(scores: np.ndarray, present: np.ndarray) -> float:
     return float((ranks[present].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def _iou(confusion: np.ndarray) -> np.ndarray:
-    """Per-class IoU from a (C, C) confusion matrix (rows truth, columns prediction); NaN if absent."""
-    intersection = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - intersection
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(confusion.sum(1) > 0, intersection / union, np.nan)
-
-
-def _confusion(prediction: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.bincount(label.ravel().astype(np.int64) * num_classes + prediction.ravel(),
-                       minlength=num_classes**2).reshape(num_classes, num_classes)
+def _iou(prediction: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class IoU of predicted label maps (N, H, W) against the truth, NaN for a class absent from both."""
+    matrix = ConfusionMatrix(num_classes)
+    matrix.update(torch.from_numpy(prediction.astype(np.int64)), torch.from_numpy(label.astype(np.int64)))
+    return np.array([np.nan if value is None else value for value in matrix.iou()])
 
 
 def _scenes(seed: int, split: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +158,7 @@ def evaluate_tiny_clip(
     stuff_hit = scores[:, num_things:].argmax(axis=1) == largest_stuff
 
     prediction = _dense_prediction(dense, text, None, image_size)
-    dense_iou = _iou(_confusion(prediction, labels, num_classes))
+    dense_iou = _iou(prediction, labels, num_classes)
     # among pixels of things predicted as some thing: how often the right one
     thing_pixels = labels < num_things
     predicted_thing = prediction < num_things
@@ -173,7 +168,7 @@ def evaluate_tiny_clip(
     probe_images, probe_labels = _scenes(seed, PROBE_SPLIT, num_probe_images, image_size)
     _, probe_dense = _features(clip, probe_images)
     weight, bias = _train_probe(probe_dense, probe_labels, num_classes, probe_steps, seed)
-    probe_iou = _iou(_confusion(_dense_prediction(dense, weight, bias, image_size), labels, num_classes))
+    probe_iou = _iou(_dense_prediction(dense, weight, bias, image_size), labels, num_classes)
 
     classes = {}
     for c, name in enumerate(CLASS_NAMES):
@@ -238,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clip = load_tiny_clip(args.weights, args.model)
-    tokenizer = open_clip.get_tokenizer(_model_name(args.model))
+    tokenizer = open_clip.get_tokenizer(model_name(args.model))
     result = evaluate_tiny_clip(clip, tokenizer, num_images=args.num_images, num_probe_images=args.num_probe_images,
                                 seed=args.seed, templates=WORLD_TEMPLATES if args.world_templates else TEMPLATES)
     print(format_report(result))

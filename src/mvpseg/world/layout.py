@@ -19,7 +19,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -95,8 +94,3 @@ def write_world(
     (root / "class_names.txt").write_text("".join(f"{name}\n" for name in CLASS_NAMES))
     (root / "unseen.txt").write_text("".join(f"{name}\n" for name in UNSEEN_CLASSES))
     return root
-
-
-def read_label(path: str | os.PathLike[str]) -> np.ndarray:
-    """A written mask as (H, W) uint8 class indices."""
-    return np.asarray(Image.open(path))

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import math
 import multiprocessing
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from mvpseg.files import atomic_write
 from mvpseg.world.scene import (
     CLASS_NAMES,
     THING_CLASSES,
@@ -98,7 +98,8 @@ def build_tiny_clip(name: str = "mvpseg-tiny") -> torch.nn.Module:
     return open_clip.create_model(name)
 
 
-def _model_name(name: str) -> str:
+def model_name(name: str) -> str:
+    """The open_clip name of a registered name or of a config JSON's path."""
     return Path(name).stem if name.endswith(".json") else name
 
 
@@ -225,14 +226,12 @@ def _lr_at(step: int, config: PretrainConfig) -> float:
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write an open_clip state dict as fp16 safetensors, atomically (temp file + os.replace)."""
+    """Write an open_clip state dict as fp16 safetensors, atomically (:func:`mvpseg.files.atomic_write`)."""
     state = {
         k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
         for k, v in model.state_dict().items()
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def pretrain(config: PretrainConfig) -> Path:
@@ -251,7 +250,7 @@ def pretrain(config: PretrainConfig) -> Path:
     (out / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
     model = build_tiny_clip(config.model)
-    tokenizer = open_clip.get_tokenizer(_model_name(config.model))
+    tokenizer = open_clip.get_tokenizer(model_name(config.model))
     channels_last = hasattr(model.visual, "attnpool")  # ResNet towers: oneDNN convs run faster NHWC
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -274,7 +273,7 @@ def pretrain(config: PretrainConfig) -> Path:
         return torch.stack([token_cache[c] for c in captions])  # (B, L)
 
     weights = out / WEIGHTS_NAME
-    metadata = {"model": _model_name(config.model), "config": json.dumps(dataclasses.asdict(config))}
+    metadata = {"model": model_name(config.model), "config": json.dumps(dataclasses.asdict(config))}
     log_path = out / "pretrain_log.csv"
     log_file = open(log_path, "w", newline="")
     log = csv.writer(log_file)

@@ -1,0 +1,62 @@
+"""What several commands share: usage errors, the CLIP options, the inference options."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from ..config import DEFAULT_CLIP, InferenceConfig
+from .flags import add_config_flags, apply_overrides, overrides
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["UsageError", "add_clip_arguments", "add_inference_flags", "clip_source", "inference_config"]
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line, exit status 2."""
+
+
+def add_clip_arguments(parser: argparse.ArgumentParser, default_from: str = "the prompt checkpoint's") -> None:
+    """The CLIP options every command that loads a CLIP shares (destinations clip, pretrained, clip_weights, device).
+
+    Args:
+        parser: the command's parser.
+        default_from: whose CLIP is the default when --clip is not given.
+    """
+    group = parser.add_argument_group("CLIP")
+    group.add_argument("--clip", default=None,
+                       help=f"open_clip architecture (RN50, RN101, ViT-B-16, ... or mvpseg-tiny); "
+                            f"default: {default_from}, else {DEFAULT_CLIP}")
+    group.add_argument("--pretrained", default=None,
+                       help="open_clip pretrained tag (openai, laion2b_s34b_b88k, ...; 'mvpseg' for mvpseg-tiny's "
+                            "shipped weights), or 'none' for random weights (default: openai)")
+    group.add_argument("--clip-weights", metavar="PATH", default=None,
+                       help="a local CLIP weights file (OpenAI .pt or open_clip .pt/.bin/.safetensors); "
+                            "overrides --pretrained. Without network, download it elsewhere and pass it here, "
+                            "or point the MVPSEG_CLIP_CACHE environment variable at open_clip's cache folder")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+
+
+def clip_source(args: argparse.Namespace, default: str | None = "openai") -> str | None:
+    """The ``pretrained`` argument of load_clip: --clip-weights, else the --pretrained tag ('none': None).
+
+    Args:
+        args: parsed options of :func:`add_clip_arguments`.
+        default: the source when neither option is given.
+    """
+    if args.clip_weights:
+        return args.clip_weights
+    value = default if args.pretrained is None else args.pretrained
+    return None if value is None or str(value).lower() == "none" else value
+
+
+def add_inference_flags(parser: argparse.ArgumentParser, presets: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """One flag per :class:`mvpseg.config.InferenceConfig` field (``--mode``, ``--short-side``, ...)."""
+    add_config_flags(parser, InferenceConfig, title="inference", presets=presets)
+
+
+def inference_config(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> InferenceConfig:
+    """The InferenceConfig of the given inference flags laid over ``base`` (a preset's fields)."""
+    return apply_overrides(InferenceConfig(**(base or {})), overrides(args))

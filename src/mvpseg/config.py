@@ -1,0 +1,239 @@
+"""Every setting of mvpseg, as plain dataclasses: the model, its losses, inference, training, the demo.
+
+This module imports nothing heavy (no torch, no open_clip), so that the command line can build its
+flags from these classes, and answer ``--help``, in a fraction of a second. Each field's trailing
+comment is its documentation and the help text of its flag (see :mod:`mvpseg.cli.flags`): a new
+field is a new flag with no second edit. The modules that use a config re-export it
+(``mvpseg.model.MVPSegConfig``, ``mvpseg.train.TrainConfig``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Literal, get_args, get_type_hints
+
+__all__ = [
+    "DEFAULT_CLIP",
+    "TINY_CLIP_NAME",
+    "VIT_MODES",
+    "PRECISIONS",
+    "DemoConfig",
+    "EVAL_PRESETS",
+    "InferenceConfig",
+    "LossWeights",
+    "MVPSegConfig",
+    "TrainConfig",
+    "TRAIN_PRESETS",
+    "from_dict",
+    "to_dict",
+]
+
+#: The CLIP used when none is named (and no checkpoint names one).
+DEFAULT_CLIP = "RN50"
+#: The project's own tiny CLIP, pretrained on the synthetic world and shipped inside the package.
+TINY_CLIP_NAME = "mvpseg-tiny"
+
+#: How the last ViT block runs for dense features (see :mod:`mvpseg.dense`).
+ViTMode = Literal["maskclip", "value", "qq", "csa"]
+VIT_MODES: tuple[str, ...] = get_args(ViTMode)
+#: Numeric precision: "auto" is fp32 on the CPU and bf16 (fp16 where bf16 is unsupported) autocast on CUDA.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config as plain JSON values (tuples become lists), nested configs included."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+def from_dict(cls: type, values: dict[str, Any], what: str | None = None) -> Any:
+    """Rebuild a config dataclass from :func:`to_dict`'s output, nested configs and tuples included.
+
+    Args:
+        cls: the config class.
+        values: field values; nested configs as dicts.
+        what: how to name the config in errors (default: the class name).
+
+    Raises:
+        ValueError: a field the class does not have (the message names it).
+    """
+    known = {item.name for item in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what or cls.__name__} fields: {', '.join(unknown)}")
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if is_dataclass(hints[name]) and isinstance(value, dict):
+            value = from_dict(hints[name], value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+@dataclass
+class MVPSegConfig:
+    """Everything that defines an MVP-SEG model besides CLIP and its weights. Stored in prompt checkpoints."""
+
+    num_prompts: int = 3  # K segmentation prompts (paper: best at K = 3); a global prompt comes on top
+    num_context: int | None = None  # M context vectors per prompt; default 16 (CoOp), or the phrase's length with init_text
+    init_text: str | None = None  # phrase initialising every prompt, e.g. "a photo of a"; default N(0, 0.02)
+    use_gpr: bool = True  # Global Prompt Refining: multiply the fused map by image-level class scores g
+    gpr_gamma: float = 30.0  # sharpness of GPR's spatial softmax pooling (0: average, large: max)
+    gpr_bias: bool = True  # a learned offset b in g = sigmoid((s - b) / tau2); off: the paper's formula
+    tau1_init: float | None = None  # initial fusion scale tau1; default CLIP's logit scale / K
+    tau2_init: float = 0.07  # initial GPR temperature tau2 (CLIP's initial temperature)
+    learn_temperatures: bool = True  # train tau1 and tau2 (log-parametrised) along with the prompts
+    vit_mode: ViTMode = "maskclip"  # last ViT block for dense features: maskclip, value, qq or csa
+
+    def __post_init__(self) -> None:
+        if self.num_prompts < 1:
+            raise ValueError(f"num_prompts must be at least 1, got {self.num_prompts}")
+        if self.num_context is not None and self.num_context < 1:
+            raise ValueError(f"num_context must be at least 1, got {self.num_context}")
+        if self.vit_mode not in VIT_MODES:
+            raise ValueError(f"vit_mode must be one of {', '.join(VIT_MODES)}, not {self.vit_mode!r}")
+        if self.tau2_init <= 0 or (self.tau1_init is not None and self.tau1_init <= 0):
+            raise ValueError("temperatures must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MVPSegConfig:
+        values = {key: value for key, value in values.items() if key != "clip_name"}  # v1 files: now in "clip"
+        return from_dict(cls, values, "MVP-SEG config")
+
+
+@dataclass
+class LossWeights:
+    """``L = seg * L_seg + cls * L_cls + oc * L_OC`` (paper: weights not given; default 1, 1, 1)."""
+
+    seg: float = 1.0  # weight of L_seg, the pixel cross-entropy of the final map
+    cls: float = 1.0  # weight of L_cls, GPR's image-level presence loss (0 turns it off)
+    oc: float = 1.0  # weight of L_OC, the Orthogonal Constraint Loss between prompts (0 turns it off)
+
+
+@dataclass
+class InferenceConfig:
+    """How images are fed to the model at inference."""
+
+    short_side: int | None = 512  # resize so the short side has this length; 0 or none keeps the size
+    mode: Literal["slide", "whole"] = "slide"  # slide: overlapping crop windows (ZegCLIP); whole: the image at once (MaskCLIP)
+    crop_size: int = 512  # sliding-window side (rounded down to a multiple of the feature stride)
+    stride: int = 426  # sliding-window step (rounded to the nearest multiple of the feature stride)
+    batch_size: int = 4  # windows per forward pass
+    precision: Precision = "auto"  # auto: fp32 on the CPU, bf16 (else fp16) autocast on CUDA; or fp32, bf16, fp16
+    upsample_budget_mib: float = 64.0  # memory of the blocks of upsampled class scores (bounds memory on huge images)
+    upsample_rows: int | None = None  # output rows per upsampling block; default: as many as the budget allows
+    text_batch: int = 32  # classes encoded by the text tower at once (bounds memory for large vocabularies)
+    fold_batchnorm: bool = True  # ResNet towers: a copy with the frozen BatchNorms folded into the convolutions
+    channels_last: bool = True  # ResNet towers: NHWC convolutions (faster with oneDNN and cuDNN)
+
+    def __post_init__(self) -> None:
+        if self.short_side == 0:
+            self.short_side = None
+        if self.mode not in ("slide", "whole"):
+            raise ValueError(f"mode must be 'slide' or 'whole', not {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.short_side is not None and self.short_side < 1:
+            raise ValueError("short_side must be positive")
+        if self.crop_size < 1 or self.stride < 1 or self.batch_size < 1:
+            raise ValueError("crop_size, stride and batch_size must be positive")
+        if self.upsample_budget_mib <= 0 or (self.upsample_rows is not None and self.upsample_rows < 1):
+            raise ValueError("upsample_budget_mib and upsample_rows must be positive")
+        if self.text_batch < 1:
+            raise ValueError("text_batch must be positive")
+
+
+#: Evaluation settings per dataset (MaskCLIP+ / ZegCLIP): short side 512 (Context 520), sliding 512-px
+#: windows with stride 426. Fields not named here take InferenceConfig's defaults.
+EVAL_PRESETS: dict[str, dict[str, Any]] = {
+    "voc": {"short_side": 512, "mode": "slide", "crop_size": 512, "stride": 426},
+    "context": {"short_side": 520, "mode": "slide", "crop_size": 512, "stride": 426},
+    "coco-stuff": {"short_side": 512, "mode": "slide", "crop_size": 512, "stride": 426},
+    "custom": {"short_side": 512, "mode": "slide", "crop_size": 512, "stride": 426},
+}
+
+
+@dataclass
+class TrainConfig:
+    """One prompt-training run (``mvpseg train``); every field is a flag, and a run's config.json holds them all."""
+
+    dataset: str = "voc"  # voc, context, coco-stuff, or custom (VOC-like layout with class_names.txt and unseen.txt)
+    data_root: str = ""  # the dataset folder, in its usual layout (required)
+    split: str = "train"  # training split (voc: with the SBD aug set when present)
+    class_names_file: str | None = None  # replace the dataset's class names (one per line)
+    unseen_file: str | None = None  # replace the unseen split (unseen class names, one per line)
+    clip: str = DEFAULT_CLIP  # open_clip architecture (RN50, RN101, ViT-B-16, ... or mvpseg-tiny)
+    pretrained: str | None = "openai"  # open_clip tag or local weights file; none: random weights
+    out: str = "runs/mvpseg"  # run folder: checkpoints, prompts, config and logs
+    model: MVPSegConfig = field(default_factory=MVPSegConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    transductive: bool = False  # show unseen class names too (their pixels stay unlabelled); off: inductive
+    iters: int = 2000  # optimisation steps
+    batch_size: int = 8  # global batch size, split evenly over processes
+    lr: float = 2e-3  # learning rate (CoOp's for prompt contexts)
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd (with momentum, as CoOp) or adamw
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # weight decay of the optimiser
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"  # learning-rate schedule (poly: power 0.9, as mmseg)
+    warmup_iters: int = 0  # linear warm-up steps
+    crop_size: int = 512  # training crop side (mmseg's pipeline: rescale, crop, flip, photometric)
+    scale: tuple[int, int] = (2048, 512)  # mmseg img_scale (long, short side) before the random ratio
+    ratio_range: tuple[float, float] = (0.5, 2.0)  # random rescaling range of the augmentation
+    cat_max_ratio: float = 0.75  # redraw a crop (10 tries) while one class covers this share of it
+    photometric: bool = True  # photometric distortion (brightness, contrast, saturation, hue)
+    seed: int = 0  # seeds the prompts' initialisation and every random choice of the data pipeline
+    num_workers: int = 2  # data-loading processes per training process
+    precision: Precision = "auto"  # auto: fp32 on the CPU, bf16 (else fp16) autocast on CUDA
+    device: str | None = None  # cpu, cuda, cuda:1, ...; default cuda when available
+    checkpoint_every: int = 500  # write checkpoint.safetensors and prompts.safetensors every N steps
+    log_every: int = 10  # a log.csv / TensorBoard row every N steps
+    feature_cache: str | None = None  # train from cached dense features of augmented views, kept in this folder
+    cache_views: int = 4  # augmented views per image in the feature cache (epoch e uses view e mod V)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        return from_dict(cls, values, "training config")
+
+
+#: Per-dataset presets of ``mvpseg train``. The paper gives no prompt-training schedule; ours follows
+#: MaskCLIP+'s teacher phase lengths (VOC 2k, Context 4k, COCO-Stuff 8k iterations) and CoOp's
+#: optimiser (SGD, lr 0.002, cosine). Context trains on 480 crops as MaskCLIP+ does.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "voc": {"dataset": "voc", "iters": 2000, "crop_size": 512},
+    "context": {"dataset": "context", "iters": 4000, "crop_size": 480, "scale": (2048, 520)},
+    "coco-stuff": {"dataset": "coco-stuff", "iters": 8000, "crop_size": 512},
+}
+
+
+@dataclass
+class DemoConfig:
+    """``mvpseg demo``: the synthetic world, the shipped tiny CLIP, and the paper's ablation in miniature."""
+
+    out: str = "demo-out"  # results, overlays, prompt maps and the generated world
+    seed: int = 0  # seeds the world, the prompts and the data order
+    num_train: int = 1200  # world training images (prompts see only their seen classes)
+    num_val: int = 150  # world validation images (zero-shot evaluation)
+    num_prompts: int = 3  # K of the multi-view rows
+    num_context: int | None = None  # M context vectors per prompt; default the length of init_text
+    init_text: str | None = "a photo of a"  # phrase initialising the prompts; none: N(0, 0.02)
+    seeds: int = 3  # prompt-training seeds per learned row (seed, seed + 1, ...), averaged
+    iters: int = 250  # training steps per learned row
+    batch_size: int = 16  # training batch size
+    lr: float = 0.01  # learning rate of the prompts
+    optimizer: Literal["sgd", "adamw"] = "adamw"  # optimiser of the prompts
+    crop_size: int = 128  # training crop: the world's image size, the scale the tiny CLIP was pretrained at
+    short_side: int = 128  # evaluation scale
+    clip: str = TINY_CLIP_NAME  # the CLIP architecture
+    clip_weights: str | None = "mvpseg"  # tiny CLIP weights: mvpseg (the shipped ones), a file, or none (random)
+    num_workers: int = 0  # data-loading processes during training
+    precision: Precision = "auto"  # numeric precision of training and inference
+    overlays: int = 4  # val images drawn with their predicted labels

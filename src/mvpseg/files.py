@@ -1,0 +1,62 @@
+"""Writing files safely: a file appears under its final name complete, or not at all.
+
+Every file mvpseg writes (checkpoints, label maps, overlays, metrics, configs) goes through
+:func:`atomic_write`: written to a temporary sibling, flushed to disk, then renamed onto the final
+name, so a crash, a kill or a power loss never leaves an empty or partial file that looks finished.
+Files get the permissions any new file of the user gets (``0o666`` less the umask).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["atomic_write", "write_text"]
+
+
+def _fsync(path: str | os.PathLike[str], directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError:  # e.g. directories cannot be opened on Windows: nothing to flush there
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # file systems without fsync (some network mounts): the rename is still atomic
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
+    """Call ``write(tmp_path)``, flush the file to disk, then rename it onto ``path``.
+
+    Args:
+        path: the final file; its folder is created if needed.
+        write: writes the whole file to the temporary path it is given (same folder, so the rename
+            is atomic).
+
+    Returns:
+        The final path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    # Created by the kernel with mode 0o666 filtered by the umask: the user's normal permissions.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        write(str(tmp))
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent, directory=True)  # the rename itself survives a power loss
+    return path
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write a UTF-8 text file atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
