@@ -7,7 +7,7 @@ starts with the stamp [0, 255, <highest stored class value>, 1], so tests can ch
 mapping on exact pixels:
 
     voc / context (background 0 -> ignore, k -> k - 1):  [255, 255, C - 1, 0]
-    coco-stuff / custom (identity):                     [0, 255, C - 1, 1]
+    coco-stuff / custom / context60 (identity):         [0, 255, C - 1, 1]
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def write_voc(
     size: tuple[int, int] = (48, 64),
     seed: int = 0,
     num_aug: int = 0,
+    aug_format: str = "trainaug",
 ) -> Path:
     """PASCAL VOC 2012 under root/VOCdevkit/VOC2012 (palette labels 0..20, 255 void).
 
@@ -92,7 +93,11 @@ def write_voc(
         size: (H, W) of every image.
         seed: random seed.
         num_aug: when > 0, also write the SBD aug set: `num_aug` extra images, greyscale labels in
-            SegmentationClassAug for train + extra ids, listed in trainaug.txt.
+            SegmentationClassAug for train + extra ids, and its list in ImageSets/Segmentation.
+        aug_format: the list's format: "trainaug" (trainaug.txt, train + extra ids), "deeplab"
+            (DeepLab's train_aug.txt: "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png" for train +
+            extra), "deeplab-relative" (the same without the leading slashes) or "mmseg" (aug.txt:
+            the extra ids only, in shuffled order as mmseg's converter writes them).
 
     Returns:
         The VOC2012 folder.
@@ -111,15 +116,24 @@ def write_voc(
     sets = base / "ImageSets" / "Segmentation"
     _write_list(sets / "train.txt", train)
     _write_list(sets / "val.txt", val)
-    if num_aug:
+    if num_aug and aug_format == "trainaug":
         _write_list(sets / "trainaug.txt", train + extra)
+    elif num_aug and aug_format in ("deeplab", "deeplab-relative"):
+        slash = "/" if aug_format == "deeplab" else ""
+        _write_list(sets / "train_aug.txt",
+                    [f"{slash}JPEGImages/{i}.jpg {slash}SegmentationClassAug/{i}.png" for i in train + extra])
+    elif num_aug and aug_format == "mmseg":
+        _write_list(sets / "aug.txt", [extra[k] for k in rng.permutation(len(extra))])
+    elif num_aug:
+        raise ValueError(f"unknown aug_format {aug_format!r}")
     return base
 
 
 def write_context(
     root: str | Path, num_train: int = 4, num_val: int = 2, size: tuple[int, int] = (48, 64), seed: int = 0
 ) -> Path:
-    """PASCAL Context (59 classes) under root/VOCdevkit/VOC2010 (greyscale labels 0..59, 0 = background).
+    """PASCAL Context under root/VOCdevkit/VOC2010 (greyscale labels 0..59, 0 = background), as mmseg's
+    converter writes it; read as "context" (59 classes, background ignored) or "context60" (60 classes).
 
     Returns:
         The VOC2010 folder.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,25 @@ def test_offline_tag_names_the_file_and_the_way_to_pass_it(monkeypatch: pytest.M
         load_clip("RN50", pretrained="openai")
     message = str(info.value)
     assert "RN50.pt" in message and "--clip-weights PATH" in message and "MVPSEG_CLIP_CACHE" in message
+
+
+def _no_network(*args, **kwargs):
+    raise RuntimeError("Failed to download weights for tag 'openai': no network")
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.CRITICAL])
+def test_load_clip_keeps_the_callers_logging_disable_level(level: int, monkeypatch: pytest.MonkeyPatch,
+                                                           tiny_configs: Path) -> None:
+    import open_clip
+
+    previous = logging.root.manager.disable
+    logging.disable(level)
+    try:
+        load_clip("test-tiny-rn", pretrained=None)  # random weights: open_clip's warning is silenced
+        assert logging.root.manager.disable == level
+        monkeypatch.setattr(open_clip, "create_model", _no_network)
+        with pytest.raises(ClipWeightsUnavailable):
+            load_clip("RN50", pretrained="openai")  # a tag: the download's logging is silenced
+        assert logging.root.manager.disable == level
+    finally:
+        logging.disable(previous)

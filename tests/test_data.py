@@ -28,7 +28,7 @@ from mvpseg.data import (
     prepare_coco_stuff,
     read_class_names,
 )
-from mvpseg.data.classes import MMSEG_COCO_STUFF_CLASSES, MMSEG_CONTEXT_CLASSES
+from mvpseg.data.classes import MMSEG_COCO_STUFF_CLASSES, MMSEG_CONTEXT60_CLASSES, MMSEG_CONTEXT_CLASSES
 from mvpseg.data.transforms import resize_label
 
 
@@ -112,7 +112,8 @@ def test_voc_with_aug(tmp_path: Path) -> None:
     base = write_voc(tmp_path, num_train=2, num_val=1, num_aug=3)
     train = build_dataset("voc", tmp_path, "train")
     assert len(train) == 5
-    assert all(p.parent.name == "SegmentationClassAug" for p in train.label_paths)
+    # VOC's own train images keep their SegmentationClass labels (as mmseg and ZegCLIP read them).
+    assert [p.parent.name for p in train.label_paths] == ["SegmentationClass"] * 2 + ["SegmentationClassAug"] * 3
     item = train[4]  # an SBD-only image: it has no SegmentationClass label
     assert not (base / "SegmentationClass" / f"{item['name']}.png").exists()
     raw = raw_label(base / "SegmentationClassAug" / f"{item['name']}.png")
@@ -130,6 +131,71 @@ def test_context(tmp_path: Path) -> None:
     assert item["label"][0, :4].tolist() == [255, 255, 58, 0]
     raw = raw_label(base / "SegmentationClassContext" / f"{item['name']}.png")
     np.testing.assert_array_equal(item["label"], reduce_zero(raw))
+
+
+VOC_TRAIN = ["2007_000000", "2007_000001", "2007_000002"]
+VOC_VAL = ["2007_000003", "2007_000004"]
+VOC_SBD = ["2007_000005", "2007_000006", "2007_000007", "2007_000008"]
+
+
+@pytest.mark.parametrize("aug_format", ["trainaug", "deeplab", "deeplab-relative", "mmseg"])
+def test_voc_aug_list_formats_give_the_standard_set(tmp_path: Path, aug_format: str) -> None:
+    base = write_voc(tmp_path, num_train=3, num_val=2, num_aug=4, aug_format=aug_format)
+    for split in ("train", "trainaug"):
+        ds = build_dataset("voc", tmp_path, split)
+        assert ds.ids[:3] == VOC_TRAIN and sorted(ds.ids[3:]) == VOC_SBD  # train.txt's ids first
+        assert not set(ds.ids) & set(VOC_VAL)
+        assert [p.parent.name for p in ds.label_paths] == ["SegmentationClass"] * 3 + ["SegmentationClassAug"] * 4
+        assert [p.name for p in ds.image_paths] == [f"{i}.jpg" for i in ds.ids]
+        assert ds.label_folders == {"SegmentationClass": 3, "SegmentationClassAug": 4}
+        assert ds.describe() == f"voc {split}: 7 images (3 SegmentationClass, 4 SegmentationClassAug)"
+    train = build_dataset("voc", tmp_path, "train")
+    raw = raw_label(base / "SegmentationClass" / "2007_000001.png")
+    np.testing.assert_array_equal(train[1]["label"], reduce_zero(raw))
+    index = train.ids.index("2007_000006")
+    np.testing.assert_array_equal(train[index]["label"],
+                                  reduce_zero(raw_label(base / "SegmentationClassAug" / "2007_000006.png")))
+
+
+def test_voc_aug_list_duplicates_and_val_ids_are_dropped(tmp_path: Path) -> None:
+    base = write_voc(tmp_path, num_train=3, num_val=2, num_aug=4)
+    # A list that also holds val ids and repeats: SBD's own train/val overlap VOC val.
+    listed = ["2007_000005", "2007_000003", *VOC_TRAIN, "2007_000005", *VOC_SBD, "2007_000004"]
+    (base / "ImageSets" / "Segmentation" / "trainaug.txt").write_text("\n".join(listed) + "\n")
+    train = build_dataset("voc", tmp_path, "train")
+    assert train.ids == [*VOC_TRAIN, *VOC_SBD]
+    assert build_dataset("voc", tmp_path, "val").describe() == "voc val: 2 images (2 SegmentationClass)"
+
+
+def test_voc_missing_aug_pieces(tmp_path: Path) -> None:
+    base = write_voc(tmp_path, num_train=2, num_val=1)
+    with pytest.raises(DataLayoutError, match="SegmentationClassAug"):
+        build_dataset("voc", tmp_path, "trainaug")
+    (base / "SegmentationClassAug").mkdir()
+    with pytest.raises(DataLayoutError, match="trainaug.txt"):
+        build_dataset("voc", tmp_path, "trainaug")
+    with pytest.warns(UserWarning, match="training on train.txt only"):
+        assert build_dataset("voc", tmp_path, "train").ids == ["2007_000000", "2007_000001"]
+
+
+def test_context60_keeps_background_as_class_0(tmp_path: Path) -> None:
+    info = dataset_info("context60")
+    assert info.num_classes == 60 and info.class_names[0] == "background"
+    assert info.class_names[1:] == dataset_info("context").class_names  # the same readable names
+    assert info.unseen == (1, 7, 8, 15, 20, 25, 32, 34, 49, 55)
+    assert [MMSEG_CONTEXT60_CLASSES[i] for i in info.unseen] == [
+        "aeroplane", "bird", "boat", "cat", "cow", "fence", "keyboard", "motorbike", "sofa", "tvmonitor",
+    ]  # fmt: skip
+    assert info.unseen_names == tuple(dataset_info("context").unseen_names)
+    for alias in ("context-60", "Pascal_Context_60"):
+        assert dataset_info(alias) is info
+    base = write_context(tmp_path, num_train=2, num_val=2)
+    val = build_dataset("context60", tmp_path, "val")
+    assert val.info.name == "context60" and val.describe() == "context60 val: 2 images (2 SegmentationClassContext)"
+    item = val[0]
+    assert item["label"][0, :4].tolist() == [0, 255, 59, 1]  # labels 0..59 as stored, 255 ignored
+    np.testing.assert_array_equal(item["label"], raw_label(base / "SegmentationClassContext" / f"{item['name']}.png"))
+    assert (item["label"] == 0).any()  # the background pixels are class 0, not ignored
 
 
 def test_coco_stuff(tmp_path: Path) -> None:

@@ -42,24 +42,41 @@ def test_resnet_any_input_size(tiny_rn: mvpseg.ClipBundle) -> None:
     assert feature_stride(tiny_rn.model.visual) == 32
 
 
-def _last_block_by_hand(block: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
-    """The last ViT block with q-k attention replaced, written out with plain matrix products. x: (B, L, W)."""
+# Per mode: the self-similarities whose row-softmaxes are summed into the attention (none: each token's
+# own value), and whether the block's residual and MLP are kept.
+_TERMS = {"maskclip": (), "value": (), "qq": ("q",), "csa": ("q", "k")}
+_RESIDUAL = {"maskclip": True, "value": False, "qq": False, "csa": True}
+
+
+def _last_block_by_hand(block: torch.nn.Module, x: torch.Tensor, mode: str, terms: tuple[str, ...] | None = None,
+                        residual: bool | None = None, combine: float = 1.0) -> torch.Tensor:
+    """The last ViT block with q-k attention replaced, written out with plain matrix products. x: (B, L, W).
+
+    ``terms``, ``residual`` and ``combine`` (a factor on the summed softmaxes) override the mode's
+    own, to build the variants a wrong implementation would compute.
+    """
+    terms = _TERMS[mode] if terms is None else terms
+    residual = _RESIDUAL[mode] if residual is None else residual
     width = x.shape[-1]
     heads = block.attn.num_heads
     w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
     normed = F.layer_norm(x, (width,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
-    q = normed @ w[:width].T + b[:width]
+    projected = {"q": normed @ w[:width].T + b[:width], "k": normed @ w[width : 2 * width].T + b[width : 2 * width]}
     v = normed @ w[2 * width :].T + b[2 * width :]
-    if mode == "qq":
+    if terms:
         head_width = width // heads
         mixed = []
         for h in range(heads):
             cols = slice(h * head_width, (h + 1) * head_width)
-            attention = torch.softmax(q[..., cols] @ q[..., cols].transpose(1, 2) / head_width**0.5, dim=-1)
-            mixed.append(attention @ v[..., cols])
+            attention = sum(
+                torch.softmax(projected[t][..., cols] @ projected[t][..., cols].transpose(1, 2) / head_width**0.5,
+                              dim=-1)
+                for t in terms
+            )
+            mixed.append(combine * attention @ v[..., cols])
         v = torch.cat(mixed, dim=-1)
     out = v @ block.attn.out_proj.weight.T + block.attn.out_proj.bias
-    if mode != "maskclip":
+    if not residual:
         return out
     y = x + out
     hidden = F.layer_norm(y, (width,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
@@ -67,7 +84,15 @@ def _last_block_by_hand(block: torch.nn.Module, x: torch.Tensor, mode: str) -> t
     return y + hidden @ block.mlp.c_proj.weight.T + block.mlp.c_proj.bias
 
 
-@pytest.mark.parametrize("mode", ["maskclip", "value", "qq"])
+def _features_by_hand(visual: torch.nn.Module, tokens: torch.Tensor, mode: str, **variant) -> torch.Tensor:
+    """(B, D, 8, 8) features from the last block's input tokens (B, 1+64, W), the block run by hand."""
+    with torch.no_grad():
+        y = _last_block_by_hand(visual.transformer.resblocks[-1], tokens, mode, **variant)
+        y = F.layer_norm(y, (y.shape[-1],), visual.ln_post.weight, visual.ln_post.bias, visual.ln_post.eps)
+        return (y[:, 1:] @ visual.proj).transpose(1, 2).reshape(tokens.shape[0], -1, 8, 8)  # drop CLS
+
+
+@pytest.mark.parametrize("mode", ["maskclip", "value", "qq", "csa"])
 def test_vit_matches_last_block_rerun_by_hand(tiny_vit: mvpseg.ClipBundle, mode: str) -> None:
     visual = tiny_vit.model.visual
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
@@ -78,6 +103,25 @@ def test_vit_matches_last_block_rerun_by_hand(tiny_vit: mvpseg.ClipBundle, mode:
         expected = (y[:, 1:] @ visual.proj).transpose(1, 2).reshape(2, 32, 8, 8)
     features = dense_features(tiny_vit.model, images, vit_mode=mode)
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_csa_sums_qq_and_kk_softmaxes_and_keeps_residual_and_mlp(tiny_vit: mvpseg.ClipBundle) -> None:
+    # SCLIP: x + out_proj((softmax(q q^T s) + softmax(k k^T s)) v), then x + mlp(ln_2 x).
+    visual = tiny_vit.model.visual
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        tokens = _capture(visual.transformer.resblocks[-1], lambda: visual(images), pre=True)  # (B, 1+64, W)
+    features = dense_features(tiny_vit.model, images, vit_mode="csa")
+    torch.testing.assert_close(features, _features_by_hand(visual, tokens, "csa"), atol=1e-5, rtol=1e-4)
+    wrong = {
+        "k-k term dropped": {"terms": ("q",)},
+        "q-q term dropped": {"terms": ("k",)},
+        "softmaxes averaged": {"combine": 0.5},
+        "residual and MLP dropped": {"residual": False},
+    }
+    for what, variant in wrong.items():
+        other = _features_by_hand(visual, tokens, "csa", **variant)
+        assert (features - other).abs().max() > 1e-2, what
 
 
 def test_vit_positional_embedding_interpolated_for_other_sizes(tiny_vit: mvpseg.ClipBundle) -> None:

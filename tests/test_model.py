@@ -98,6 +98,59 @@ def test_total_loss_weights_each_term() -> None:
     expected = parts["seg"] + 2.0 * parts["cls"] + 0.5 * parts["oc"]
     torch.testing.assert_close(parts["loss"], expected)
     assert total_loss(out, labels, contexts, LossWeights(oc=0.0))["oc"].item() == 0.0
+    # Each part and the total against values computed here, not by the losses module.
+    seg, cls, oc = _losses_by_hand(out, labels, contexts)
+    torch.testing.assert_close(parts["seg"], seg)
+    torch.testing.assert_close(parts["cls"], cls)
+    torch.testing.assert_close(parts["oc"], oc)
+    torch.testing.assert_close(parts["loss"], seg + 2.0 * cls + 0.5 * oc)
+    for weights, value in (((3.0, 0.0, 0.0), 3.0 * seg), ((0.0, 0.7, 0.0), 0.7 * cls), ((0.0, 0.0, 4.0), 4.0 * oc)):
+        torch.testing.assert_close(total_loss(out, labels, contexts, LossWeights(*weights))["loss"], value)
+
+
+def _losses_by_hand(out: MVPSegOutput, labels: torch.Tensor,
+                    contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L_seg, L_cls and L_OC written out from their definitions (METHOD.md), labels without ignore pixels."""
+    up = F.interpolate(out.fused_logits, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
+    g = torch.sigmoid(out.presence_logits)  # (B, C)
+    final = up.softmax(dim=1) * g[:, :, None, None]  # softmax_c(fused) * g
+    probability = final / final.sum(dim=1, keepdim=True)  # renormalised over classes
+    seg = -probability.gather(1, labels[:, None]).log().mean()
+    present = torch.stack([torch.isin(torch.arange(g.shape[1]), labels[b].unique()) for b in range(len(labels))])
+    cls = -torch.where(present, g.log(), (1 - g).log()).mean()
+    oc = torch.zeros(())
+    for i in range(len(contexts)):
+        for j in range(i + 1, len(contexts)):
+            oc = oc + F.cosine_similarity(contexts[i], contexts[j], dim=0).abs()
+    return seg, cls, oc
+
+
+def test_presence_logits_subtract_the_offset_by_hand() -> None:
+    # g = sigmoid((s - b) / tau2), s the softmax(gamma m0)-weighted spatial mean of m0, b a learned offset.
+    head = MVPHead(has_global=True, use_gpr=True, tau1=1.0, tau2=0.25, gamma=3.0)
+    with torch.no_grad():
+        head.gpr_offset.fill_(0.45)
+    global_maps = torch.tensor([[[[0.5, -0.1]], [[0.6, 0.8]]]])  # (1, 2, 1, 2)
+    expected = []
+    for values in ([0.5, -0.1], [0.6, 0.8]):
+        w = [math.exp(3.0 * v) for v in values]
+        s = sum(wi * v for wi, v in zip(w, values)) / sum(w)
+        expected.append((s - 0.45) / 0.25)
+    torch.testing.assert_close(head.presence_logits(global_maps), torch.tensor([expected]))
+    assert expected[0] < 0 < expected[1]  # the offset's sign decides these: (s + b) would make both positive
+
+
+def test_final_logits_upsample_before_the_log_softmax() -> None:
+    # Two classes on a 1x2 grid whose log-partition differs between the cells: interpolating the logits
+    # and then normalising differs from interpolating log-probabilities.
+    fused = torch.tensor([[[[0.0, 6.0]], [[3.0, 0.0]]]])  # (1, 2, 1, 2)
+    presence = torch.tensor([[0.5, -1.0]])
+    out = _output(fused, presence)
+    up = F.interpolate(fused, size=(3, 5), mode="bilinear", align_corners=False)
+    expected = up.log_softmax(dim=1) + F.logsigmoid(presence)[:, :, None, None]
+    torch.testing.assert_close(out.final_logits(size=(3, 5)), expected)
+    wrong = F.interpolate(fused.log_softmax(dim=1), size=(3, 5), mode="bilinear", align_corners=False)
+    assert (wrong + F.logsigmoid(presence)[:, :, None, None] - expected).abs().max() > 0.1
 
 
 def test_model_forward_shapes_and_training_signal(tiny_clip: mvpseg.ClipBundle) -> None:

@@ -77,3 +77,34 @@ def test_template_classifier_is_the_mean_of_85_templates(tiny_rn: mvpseg.ClipBun
     for index, name in enumerate(NAMES[:2]):
         per_template = _reference(tiny_rn, [t.format(name) for t in TEMPLATES])
         torch.testing.assert_close(embeddings[index], F.normalize(per_template.mean(0), dim=0), atol=1e-5, rtol=0)
+
+
+def test_too_long_class_name_is_refused_in_every_mode(tiny_rn: mvpseg.ClipBundle) -> None:
+    # 67 words: 68 tokens alone (fits 77), but "a jpeg corrupted photo of a {}." makes 78: past the window.
+    too_long, longest_fitting = " ".join(["giraffe"] * 67), " ".join(["giraffe"] * 66)
+    with pytest.raises(ValueError, match="too long") as info:
+        template_embeddings(tiny_rn.model, tiny_rn.tokenizer, ["cat", too_long])
+    assert too_long in str(info.value) and "\n" not in str(info.value)
+    baseline = mvpseg.build_mvpseg(tiny_rn, None)  # the template baseline as Segmenter and eval run it
+    with pytest.raises(ValueError, match="giraffe giraffe"):
+        baseline.text_embeddings([too_long])
+    learned = mvpseg.build_mvpseg(tiny_rn, mvpseg.MVPSegConfig(num_prompts=1, num_context=16))
+    with pytest.raises(ValueError, match="giraffe giraffe"):
+        learned.text_embeddings([too_long])
+    # The longest name that fits every template exactly (its EOS at the window's last position) is kept,
+    # and its embedding is the one open_clip's own encode_text gives.
+    embedding = template_embeddings(tiny_rn.model, tiny_rn.tokenizer, [longest_fitting])
+    per_template = _reference(tiny_rn, [t.format(longest_fitting) for t in TEMPLATES])
+    torch.testing.assert_close(embedding[0], F.normalize(per_template.mean(0), dim=0), atol=1e-5, rtol=0)
+
+
+def test_mean_contexts_average_the_segmentation_prompts_only(tiny_rn: mvpseg.ClipBundle) -> None:
+    learner = PromptLearner(tiny_rn.model, tiny_rn.tokenizer, num_prompts=2, num_context=3)
+    contexts = torch.arange(3 * 3 * 32, dtype=torch.float32).reshape(3, 3, 32) ** 1.5  # (K+1, M, W)
+    with torch.no_grad():
+        learner.contexts.copy_(contexts)
+    expected = torch.stack([(contexts[i, 0] + contexts[i, 1] + contexts[i, 2]) / 3 for i in (1, 2)])  # not the global p_0
+    means = learner.mean_contexts()
+    assert means.shape == (2, 32)
+    torch.testing.assert_close(means, expected)
+    assert not torch.allclose(means, contexts[1:, 0])  # the mean, not each prompt's first vector

@@ -29,7 +29,10 @@ __all__ = ["dense_features", "feature_stride", "fold_batchnorm", "inference_towe
 #   (``y = x + out_proj(v_proj(ln_1 x)); y = y + mlp(ln_2 y)``), as MaskCLIP's code does.
 # - "value": the value path alone, no residual and no MLP (``y = out_proj(v_proj(ln_1 x))``).
 # - "qq": ClearCLIP: query-query attention, no residual and no MLP.
-# - "csa": SCLIP's correlative self-attention (q-q plus k-k attention), no residual and no MLP.
+# - "csa": SCLIP's correlative self-attention, the block's residual and MLP kept as SCLIP's code
+#   does: ``y = x + out_proj(A v); y = y + mlp(ln_2 y)`` with, per head and over all tokens (CLS
+#   included), ``A = softmax(q q^T s) + softmax(k k^T s)``, s = head_width ** -0.5: each term
+#   softmaxed on its own and the two summed (rows sum to 2, not averaged).
 
 
 def feature_stride(visual: nn.Module) -> int:
@@ -95,13 +98,16 @@ def _last_block(block: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
         q, k, v = F.linear(normed, weight, bias).chunk(3, dim=-1)  # 3 x (B, L, W)
         heads = attention.num_heads
         q, k, v = (_split_heads(t, heads) for t in (q, k, v))
-        mixed_heads = F.scaled_dot_product_attention(q, q, v)
+        # scaled_dot_product_attention(a, a, v) = softmax(a a^T / sqrt(head_width)) v, per head.
+        mixed_heads = F.scaled_dot_product_attention(q, q, v)  # (B, n, L, W/n)
         if mode == "csa":
+            # (softmax(q q^T s) + softmax(k k^T s)) v: SCLIP sums the two row-softmaxes, it does not average them.
             mixed_heads = mixed_heads + F.scaled_dot_product_attention(k, k, v)
         mixed = _merge_heads(mixed_heads)
     out = attention.out_proj(mixed)
-    if mode != "maskclip":
+    if mode in ("value", "qq"):  # the attention output alone: ClearCLIP drops the residual and MLP
         return out
+    # maskclip and csa keep the block's residual and MLP (with its layer scales, identity in OpenAI's CLIP).
     y = x + block.ls_1(out)
     return y + block.ls_2(block.mlp(block.ln_2(y)))
 

@@ -9,7 +9,6 @@ losses (up to fp16 rounding) for the first ``V`` epochs, and then cycles through
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -20,30 +19,67 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .dense import dense_features
+from .clip import weights_fingerprint
+from .dense import dense_features, feature_stride
 
-__all__ = ["FeatureCache", "build_feature_cache", "view_rng", "weights_fingerprint"]
+__all__ = ["CacheSpaceError", "FeatureCache", "build_feature_cache", "cache_size_bytes", "view_rng",
+           "weights_fingerprint"]
 
 _META = "meta.json"
+#: Free space a cache must leave on its disk: 5 % of its own size plus 256 MiB (logs, checkpoints, the system).
+_MARGIN_FRACTION, _MARGIN_BYTES = 0.05, 256 * 2**20
+
+
+class CacheSpaceError(ValueError):
+    """A feature cache would not fit on its disk; the message is one sentence saying what to do."""
+
+
+def cache_size_bytes(num_samples: int, views: int, channels: int, grid: tuple[int, int],
+                     label_size: tuple[int, int]) -> int:
+    """The bytes a feature cache takes (the two small ``.npy`` headers aside).
+
+    fp16 features ``N * V * D * h * w * 2`` plus uint8 labels ``N * V * S_h * S_w``.
+
+    Args:
+        num_samples: N training images.
+        views: V augmented views per image.
+        channels: D, the dense features' width (CLIP's embedding size: RN50 1024, ViT-B/16 512).
+        grid: (h, w) feature cells of one view (the crop over the feature stride).
+        label_size: (S_h, S_w) of one view's labels (the crop).
+
+    Returns:
+        The size in bytes.
+    """
+    per_view = channels * grid[0] * grid[1] * 2 + label_size[0] * label_size[1]
+    return num_samples * views * per_view
+
+
+def _size(count: float) -> str:
+    """Bytes in the largest binary unit that keeps the number at or above 1 ("26.0 KiB", "31.0 GiB")."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def _check_space(folder: Path, needed: int, num_samples: int, views: int) -> None:
+    """Refuse, in one sentence, a cache that would not fit (with the margin) on the disk of ``folder``."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the nearest existing parent: the disk the cache would go to
+    free = shutil.disk_usage(existing).free
+    if needed * (1 + _MARGIN_FRACTION) + _MARGIN_BYTES > free:
+        raise CacheSpaceError(
+            f"the feature cache of {num_samples} images x {views} views needs {_size(needed)} "
+            f"(plus a margin of 5 % and 256 MiB) but {existing} has {_size(free)} free: use fewer "
+            f"--cache-views, another --feature-cache folder on a larger disk, or train without --feature-cache"
+        )
 
 
 def view_rng(seed: int, index: int, view: int) -> np.random.Generator:
     """The random generator of augmented view ``view`` of sample ``index``."""
     return np.random.default_rng([seed, index, view])
-
-
-@torch.no_grad()
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A short digest of a model's weights: every tensor's name, shape and float64 sum and sum of squares.
-
-    Part of a cache's key, so that a cache made with other weights under the same name or path
-    (a re-downloaded tag, an overwritten file, a newer shipped tiny CLIP) is rebuilt, not reused.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        values = tensor.detach().double()
-        digest.update(f"{name}{tuple(tensor.shape)}{values.sum().item():.10e}{values.square().sum().item():.10e}".encode())
-    return digest.hexdigest()[:16]
 
 
 class FeatureCache:
@@ -96,6 +132,9 @@ def build_feature_cache(folder: str | Path, key: dict[str, Any], views: int, num
 
     Returns:
         The :class:`FeatureCache`.
+
+    Raises:
+        CacheSpaceError: the cache would not fit on its disk (checked before anything is computed).
     """
     folder = Path(folder)
     if FeatureCache.matches(folder, key):
@@ -103,7 +142,15 @@ def build_feature_cache(folder: str | Path, key: dict[str, Any], views: int, num
     import contextlib
 
     tmp = folder.with_name(folder.name + ".incomplete")
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # a stale, unfinished build: its space is free again
+    # The size from one view and the tower's shape, before anything is written: fp16 features of
+    # D x (S / stride)^2 and uint8 labels of S x S per view (dense_features floors to the stride).
+    visual = getattr(clip_model, "visual", clip_model)
+    image, label = load_view(0, 0)
+    stride = feature_stride(visual)
+    grid = (image.shape[-2] // stride, image.shape[-1] // stride)
+    needed = cache_size_bytes(num_samples, views, int(visual.output_dim), grid, tuple(label.shape[-2:]))
+    _check_space(tmp, needed, num_samples, views)
     tmp.mkdir(parents=True)
     jobs = [(index, view) for index in range(num_samples) for view in range(views)]
     features = labels = None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -57,20 +59,62 @@ def _from_array(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def load_image(image: ImageInput) -> np.ndarray:
+_RAISE_LIMIT = "if you trust this image, allow more pixels (load_image's max_pixels; mvpseg segment --max-pixels N)"
+
+
+def _open_with_limit(path: Path, fp: BinaryIO, max_pixels: int) -> Image.Image:
+    """Open an image file as ``Image.open`` does, but checked against ``max_pixels`` instead of Pillow's limit.
+
+    ``Image.open`` refuses images over ``PIL.Image.MAX_IMAGE_PIXELS``, a process-wide setting that
+    belongs to the host program, so a library may not raise it for one call. Instead the format is
+    found through Pillow's plugin registry (``Image.ID``, ``Image.OPEN``) the way ``Image.open``
+    finds it, and the size read from the header is checked here, before any pixel is decoded.
+    """
+    Image.init()  # registers every format plugin (once per process, as Image.open does when needed)
+    prefix = fp.read(16)
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        verdict = accept(prefix) if accept is not None else True
+        if not verdict or isinstance(verdict, str):  # a string is Pillow's note on why not this format
+            continue
+        fp.seek(0)
+        try:
+            opened = factory(fp, str(path))
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # not this format after all: try the next, as Image.open does
+        pixels = opened.width * opened.height
+        if pixels > max_pixels:
+            opened.close()
+            raise ImageReadError(
+                f"{path}: {opened.width}x{opened.height} = {pixels} pixels, more than the limit of {max_pixels}; "
+                f"{_RAISE_LIMIT}"
+            )
+        return opened
+    raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}")
+
+
+def load_image(image: ImageInput, max_pixels: int | None = None) -> np.ndarray:
     """Read an image as RGB.
 
     Args:
         image: a file path, a PIL image, or an array (HWC uint8 in [0, 255]; HW greyscale, uint16
             and floats in [0, 1] are converted). RGBA is composited over white, palette and 16-bit
             images are converted, EXIF orientation is applied.
+        max_pixels: for files, the most pixels (width x height) an image may have, checked from its
+            header before decoding; None keeps Pillow's guard against decompression bombs
+            (``PIL.Image.MAX_IMAGE_PIXELS``, as the host program set it: it refuses beyond twice
+            that, about 179 million pixels by default). Pillow's global setting is never changed.
 
     Returns:
         (H, W, 3) uint8 RGB array.
 
     Raises:
-        ImageReadError: a missing, unreadable or corrupt file, or an unsupported array.
+        ImageReadError: a missing, unreadable or corrupt file, one with more pixels than allowed, or
+            an unsupported array.
+        ValueError: ``max_pixels`` is not positive.
     """
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive number of pixels, not {max_pixels}")
     if isinstance(image, np.ndarray):
         return _from_array(image)
     if isinstance(image, Image.Image):
@@ -81,8 +125,16 @@ def load_image(image: ImageInput) -> np.ndarray:
     if path.is_dir():
         raise ImageReadError(f"{path}: is a folder, not an image")
     try:
-        with Image.open(path) as opened:
+        if max_pixels is None:
+            with Image.open(path) as opened:
+                opened.load()
+                return _from_pil(opened)
+        with open(path, "rb") as fp, _open_with_limit(path, fp, max_pixels) as opened:
             opened.load()
             return _from_pil(opened)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as error:  # over Pillow's own limit
+        raise ImageReadError(f"{path}: too many pixels ({error}); {_RAISE_LIMIT}") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(f"{path}: not a readable image ({type(error).__name__}: {error})") from error

@@ -56,22 +56,33 @@ def presence_targets(labels: torch.Tensor, num_classes: int, ignore_index: int =
     return targets
 
 
-def presence_loss(output: MVPSegOutput, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def presence_loss(output: MVPSegOutput, labels: torch.Tensor, ignore_index: int = 255,
+                  known: torch.Tensor | None = None) -> torch.Tensor:
     """L_cls: binary cross-entropy between GPR's scores ``g`` and each class's image-level presence.
+
+    A class's presence is read from the labels, so it is known only for classes whose pixels are
+    labelled. In the transductive setting the unseen names are in the vocabulary but their pixels are
+    unlabelled: "no pixel labelled" does not mean "absent", and training those classes towards 0 would
+    teach GPR to switch them off. ``known`` leaves them out.
 
     Args:
         output: the model's output (must carry GPR presence logits).
         labels: (B, H, W) int64 class indices.
         ignore_index: label value that is skipped.
+        known: (C,) bool, the classes whose presence the labels tell; default all.
 
     Returns:
-        Scalar loss, mean over images and classes.
+        Scalar loss, mean over images and known classes.
     """
     if output.presence_logits is None:
         raise ValueError("the presence loss needs GPR (use_gpr=True)")
     logits = output.presence_logits.float()  # (B, C)
     targets = presence_targets(labels, logits.shape[1], ignore_index)
-    return F.binary_cross_entropy_with_logits(logits, targets)
+    if known is None:
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    losses = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # (B, C)
+    mask = known.to(device=losses.device, dtype=losses.dtype)[None].expand_as(losses)
+    return (losses * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def orthogonality_loss(mean_contexts: torch.Tensor) -> torch.Tensor:
@@ -91,7 +102,8 @@ def orthogonality_loss(mean_contexts: torch.Tensor) -> torch.Tensor:
 
 def total_loss(output: MVPSegOutput, labels: torch.Tensor, mean_contexts: torch.Tensor | None,
                weights: LossWeights, ignore_index: int = 255, class_weights: torch.Tensor | None = None,
-               seg_normalizer: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               seg_normalizer: float | torch.Tensor | None = None,
+               known_presence: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The weighted sum ``l1 L_seg + l2 L_cls + l3 L_OC`` and its parts.
 
     Args:
@@ -102,12 +114,14 @@ def total_loss(output: MVPSegOutput, labels: torch.Tensor, mean_contexts: torch.
         ignore_index: label value that is skipped.
         class_weights: optional (C,) pixel weights for L_seg.
         seg_normalizer: see :func:`segmentation_loss`.
+        known_presence: (C,) bool, the classes L_cls is taken over (see :func:`presence_loss`).
 
     Returns:
         {"loss": total, "seg": L_seg, "cls": L_cls, "oc": L_OC} (skipped terms are 0).
     """
     zero = output.fused_logits.new_zeros(())
     seg = segmentation_loss(output, labels, ignore_index, class_weights, seg_normalizer) if weights.seg else zero
-    cls = presence_loss(output, labels, ignore_index) if weights.cls and output.presence_logits is not None else zero
+    cls = (presence_loss(output, labels, ignore_index, known_presence)
+           if weights.cls and output.presence_logits is not None else zero)
     oc = orthogonality_loss(mean_contexts) if weights.oc and mean_contexts is not None else zero
     return {"loss": weights.seg * seg + weights.cls * cls + weights.oc * oc, "seg": seg, "cls": cls, "oc": oc}

@@ -111,13 +111,29 @@ def template_embeddings(
 
     Returns:
         (C, D) float32, L2-normalised.
+
+    Raises:
+        ValueError: a class name that does not fit CLIP's text window in some template (the message
+            names it); the tokenizer would cut such a sentence short without a word.
     """
     names = validate_class_names(class_names)
     device = clip_model.positional_embedding.device
+    window = clip_model.positional_embedding.shape[0]  # CLIP's text window (77 tokens)
     sentences = [template.format(name) for name in names for template in templates]
     encoded = []
     for start in range(0, len(sentences), batch_size):
-        ids = tokenizer(sentences[start : start + batch_size]).to(device)  # (N, L)
+        # One token more than the window: a sentence that fits ends (EOS, the largest id) within the
+        # window; one that does not would otherwise be truncated silently.
+        ids = tokenizer(sentences[start : start + batch_size], context_length=window + 1)  # (N, L + 1)
+        ends = ids.argmax(dim=-1)
+        if bool((ends >= window).any()):
+            row = int((ends >= window).nonzero()[0])
+            name, template = names[(start + row) // len(templates)], templates[(start + row) % len(templates)]
+            raise ValueError(
+                f"class name {name!r} is too long: in the template {template!r} it does not fit CLIP's "
+                f"{window}-token text window; shorten it"
+            )
+        ids = ids[:, :window].to(device)  # (N, L)
         encoded.append(F.normalize(encode_text_embeddings(clip_model, clip_model.token_embedding(ids), ids).float(), dim=-1))
     per_template = torch.cat(encoded).reshape(len(names), len(templates), -1)  # (C*T, D) -> (C, T, D)
     return F.normalize(per_template.mean(dim=1), dim=-1)

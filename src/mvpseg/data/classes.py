@@ -19,8 +19,10 @@ __all__ = [
     "unseen_indices",
     "VOC_CLASSES",
     "CONTEXT_CLASSES",
+    "CONTEXT60_CLASSES",
     "COCO_STUFF_CLASSES",
     "MMSEG_CONTEXT_CLASSES",
+    "MMSEG_CONTEXT60_CLASSES",
     "MMSEG_COCO_STUFF_CLASSES",
     "MMSEG_VOC_CLASSES",
 ]
@@ -31,7 +33,7 @@ class DatasetInfo:
     """What a model needs to know about a dataset's label space.
 
     Attributes:
-        name: "voc", "context", "coco-stuff" or "custom".
+        name: "voc", "context", "coco-stuff", "context60" or "custom".
         class_names: readable class names used in prompts, in label-index order.
         unseen: sorted indices of the unseen classes of the zero-shot split (may be empty).
         ignore_index: the label value of pixels that are not evaluated nor trained on.
@@ -108,6 +110,12 @@ CONTEXT_CLASSES: tuple[str, ...] = tuple(_CONTEXT_READABLE.get(n, n) for n in MM
 CONTEXT_UNSEEN_NAMES = (
     "aeroplane", "bird", "boat", "cat", "cow", "fence", "keyboard", "motorbike", "sofa", "tvmonitor",
 )  # fmt: skip
+
+# --- PASCAL Context: 60 classes (mmseg PascalContextDataset), background kept as class 0 -------------
+# The label space of MaskCLIP+'s published Context figures: labels 0..59 as stored, the same 10 unseen
+# names, at indices [1, 7, 8, 15, 20, 25, 32, 34, 49, 55].
+MMSEG_CONTEXT60_CLASSES: tuple[str, ...] = ("background", *MMSEG_CONTEXT_CLASSES)
+CONTEXT60_CLASSES: tuple[str, ...] = ("background", *CONTEXT_CLASSES)
 
 # --- COCO-Stuff 164k: 171 classes (mmseg COCOStuffDataset), 80 things then 91 stuff -----------------
 MMSEG_COCO_STUFF_CLASSES: tuple[str, ...] = (
@@ -186,16 +194,20 @@ _BUILTIN: dict[str, DatasetInfo] = {
     "coco-stuff": DatasetInfo(
         "coco-stuff", COCO_STUFF_CLASSES, unseen_indices(MMSEG_COCO_STUFF_CLASSES, COCO_STUFF_UNSEEN_NAMES)
     ),
+    "context60": DatasetInfo(
+        "context60", CONTEXT60_CLASSES, unseen_indices(MMSEG_CONTEXT60_CLASSES, CONTEXT_UNSEEN_NAMES)
+    ),
 }
 _ALIASES = {
     "pascal-voc": "voc", "voc2012": "voc", "voc20": "voc",
     "pascal-context": "context", "context59": "context", "context-59": "context",
+    "context-60": "context60", "pascal-context-60": "context60", "pascal-context60": "context60",
     "cocostuff": "coco-stuff", "coco-stuff164k": "coco-stuff",
 }  # fmt: skip
 
 
 def canonical_name(name: str) -> str:
-    """The canonical dataset name ("voc", "context", "coco-stuff", "custom") for a name or alias.
+    """The canonical dataset name ("voc", "context", "coco-stuff", "context60", "custom") for a name or alias.
 
     Args:
         name: a dataset name; case, "_" and "-" are interchangeable ("coco_stuff", "COCO-Stuff").
@@ -217,7 +229,7 @@ def dataset_info(name: str) -> DatasetInfo:
     """The label space of a built-in benchmark.
 
     Args:
-        name: "voc", "context" or "coco-stuff" (aliases such as "coco_stuff" accepted).
+        name: "voc", "context", "coco-stuff" or "context60" (aliases such as "coco_stuff" accepted).
 
     Returns:
         The dataset's DatasetInfo (readable class names and the standard unseen split).

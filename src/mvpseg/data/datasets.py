@@ -2,11 +2,11 @@
 
 Each reader yields {"image": (H, W, 3) uint8 RGB, "label": (H, W) int64, "name": id}. Labels are
 already in the model's label space: class indices 0..C-1 and `ignore_index` (255), with VOC and
-Context backgrounds mapped to ignore. A transform, when set, turns the pair into tensors.
+Context-59 backgrounds mapped to ignore (context60 keeps background as class 0, as mmseg's 60 classes). A transform, when set, turns the pair into tensors.
 
     ROOT/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass[Aug], ImageSets/Segmentation}   voc
     ROOT/VOCdevkit/VOC2010/{JPEGImages, SegmentationClassContext,
-                            ImageSets/SegmentationContext}                                 context
+                            ImageSets/SegmentationContext}                       context, context60
     ROOT/coco_stuff164k/{images, annotations}/{train2017, val2017}                        coco-stuff
     ROOT/{JPEGImages, SegmentationClass, ImageSets/Segmentation, class_names.txt,
           unseen.txt}                                                                    custom
@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -108,6 +109,7 @@ class SegmentationDataset(Dataset):
         image_paths, label_paths: the files of each id.
         transform: None, or a callable (image, label, rng) -> (image tensor, label tensor).
         seed, epoch: the seeds of the per-sample random generator.
+        split: the split's name ("train", "val", ...), or None.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class SegmentationDataset(Dataset):
         label_lut: np.ndarray,
         transform: Transform | None = None,
         seed: int = 0,
+        split: str | None = None,
     ) -> None:
         """Args:
         info: the label space.
@@ -126,6 +129,7 @@ class SegmentationDataset(Dataset):
         label_lut: (256,) int64 table from stored label values to 0..C-1 / ignore; -1 = invalid.
         transform: optional (image, label, rng) -> (image, label) tensors.
         seed: base seed of the random transforms.
+        split: the split's name, shown by :meth:`describe`.
         """
         if not len(ids) == len(image_paths) == len(label_paths):
             raise ValueError("ids, image_paths and label_paths must have the same length")
@@ -136,6 +140,7 @@ class SegmentationDataset(Dataset):
         self.label_lut = label_lut
         self.transform = transform
         self.seed = seed
+        self.split = split
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -146,6 +151,20 @@ class SegmentationDataset(Dataset):
             f"SegmentationDataset(name={self.info.name!r}, samples={len(self)}, "
             f"classes={self.info.num_classes}, unseen={len(self.info.unseen)})"
         )
+
+    @property
+    def label_folders(self) -> dict[str, int]:
+        """How many samples read their labels from each folder, by folder name, in order of first use.
+
+        VOC's standard training set mixes two: VOC's own ``SegmentationClass`` and SBD's ``SegmentationClassAug``.
+        """
+        return dict(Counter(path.parent.name for path in self.label_paths))
+
+    def describe(self) -> str:
+        """One line for logs, e.g. "voc train: 10582 images (1464 SegmentationClass, 9118 SegmentationClassAug)"."""
+        folders = ", ".join(f"{count} {folder}" for folder, count in self.label_folders.items())
+        split = f" {self.split}" if self.split else ""
+        return f"{self.info.name}{split}: {len(self)} images ({folders})"
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that seeds the random transforms.
@@ -258,8 +277,8 @@ def _find_root(root: Path, candidates: Sequence[str], markers: Sequence[str], ex
 
 
 _VOC_LAYOUT = (
-    "ROOT/VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
-    "[SegmentationClassAug/<id>.png], ImageSets/Segmentation/{train,val,[trainaug]}.txt}"
+    "ROOT/VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, [SegmentationClassAug/<id>.png], "
+    "ImageSets/Segmentation/{train,val,[trainaug|train_aug|aug]}.txt}"
 )
 _VOC_AUG_LISTS = ("trainaug.txt", "train_aug.txt", "aug.txt")
 
@@ -273,19 +292,37 @@ def _voc_files(root: Path, split: str) -> tuple[list[str], list[Path], list[Path
     if split == "trainaug" and (aug_list is None or not aug_dir.is_dir()):
         missing = aug_dir if not aug_dir.is_dir() else sets / "trainaug.txt"
         raise _fail(missing, "SBD aug set", _VOC_LAYOUT)
+    class_dir = base / "SegmentationClass"
     if split in ("train", "trainaug") and aug_list is not None and aug_dir.is_dir():
-        ids, label_dir = _read_split(aug_list, _VOC_LAYOUT), aug_dir
+        # Whatever the list's format, the standard set (10,582 images): train.txt's ids first, then the
+        # list's others, minus val.txt's. mmseg's aug.txt holds only the 9,118 SBD ids outside VOC
+        # train and val; trainaug.txt and DeepLab's train_aug.txt hold all 10,582.
+        train = _read_split(sets / "train.txt", _VOC_LAYOUT)
+        val = set(_read_split(sets / "val.txt", _VOC_LAYOUT))
+        listed = [_list_id(token) for token in _read_split(aug_list, _VOC_LAYOUT)]
+        ids = list(dict.fromkeys(i for i in [*train, *listed] if i not in val))
+        # VOC's own train images keep their official labels (as mmseg and ZegCLIP read them); SBD's come
+        # from SegmentationClassAug.
+        own = set(train)
+        label_dirs = [class_dir if i in own else aug_dir for i in ids]
     elif split in ("train", "val"):
         if split == "train" and aug_dir.is_dir():
             warnings.warn(
                 f"{aug_dir} exists but no {'/'.join(_VOC_AUG_LISTS)} in {sets}; training on train.txt only",
                 stacklevel=3,
             )
-        ids, label_dir = _read_split(sets / f"{split}.txt", _VOC_LAYOUT), base / "SegmentationClass"
+        ids = _read_split(sets / f"{split}.txt", _VOC_LAYOUT)
+        label_dirs = [class_dir] * len(ids)
     else:
         raise ValueError(f"voc split {split!r}: expected 'train', 'val' or 'trainaug'")
-    _require_dir(label_dir, _VOC_LAYOUT)
-    return ids, [base / "JPEGImages" / f"{i}.jpg" for i in ids], [label_dir / f"{i}.png" for i in ids]
+    for folder in dict.fromkeys(label_dirs):
+        _require_dir(folder, _VOC_LAYOUT)
+    return ids, [base / "JPEGImages" / f"{i}.jpg" for i in ids], [d / f"{i}.png" for d, i in zip(label_dirs, ids)]
+
+
+def _list_id(token: str) -> str:
+    """The image id in a list's first column: the id itself, or DeepLab's image path (its file stem)."""
+    return PurePosixPath(token).stem if "/" in token or token.lower().endswith(_IMAGE_SUFFIXES) else token
 
 
 _CONTEXT_LAYOUT = (
@@ -420,8 +457,9 @@ def build_dataset(
     """Open a dataset split in its usual on-disk layout.
 
     Args:
-        name: "voc", "context", "coco-stuff" or "custom".
-        root: the dataset folder; for voc/context the folder holding VOCdevkit, VOCdevkit itself
+        name: "voc", "context" (59 classes, background ignored), "coco-stuff", "context60" (mmseg's 60
+            classes, background class 0, as MaskCLIP+ measured Context) or "custom".
+        root: the dataset folder; for voc/context/context60 the folder holding VOCdevkit, VOCdevkit itself
             or VOC20xx itself; for coco-stuff the folder holding coco_stuff164k or that folder.
         split: "train" or "val" ("trainaug" for voc: the SBD aug set, required; "train" uses it
             when present); custom: any ImageSets/Segmentation/<split>.txt.
@@ -445,14 +483,13 @@ def build_dataset(
         info = custom_info(root, class_names_file, unseen_file)
         expected, reduce_zero = _CUSTOM_LAYOUT, False
     else:
-        files = {"voc": _voc_files, "context": _context_files, "coco-stuff": _coco_stuff_files}[key]
+        files = {"voc": _voc_files, "context": _context_files, "context60": _context_files,
+                 "coco-stuff": _coco_stuff_files}[key]
         ids, images, labels = files(root, split)
         info = _override_info(dataset_info(key), class_names_file, unseen_file)
-        expected, reduce_zero = (
-            {"voc": _VOC_LAYOUT, "context": _CONTEXT_LAYOUT}.get(key, _COCO_LAYOUT),
-            key != "coco-stuff",
-        )
+        expected = {"voc": _VOC_LAYOUT, "context": _CONTEXT_LAYOUT, "context60": _CONTEXT_LAYOUT}.get(key, _COCO_LAYOUT)
+        reduce_zero = key in ("voc", "context")  # background 0 -> ignore; context60 keeps it as class 0
     _check_files(images, "image", expected)
     _check_files(labels, "label", expected)
     lut = _label_lut(info.num_classes, info.ignore_index, reduce_zero_label=reduce_zero)
-    return SegmentationDataset(info, ids, images, labels, lut, transform=transform, seed=seed)
+    return SegmentationDataset(info, ids, images, labels, lut, transform=transform, seed=seed, split=split)

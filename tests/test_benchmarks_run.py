@@ -1,0 +1,44 @@
+"""benchmarks/run.py without matplotlib: one line saying what to install, before any measurement."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+# Runs benchmarks/run.py as a script with matplotlib hidden (a None entry in sys.modules makes its import
+# fail) and the first measurement replaced by an exit that says it was reached.
+_SCRIPT = """
+import runpy, sys
+sys.path.insert(0, {benchmarks!r})
+sys.modules["matplotlib"] = None
+import inference_bench
+def measured(*args, **kwargs):
+    raise SystemExit("measurement started")
+inference_bench.run = measured
+sys.argv = ["benchmarks/run.py", *{argv!r}]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def _run_without_matplotlib(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    code = _SCRIPT.format(benchmarks=str(BENCHMARKS), argv=argv, script=str(BENCHMARKS / "run.py"))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_missing_matplotlib_stops_before_measuring(tmp_path: Path) -> None:
+    out, report = tmp_path / "results.json", tmp_path / "report.md"
+    result = _run_without_matplotlib(["--quick", "--out", str(out), "--report", str(report)])
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install -e ".[bench]"' in lines[0] and "--no-plots" in lines[0]
+    assert "measurement started" not in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists() and not report.exists()
+
+
+def test_no_plots_needs_no_matplotlib(tmp_path: Path) -> None:
+    result = _run_without_matplotlib(["--quick", "--no-plots", "--out", str(tmp_path / "r.json"),
+                                      "--report", str(tmp_path / "r.md")])
+    assert "measurement started" in result.stderr  # it went on to measure
