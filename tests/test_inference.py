@@ -177,3 +177,86 @@ def test_palettes() -> None:
     assert shown[0].tolist() == [128, 0, 0] and shown[255].tolist() == [255, 255, 255]
     image = colorize(np.array([[0, 3]], np.int32))
     assert image.mode == "P" and np.asarray(image).tolist() == [[0, 3]]
+
+
+# --- synonyms and the background threshold -----------------------------------------------------------
+
+
+def test_a_class_scores_as_the_best_of_its_names(tiny_rn: mvpseg.ClipBundle) -> None:
+    segmenter = _segmenter(tiny_rn, short_side=64)
+    image = segmenter.resize(_image(64, 96))
+    names = segmenter.predict_torch(image, ["cat", "kitten", "dog", "grass", "lawn"])
+    classes = segmenter.predict_torch(image, [("cat", "kitten"), "dog", ["grass", "lawn"]])
+    for got, each, dim in ((classes.fused_logits, names.fused_logits, 1),
+                           (classes.presence_logits, names.presence_logits, 1),
+                           (classes.prompt_maps, names.prompt_maps, 2)):
+        assert got.shape[dim] == 3
+        parts = each.split([2, 1, 2], dim=dim)
+        torch.testing.assert_close(got, torch.cat([part.amax(dim=dim, keepdim=True) for part in parts], dim=dim))
+    prediction = segmenter.predict(_image(64, 96), [("cat", "kitten"), "dog", ["grass", "lawn"]],
+                                   background=("background", "sky"), return_scores=True)
+    assert prediction.class_names == ["background", "cat", "dog", "grass"]
+    assert prediction.scores.shape[0] == 4 and prediction.presence.shape == (4,)
+    # Every name went through the text tower once, cached under the list of names.
+    assert segmenter.text_embeddings(["background", "sky", "cat", "kitten", "dog", "grass", "lawn"]).shape[1] == 7
+
+
+def test_synonyms_use_the_cached_embeddings_of_their_names(tiny_rn: mvpseg.ClipBundle) -> None:
+    segmenter = _segmenter(tiny_rn, short_side=64)
+    given = F.normalize(torch.randn(3, 3, 32), dim=-1)  # (P, names, D)
+    segmenter.cache_text_embeddings(["tv", "television", "cat"], given)
+    image = segmenter.resize(_image(64, 64))
+    maps = segmenter.predict_torch(image, [("tv", "television"), "cat"]).prompt_maps  # (1, P, 2, h, w)
+    cosine = segmenter.model.cosine_maps(segmenter.features(image), given)  # (1, P, 3, h, w)
+    torch.testing.assert_close(maps[:, :, 0], cosine[:, :, :2].amax(dim=2))
+    torch.testing.assert_close(maps[:, :, 1], cosine[:, :, 2])
+
+
+def test_background_threshold_turns_low_scores_into_class_zero(tiny_vit: mvpseg.ClipBundle) -> None:
+    segmenter = _segmenter(tiny_vit, short_side=None, mode="whole")  # its random weights give every class pixels
+    image = _image(50, 83)
+    plain = segmenter.predict(image, NAMES, background="background", return_scores=True)
+    best = plain.scores.max(axis=0)
+    values = np.unique(best[plain.labels != 0])
+    threshold = float((values[len(values) // 2] + values[len(values) // 2 + 1]) / 2)  # between two pixel scores
+    cut = segmenter.predict(image, NAMES, background="background", background_threshold=threshold)
+    np.testing.assert_array_equal(cut.labels, np.where(best < threshold, 0, plain.labels))
+    assert (plain.labels == 0).sum() < (cut.labels == 0).sum() < cut.labels.size
+    off = segmenter.predict(image, NAMES, background="background", background_threshold=0.0)
+    np.testing.assert_array_equal(off.labels, plain.labels)
+    assert (segmenter.predict(image, NAMES, background="bg", background_threshold=1.0).labels == 0).all()
+    with pytest.raises(ValueError, match="needs a background"):
+        segmenter.predict(image, NAMES, background_threshold=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        segmenter.predict(image, NAMES, background="bg", background_threshold=1.5)
+
+
+def test_label_log_scores_are_the_upsampled_value_of_each_label() -> None:
+    from mvpseg.upsample import label_log_scores
+
+    log_scores = torch.randn(5, 4, 6)
+    labels = torch.randint(0, 5, (37, 53), dtype=torch.int32)
+    expected = F.interpolate(log_scores[None], size=(37, 53), mode="bilinear", align_corners=False)[0]
+    got = label_log_scores(log_scores, labels, (4 / 37, 6 / 53), rows=5)
+    torch.testing.assert_close(got, expected.gather(0, labels.long()[None])[0])
+
+
+def test_long_side_resize_is_mmseg_keep_ratio(tiny_rn: mvpseg.ClipBundle) -> None:
+    # mmseg's img_scale=(520, 520) with keep_ratio: factor 520 / long side, sizes int(x * s + 0.5).
+    segmenter = _segmenter(tiny_rn, long_side=520, short_side=300)  # long_side wins over short_side
+    assert segmenter.resize(_image(375, 500)).shape == (1, 3, 390, 520)
+    assert segmenter.resize(_image(500, 375)).shape == (1, 3, 520, 390)
+    assert segmenter.resize(_image(100, 40)).shape == (1, 3, 520, 208)  # small images are enlarged
+    # Half-way sizes round up (333 * 0.5 = 166.5 -> 167), where Python's round() would give 166.
+    assert segmenter.resize(_image(333, 1040)).shape == (1, 3, 167, 520)
+    assert _segmenter(tiny_rn, long_side=None, short_side=64).resize(_image(64, 100)).shape == (1, 3, 64, 100)
+
+
+def test_context60_evaluation_preset() -> None:
+    from mvpseg.evaluate import inference_preset
+
+    config = inference_preset("context-60")
+    assert (config.long_side, config.mode) == (520, "whole")
+    assert InferenceConfig(long_side=0).long_side is None
+    with pytest.raises(ValueError, match="long_side"):
+        InferenceConfig(long_side=-1)

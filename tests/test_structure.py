@@ -47,6 +47,7 @@ def test_every_config_field_is_documented(cls: type) -> None:
      set()),
     ("demo", configs.DemoConfig, {}, set()),
     ("segment", configs.InferenceConfig, {}, set()),
+    ("serve", configs.InferenceConfig, {}, set()),
     ("eval", configs.InferenceConfig, {}, set()),
 ])
 def test_every_config_field_is_a_flag(command: str, cls: type, rename: dict[str, str], skip: set[str]) -> None:
@@ -115,7 +116,7 @@ def test_segment_inference_flags_map_onto_the_config() -> None:
         short_side=520, stride=300)
 
 
-@pytest.mark.parametrize("command", [[], ["segment"], ["eval"], ["train"], ["demo"], ["prepare"]])
+@pytest.mark.parametrize("command", [[], ["segment"], ["serve"], ["eval"], ["train"], ["demo"], ["prepare"]])
 def test_help_imports_no_torch(command: list[str]) -> None:
     code = ("import sys\nfrom mvpseg.cli import main\ntry:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n"
             "    pass\nassert 'torch' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)\n")

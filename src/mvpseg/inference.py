@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 from . import build
 from .config import InferenceConfig
-from .dense import inference_tower
 from .image import ImageInput, load_image
 from .model import MVPSeg, MVPSegOutput
 from .prompts import validate_class_names
 from .runtime import autocast, default_device
-from .upsample import upsample_log_scores
+from .upsample import label_log_scores, upsample_log_scores
+from .vocabulary import ClassNames, Vocabulary, max_over_names
 
 __all__ = ["InferenceConfig", "Prediction", "Segmenter", "sliding_windows"]
 
@@ -93,8 +93,7 @@ class Segmenter:
         self.model = model.to(self.device).eval()
         self.stride = model.stride
         #: The image tower inference runs: for ResNets a BatchNorm-folded, NHWC copy (the CLIP's own is kept).
-        self.tower = inference_tower(self.clip.model.visual, fold=self.config.fold_batchnorm,
-                                     channels_last=self.config.channels_last)
+        self.tower = model.inference_tower(fold=self.config.fold_batchnorm, channels_last=self.config.channels_last)
         self._mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1)
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
@@ -103,25 +102,29 @@ class Segmenter:
     def from_pretrained(
         cls,
         clip: str | None = None,
-        pretrained: str | os.PathLike[str] | None = "openai",
+        pretrained: str | os.PathLike[str] | None = "auto",
         prompts: str | os.PathLike[str] | None = None,
         device: str | torch.device | None = None,
         config: InferenceConfig | None = None,
+        student: str | os.PathLike[str] | None = None,
     ) -> Segmenter:
-        """Load CLIP and, optionally, learned prompts.
+        """Load CLIP and, optionally, learned prompts or an MVP-SEG+ student.
 
         Args:
             clip: open_clip architecture; default the checkpoint's, else "RN50".
-            pretrained: open_clip tag, local weights file, or None for random weights.
+            pretrained: open_clip tag, local weights file, or None for random weights; "auto": the
+                weights the prompt checkpoint was learned on when it names a tag, else "openai".
             prompts: a prompt checkpoint; None uses MaskCLIP's 85 templates.
             device: where to run; default CUDA when available.
             config: inference options.
+            student: a student checkpoint from ``mvpseg transfer`` instead of prompts (it holds its own).
 
         Returns:
             A ready :class:`Segmenter`.
         """
         target = default_device(device)
-        return cls(build.from_pretrained(clip, pretrained, prompts, device=target), config=config, device=target)
+        model = build.from_pretrained(clip, pretrained, prompts, device=target, student=student)
+        return cls(model, config=config, device=target)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of ``config.precision`` on this device (:mod:`mvpseg.runtime`)."""
@@ -159,7 +162,8 @@ class Segmenter:
     # --- images -----------------------------------------------------------------------------------
 
     def resize(self, image: np.ndarray) -> torch.Tensor:
-        """An HWC uint8 image as the model's input: resized to ``config.short_side`` and normalised.
+        """An HWC uint8 image as the model's input: resized to ``config.long_side`` when set, else to
+        ``config.short_side``, and normalised.
 
         Args:
             image: (H, W, 3) uint8 RGB in [0, 255].
@@ -172,10 +176,17 @@ class Segmenter:
         tensor = torch.from_numpy(image).to(self.device).float().div_(255.0)  # (H, W, 3) in [0, 1]
         tensor = tensor.permute(2, 0, 1)[None]  # HWC -> (1, 3, H, W) (a view)
         height, width = image.shape[:2]
-        short_side = self.config.short_side
-        if short_side is not None and min(height, width) != short_side:
+        short_side, long_side = self.config.short_side, self.config.long_side
+        size = None
+        if long_side is not None:
+            # mmseg's img_scale=(L, L) with keep_ratio (mmcv's rescale_size): factor L / long side, sizes
+            # rounded half up as int(x * s + 0.5); small images are enlarged. 500x375 -> 520x390 at L = 520.
+            scale = long_side / max(height, width)
+            size = (max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1))
+        elif short_side is not None and min(height, width) != short_side:
             scale = short_side / min(height, width)
             size = (max(round(height * scale), 1), max(round(width * scale), 1))
+        if size is not None and size != (height, width):
             tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)
         return tensor.sub_(self._mean).div_(self._std)  # in place: no full-size temporaries
 
@@ -219,18 +230,22 @@ class Segmenter:
         """(B, D, h, w) L2-normalised dense features of normalised crops (B, 3, H, W), with the inference tower."""
         return self.model.features(crops, tower=self.tower)
 
-    def predict_torch(self, images: torch.Tensor, class_names: Sequence[str]) -> MVPSegOutput:
+    def predict_torch(self, images: torch.Tensor, class_names: Sequence[ClassNames] | Vocabulary) -> MVPSegOutput:
         """Segment already resized, normalised images.
 
         Args:
             images: (B, 3, H, W) float, normalised with CLIP's mean and std, on any device.
-            class_names: C class names.
+            class_names: C classes, each a name or a sequence of names (synonyms, the first shown); or
+                a :class:`mvpseg.vocabulary.Vocabulary`.
 
         Returns:
             :class:`MVPSegOutput` over the feature grid (ceil(H / s), ceil(W / s)), s the feature stride;
-            windows are stitched on that grid by averaging where they overlap.
+            windows are stitched on that grid by averaging where they overlap. Every name is scored and
+            each class takes the maximum over its names of the fused logits, the presence logits and
+            the prompt maps.
         """
-        text = self.text_embeddings(class_names)
+        vocabulary = Vocabulary.of(class_names)
+        text = self.text_embeddings(vocabulary.names)  # (P, N, D): one entry per distinct name
         padded = self.pad(images.to(self.device))
         batch, step = padded.shape[0], self.stride
         grid = (padded.shape[-2] // step, padded.shape[-1] // step)
@@ -243,7 +258,13 @@ class Segmenter:
                     cells = (..., slice(y0 // step, y1 // step), slice(x0 // step, x1 // step))
                     canvas[cells] += maps[index * batch : (index + 1) * batch]
                     counts[cells] += 1
-            return self.model.head(canvas / counts)
+            output = self.model.head(canvas / counts)  # over the N names
+            presence = output.presence_logits
+            return MVPSegOutput(
+                fused_logits=max_over_names(output.fused_logits, vocabulary, dim=1),  # (B, N, h, w) -> (B, C, h, w)
+                presence_logits=None if presence is None else max_over_names(presence, vocabulary, dim=1),
+                prompt_maps=max_over_names(output.prompt_maps, vocabulary, dim=2),  # (B, P, N, h, w) -> (B, P, C, h, w)
+            )
 
     def upsample(self, output: MVPSegOutput, resized: tuple[int, int], size: tuple[int, int],
                  with_scores: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -255,35 +276,80 @@ class Segmenter:
             size: (H, W) the size to return.
             with_scores: also return ``exp`` of the final log-scores.
         """
-        log_scores = output.final_logits()[0].float()  # (C, h, w) over cells of `stride` resized pixels
+        return self.upsample_log_scores(output.final_logits()[0], resized, size, with_scores)
+
+    def upsample_log_scores(self, log_scores: torch.Tensor, resized: tuple[int, int], size: tuple[int, int],
+                            with_scores: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`upsample` for any log-scores (C', h, w) on this segmenter's feature grid (e.g. a subset of classes)."""
         cells_per_pixel = (resized[0] / (size[0] * self.stride), resized[1] / (size[1] * self.stride))
         with torch.inference_mode():
-            return upsample_log_scores(log_scores, size, cells_per_pixel,
+            return upsample_log_scores(log_scores.float(), size, cells_per_pixel,
                                        budget_bytes=self.config.upsample_budget_mib * 2**20,
                                        rows=self.config.upsample_rows, with_scores=with_scores)
 
-    def predict(self, image: ImageInput, class_names: Sequence[str], background: str | None = None,
-                return_scores: bool = False) -> Prediction:
+    def predict(self, image: ImageInput, class_names: Sequence[ClassNames], background: ClassNames | None = None,
+                return_scores: bool = False, background_threshold: float | None = None) -> Prediction:
         """Segment one image against any list of class names.
 
         Args:
             image: a path, a PIL image, or an HWC uint8 array in [0, 255] (see :func:`mvpseg.load_image`).
-            class_names: C readable class names ("cat", "grass", ...).
-            background: a name for everything else (e.g. "background"); it becomes class 0.
+            class_names: C classes, each a readable name ("cat", "grass", ...) or a tuple or list of
+                synonyms (``("tv monitor", "television")``: scored as the best of its names, shown as the first).
+            background: a name (or names) for everything else (e.g. "background"); it becomes class 0.
             return_scores: also return the (C, H, W) final map.
+            background_threshold: P in [0, 1]: pixels whose best class score (the final map's largest
+                value) is below P become the background (needs ``background``).
 
         Returns:
-            :class:`Prediction` at the image's own resolution.
+            :class:`Prediction` at the image's own resolution; its ``class_names`` are the display names.
+
+        Raises:
+            ValueError: a bad vocabulary, or a threshold without a background or outside [0, 1].
         """
-        names = validate_class_names(([background] if background else []) + list(class_names))
+        vocabulary = Vocabulary.of(class_names, background)
+        if background_threshold is not None:
+            if background is None or (isinstance(background, str) and not background.strip()):
+                raise ValueError("a background threshold needs a background class: give background=NAME "
+                                 "(--background NAME)")
+            if not 0.0 <= background_threshold <= 1.0:
+                raise ValueError(f"the background threshold is a score in [0, 1], not {background_threshold}")
         array = load_image(image)
         resized = self.resize(array)
-        output = self.predict_torch(resized, names)
-        labels, scores = self.upsample(output, tuple(resized.shape[-2:]), array.shape[:2], return_scores)
+        output = self.predict_torch(resized, vocabulary)
+        size = array.shape[:2]
+        labels, scores = self.upsample(output, tuple(resized.shape[-2:]), size, return_scores)
+        if background_threshold is not None:
+            labels = self.threshold_background(output, labels, tuple(resized.shape[-2:]), size, background_threshold)
         presence = output.presence[0].cpu().numpy() if output.presence is not None else None
         return Prediction(
             labels=labels.cpu().numpy(),
-            class_names=names,
+            class_names=vocabulary.display_names,
             scores=scores.cpu().numpy() if scores is not None else None,
             presence=presence,
         )
+
+    def threshold_background(self, output: MVPSegOutput, labels: torch.Tensor, resized: tuple[int, int],
+                             size: tuple[int, int], threshold: float) -> torch.Tensor:
+        """Labels with every pixel whose best class score is below ``threshold`` set to class 0 (the background).
+
+        The score is the final map's value of the pixel's own label, its largest (SCLIP's ``prob_thd``).
+
+        Args:
+            output: :meth:`predict_torch`'s output for one image.
+            labels: (H, W) int32 labels from :meth:`upsample` (changed in place).
+            resized: (H', W') the size the image was segmented at.
+            size: (H, W) the labels' size.
+            threshold: P in [0, 1]; strictly lower scores become 0.
+
+        Returns:
+            ``labels``.
+        """
+        if threshold <= 0.0:
+            return labels
+        log_scores = output.final_logits()[0].float()  # (C, h, w)
+        cells_per_pixel = (resized[0] / (size[0] * self.stride), resized[1] / (size[1] * self.stride))
+        with torch.inference_mode():
+            best = label_log_scores(log_scores, labels, cells_per_pixel,
+                                    budget_bytes=self.config.upsample_budget_mib * 2**20, rows=self.config.upsample_rows)
+            labels[best.to(labels.device) < math.log(threshold)] = 0
+        return labels

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["upsample_log_scores", "block_rows"]
+__all__ = ["upsample_log_scores", "block_rows", "label_log_scores"]
 
 
 def _axis_weights(size: int, cells_per_pixel: float, cells: int,
@@ -233,3 +233,42 @@ def upsample_log_scores(log_scores: torch.Tensor, size: tuple[int, int], cells_p
             labels[first_row:last_row] = winner
         start = stop
     return labels, scores
+
+
+def label_log_scores(log_scores: torch.Tensor, labels: torch.Tensor, cells_per_pixel: tuple[float, float],
+                     budget_bytes: float = 64 * 2**20, rows: int | None = None) -> torch.Tensor:
+    """Each pixel's upsampled log-score of its own label: the largest class value, found without every class.
+
+    The value is the one :func:`upsample_log_scores` compares (width first, then rows, in the same
+    order of operations), computed for one class per pixel, a block of rows at a time.
+
+    Args:
+        log_scores: (C, h, w) float32 log-scores on the cell grid.
+        labels: (H, W) integer class of each output pixel (e.g. :func:`upsample_log_scores`'s labels).
+        cells_per_pixel: (y, x) cells per output pixel, as for :func:`upsample_log_scores`.
+        budget_bytes: memory of one row block's temporaries.
+        rows: fixed rows per block instead of the budget.
+
+    Returns:
+        (H, W) float32 on the input's device.
+    """
+    device = log_scores.device
+    _, cells_h, cells_w = log_scores.shape
+    height, width = labels.shape
+    y0, y1, wy0, wy1 = _axis_weights(height, cells_per_pixel[0], cells_h, device)
+    x0, x1, wx0, wx1 = _axis_weights(width, cells_per_pixel[1], cells_w, device)
+    flat = log_scores.reshape(-1)  # (C, h, w) -> (C * h * w,)
+    values = torch.empty(height, width, dtype=torch.float32, device=device)
+
+    def widened(planes: torch.Tensor, cell_rows: torch.Tensor) -> torch.Tensor:
+        """The pixels' classes (as first cell rows (r, W)) at cell rows (r,), interpolated along the width: (r, W)."""
+        base = (planes + cell_rows[:, None]) * cells_w
+        return flat[base + x0] * wx0 + flat[base + x1] * wx1
+
+    step = block_rows(width, budget_bytes / 2, rows)  # about twice a label block's temporaries
+    for start in range(0, height, step):
+        stop = min(start + step, height)
+        planes = labels[start:stop].to(device=device, dtype=torch.int64) * cells_h  # (r, W)
+        top, bottom = widened(planes, y0[start:stop]), widened(planes, y1[start:stop])
+        values[start:stop] = top * wy0[start:stop, None] + bottom * wy1[start:stop, None]
+    return values

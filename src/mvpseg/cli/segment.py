@@ -7,31 +7,67 @@ import json
 import sys
 from pathlib import Path
 
+from ..vocabulary import Vocabulary, parse_classes, read_classes_file
 from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
+from .inputs import ImageInputs, collect_images, shard
 
-__all__ = ["add_parser", "parse_class_list", "run"]
+__all__ = ["add_parser", "parse_class_list", "parse_vocabulary", "run"]
 
 
-def parse_class_list(classes: str | None, classes_file: str | None) -> list[str]:
-    """Class names from ``--classes "a,b,c"`` and/or ``--classes-file`` (one per line or comma-separated)."""
-    from ..prompts import validate_class_names
+def parse_class_list(classes: str | None, classes_file: str | None) -> list[tuple[str, ...]]:
+    """Classes from ``--classes`` and/or ``--classes-file``, each as its names (display name first).
 
-    names: list[str] = []
+    ``--classes "tv monitor|television,cat"``: commas separate classes, ``|`` a class's names. A file
+    holds one class per line, its names separated by commas (SCLIP's ``cls_*.txt``) or ``|``; a file of
+    a single line reads like ``--classes`` (see :mod:`mvpseg.vocabulary`).
+
+    Args:
+        classes: the ``--classes`` text, or None.
+        classes_file: the ``--classes-file`` path, or None.
+
+    Returns:
+        The validated classes, the file's first.
+
+    Raises:
+        UsageError: no classes given, a missing file, or a bad vocabulary (one line naming it).
+    """
+    entries: list[tuple[str, ...]] = []
     if classes_file:
         path = Path(classes_file)
         if not path.is_file():
             raise UsageError(f"classes file not found: {path}")
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.split("#", 1)[0]
-            names.extend(part for part in line.split(",") if part.strip())
-    if classes:
-        names.extend(part for part in classes.split(","))
-    if not names and not classes_file and classes is None:
+        entries += read_classes_file(path)
+    if classes is not None:
+        entries += parse_classes(classes)
+    if not entries and not classes_file and classes is None:
         raise UsageError("no class names: give --classes \"cat,dog,grass\" or --classes-file FILE")
     try:
-        return validate_class_names(names)
+        return list(Vocabulary.of(entries, warn=False).classes)  # segmenting warns about shared names
     except ValueError as error:
         raise UsageError(str(error)) from error
+
+
+def parse_vocabulary(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], tuple[str, ...] | None]:
+    """The classes of ``--classes``/``--classes-file`` and the ``--background`` class (``a|b``: its names).
+
+    Returns:
+        (classes, background or None), validated together (the background is class 0).
+
+    Raises:
+        UsageError: as :func:`parse_class_list`, or a background of several classes or shown twice.
+    """
+    classes = parse_class_list(args.classes, args.classes_file)
+    background = None
+    if args.background is not None and args.background.strip():
+        parsed = parse_classes(args.background)
+        if len(parsed) != 1:
+            raise UsageError(f"--background takes one class, not {args.background!r}: separate its names with |")
+        background = parsed[0]
+    try:
+        Vocabulary.of(classes, background, warn=False)
+    except ValueError as error:
+        raise UsageError(f"{error} (--background is class 0)") from error
+    return classes, background
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -42,68 +78,110 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "STEM.json (each class's pixel share). Unreadable images are reported and skipped; "
                     "the exit status is then 1.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    parser.add_argument("--classes", help='comma-separated class names, e.g. "cat,dog,grass"')
-    parser.add_argument("--classes-file", metavar="FILE", help="class names, one per line (or comma-separated)")
-    parser.add_argument("--background", metavar="NAME", help="a name for everything else; becomes class 0")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files (JPEG, PNG, ...), folders of images, or quoted patterns such as "
+                             "'photos/*.jpg' or 'photos/**/*.png'")
+    parser.add_argument("--recursive", action="store_true", help="take the images in folders' subfolders too")
+    parser.add_argument("--classes", help='comma-separated classes, a class\'s synonyms separated by |, e.g. '
+                                          '"cat,tv monitor|television,grass" (the first name is shown)')
+    parser.add_argument("--classes-file", metavar="FILE",
+                        help="one class per line, its synonyms separated by commas (SCLIP's class files); "
+                             "a file of one line reads like --classes")
+    parser.add_argument("--background", metavar="NAME",
+                        help="a name for everything else (synonyms separated by |); becomes class 0")
+    parser.add_argument("--background-threshold", type=float, metavar="P",
+                        help="pixels whose best class score is below P (0-1) become --background")
     parser.add_argument("--prompts", metavar="CKPT",
                         help="learned prompts (.safetensors from mvpseg train); default: MaskCLIP's 85 templates")
+    parser.add_argument("--student", metavar="CKPT",
+                        help="an MVP-SEG+ student (.safetensors from mvpseg transfer) instead of --prompts")
     parser.add_argument("--out", default="mvpseg-out", metavar="DIR", help="output folder (default: mvpseg-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("--max-pixels", type=int, metavar="N",
+                        help="read images of up to N pixels (width x height); default: Pillow's guard against "
+                             "decompression bombs, about 179 million. Raise it only for large images you trust")
     add_clip_arguments(parser)
     add_inference_flags(parser)
     parser.set_defaults(run=run)
 
 
-def _unique_stem(path: Path, used: set[str]) -> str:
-    stem, number = path.stem, 2
-    candidate = stem
-    while candidate in used:
-        candidate, number = f"{stem}-{number}", number + 1
-    used.add(candidate)
-    return candidate
+def check_background_threshold(threshold: float | None, background: str | None) -> None:
+    """Refuse ``--background-threshold`` outside [0, 1] or without ``--background`` (one line, exit 2)."""
+    if threshold is None:
+        return
+    if not background or not background.strip():
+        raise UsageError("--background-threshold needs --background NAME: the pixels below it become that class")
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--background-threshold is a score between 0 and 1, not {threshold}")
+
+
+def _report_inputs(inputs: ImageInputs, quiet: bool) -> None:
+    """Arguments that gave no image (errors), and how many non-image files folders and patterns held."""
+    for problem in inputs.problems:
+        print(f"mvpseg: error: {problem}", file=sys.stderr)
+    if inputs.skipped and not quiet:
+        what = "file that is not an image" if inputs.skipped == 1 else "files that are not images"
+        print(f"mvpseg: skipped {inputs.skipped} {what}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
+    from .. import distributed
     from ..files import atomic_write, write_text
     from ..image import ImageReadError, load_image
     from ..inference import Segmenter
     from ..viz import colorize, overlay
 
-    names = parse_class_list(args.classes, args.classes_file)
-    if args.background and args.background.strip() in names:
-        raise UsageError(f"background name {args.background!r} is also in the class list: give it once")
-    segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                          device=args.device, config=inference_config(args))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    failures, used = 0, set()
-    for image_path in tqdm(args.images, desc="segment", unit="image", disable=len(args.images) < 2 or args.quiet):
-        path = Path(image_path)
-        try:
-            array = load_image(path)
-            prediction = segmenter.predict(array, names, background=args.background)
-        except ImageReadError as error:
-            tqdm.write(f"mvpseg: error: {error}", file=sys.stderr)
-            failures += 1
-            continue
-        stem = _unique_stem(path, used)
-        label_image = colorize(prediction.labels)
-        atomic_write(out / f"{stem}.png", lambda tmp, image=label_image: image.save(tmp, format="PNG"))
-        picture = overlay(array, prediction.labels, prediction.class_names)
-        atomic_write(out / f"{stem}_overlay.png", lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
-        summary = {
-            "image": str(path),
-            "size": list(prediction.labels.shape),
-            "class_names": prediction.class_names,
-            "pixel_share": prediction.class_shares(),
-        }
-        if prediction.presence is not None:
-            summary["presence"] = dict(zip(prediction.class_names, map(float, prediction.presence)))
-        write_text(out / f"{stem}.json", json.dumps(summary, indent=2))
-    done = len(args.images) - failures
-    if not args.quiet:
-        print(f"segmented {done} of {len(args.images)} images into {out}", file=sys.stderr)
-    return 1 if failures else 0
+    classes, background = parse_vocabulary(args)
+    check_background_threshold(args.background_threshold, args.background)
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be a positive number of pixels, not {args.max_pixels}")
+    inputs = collect_images(args.images, recursive=args.recursive)
+    if not inputs.images:
+        _report_inputs(inputs, args.quiet)
+        return 1
+    # Under torchrun every process lists the same inputs and takes its share (rank r of W: r, r + W, ...).
+    ours = not distributed.is_distributed()  # a process group of the caller's is left as it is
+    rank, world_size, device = distributed.init_distributed(args.device)
+    try:
+        segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
+                                              student=args.student,
+                                              device=device, config=inference_config(args))
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            _report_inputs(inputs, args.quiet)
+        mine = shard(inputs.images, rank, world_size)
+        failures = 0
+        for item in tqdm(mine, desc="segment", unit="image", disable=len(mine) < 2 or args.quiet or rank > 0):
+            path, stem = item.path, item.name
+            try:
+                array = load_image(path, max_pixels=args.max_pixels)
+                prediction = segmenter.predict(array, classes, background=background,
+                                               background_threshold=args.background_threshold)
+            except ImageReadError as error:
+                tqdm.write(f"mvpseg: error: {error}", file=sys.stderr)
+                failures += 1
+                continue
+            label_image = colorize(prediction.labels)
+            atomic_write(out / f"{stem}.png", lambda tmp, image=label_image: image.save(tmp, format="PNG"))
+            picture = overlay(array, prediction.labels, prediction.class_names)
+            atomic_write(out / f"{stem}_overlay.png", lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+            summary = {
+                "image": str(path),
+                "size": list(prediction.labels.shape),
+                "class_names": prediction.class_names,
+                "pixel_share": prediction.class_shares(),
+            }
+            if prediction.presence is not None:
+                summary["presence"] = dict(zip(prediction.class_names, map(float, prediction.presence)))
+            write_text(out / f"{stem}.json", json.dumps(summary, indent=2))
+        failures, total = (int(count) for count in distributed.all_reduce_sum(torch.tensor([failures, len(mine)])))
+        if rank == 0 and not args.quiet:
+            print(f"segmented {total - failures} of {total} images into {out}", file=sys.stderr)
+        return 1 if failures or inputs.problems else 0
+    finally:
+        if ours:
+            distributed.cleanup()

@@ -1,0 +1,121 @@
+"""``mvpseg serve``: a web page on this machine to segment any photo with any words (the ``web`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import socket
+import sys
+from typing import TYPE_CHECKING
+
+from ..config import DemoConfig
+from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
+
+if TYPE_CHECKING:
+    from ..inference import Segmenter
+
+__all__ = ["add_parser", "load_segmenter", "run"]
+
+#: Inference settings of the shipped tiny CLIP: the scale it was pretrained at, the whole image at once.
+TINY_INFERENCE = {"short_side": DemoConfig().short_side, "mode": "whole"}
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve", help="a web page on this machine: segment any photo with any words",
+        description="Serve a web page to segment photos with any class names: upload or drop a photo, type the "
+                    "classes (commas between classes, | between a class's synonyms) and see the overlay, each "
+                    "class's share, GPR's class scores, each prompt's map, and download the label PNG. With no "
+                    "model option it uses the tiny CLIP shipped in mvpseg with prompts trained on its synthetic "
+                    "world. Needs the web extra: pip install \"mvpseg[web]\".",
+    )
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens the page "
+                             "to the network, to anyone who can reach this machine)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
+                        help="largest photo accepted, in MiB (default: 20)")
+    parser.add_argument("--examples", type=int, default=4, metavar="N",
+                        help="scenes of the synthetic world offered as examples (default: 4)")
+    parser.add_argument("--prompts", metavar="CKPT",
+                        help="learned prompts (.safetensors from mvpseg train); with no model option: the shipped "
+                             "world prompts on the tiny CLIP; with --clip alone: MaskCLIP's 85 templates")
+    add_clip_arguments(parser)
+    add_inference_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def _default_model(args: argparse.Namespace) -> bool:
+    """Whether no model option was given: then the shipped tiny CLIP and world prompts are served."""
+    return all(getattr(args, name, None) is None for name in ("clip", "pretrained", "clip_weights", "prompts"))
+
+
+def load_segmenter(args: argparse.Namespace) -> Segmenter:
+    """The model the page segments with, loaded once: the model options' (as ``mvpseg segment`` reads them),
+    or with none of them the tiny CLIP shipped in mvpseg with its world prompts, at its own scale.
+
+    Args:
+        args: the parsed options of ``mvpseg serve``.
+
+    Returns:
+        The ready :class:`mvpseg.Segmenter`.
+    """
+    from ..inference import Segmenter
+
+    if _default_model(args):
+        from ..config import TINY_CLIP_NAME
+        from ..world.prompts_asset import WORLD_PROMPTS
+
+        return Segmenter.from_pretrained(clip=TINY_CLIP_NAME, pretrained="mvpseg", prompts=WORLD_PROMPTS,
+                                         device=args.device, config=inference_config(args, base=TINY_INFERENCE))
+    return Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
+                                     device=args.device, config=inference_config(args))
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail at once, before loading any model, when the address cannot be listened on."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise UsageError(f"--host {host!r} is not an address of this machine ({error.strerror})") from error
+    family, kind, protocol, _, address = infos[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise UsageError(f"cannot listen on {host}:{port} ({error.strerror}): choose another --port") from error
+
+
+def web_installed() -> bool:
+    """Whether the web extra (gradio) is installed."""
+    return importlib.util.find_spec("gradio") is not None
+
+
+def run(args: argparse.Namespace) -> int:
+    if not web_installed():
+        print('mvpseg: error: mvpseg serve needs the web extra: pip install "mvpseg[web]" '
+              '(from a checkout: pip install -e ".[web]")', file=sys.stderr)
+        return 1
+    if not 0 < args.max_upload_mb <= 10_000:
+        raise UsageError(f"--max-upload-mb must be between 0 and 10000, not {args.max_upload_mb}")
+    if args.examples < 0:
+        raise UsageError(f"--examples must be 0 or more, not {args.examples}")
+    _check_port(args.host, args.port)
+    segmenter = load_segmenter(args)
+    from ..web import serve
+
+    # The page turns analytics off itself; the environment variable covers anything gradio builds on its
+    # own. Both it and the telemetry switch gradio sets are put back when serving ends.
+    saved = {name: os.environ.get(name) for name in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY")}
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    try:
+        serve(segmenter, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, examples=args.examples)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return 0

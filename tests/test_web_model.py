@@ -1,0 +1,107 @@
+"""What the web page does, without a browser or gradio: mvpseg.web.PageModel and the examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mvpseg
+from mvpseg.web import NOT_AN_IMAGE, PageInputError, PageModel, write_examples
+
+
+@pytest.fixture()
+def model(tiny_vit: mvpseg.ClipBundle) -> PageModel:
+    net = mvpseg.build_mvpseg(tiny_vit, mvpseg.MVPSegConfig(num_prompts=2, num_context=4),
+                              generator=torch.Generator().manual_seed(0))
+    return PageModel(mvpseg.Segmenter(net, mvpseg.InferenceConfig(short_side=None, mode="whole"), device="cpu"))
+
+
+def _image(height: int = 48, width: int = 64) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_the_page_gives_what_the_segmenter_gives(model: PageModel) -> None:
+    result = model.segment(_image(), "tv monitor|television, cat, grass", background="background|sky")
+    expected = model.segmenter.predict(_image(), [("tv monitor", "television"), "cat", "grass"],
+                                       background=("background", "sky"))
+    np.testing.assert_array_equal(np.asarray(result.labels), expected.labels)
+    assert result.class_names == expected.class_names == ["background", "tv monitor", "cat", "grass"]
+    assert result.shares == pytest.approx(expected.class_shares())
+    assert list(result.presence) == result.class_names
+    assert result.overlay.width > 64 and result.size == (48, 64)
+    maps = result.prompt_maps
+    assert maps.maps.shape[:2] == (3, 4) and maps.titles == ["global", "prompt 1", "prompt 2"]
+    assert maps.largest == result.class_names[int(np.bincount(expected.labels.ravel()).argmax())]
+    assert maps.picture().size == (160 * 4, 160 + 18) and maps.picture("cat").size == (160 * 4, 160 + 18)
+    lines = model.segment(_image(), "tv monitor, television\ncat\n# a comment\ngrass", background="background|sky")
+    np.testing.assert_array_equal(np.asarray(lines.labels), expected.labels)  # SCLIP's file format, pasted
+    cut = model.segment(_image(), "cat, grass", background="background", threshold=1.0)
+    assert (np.asarray(cut.labels) == 0).all()
+
+
+@pytest.mark.parametrize("classes, background, threshold, message", [
+    ("", "", 0.0, "at least one class"),
+    ("cat, , dog", "", 0.0, "empty"),
+    ("cat, dog, cat", "", 0.0, "Duplicate class names: cat"),
+    ("cat", "cat", 0.0, "Duplicate class names: cat"),
+    ("cat, dog", "sky, ground", 0.0, "one class"),
+    ("cat, dog", "", 0.3, "needs a background name"),
+])
+def test_bad_text_gets_one_message(model: PageModel, classes: str, background: str, threshold: float,
+                                   message: str) -> None:
+    with pytest.raises(PageInputError, match=message):
+        model.segment(_image(), classes, background, threshold)
+
+
+def test_a_file_that_is_not_an_image(model: PageModel, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with pytest.raises(PageInputError) as error:
+        model.segment(broken, "cat, dog")
+    assert str(error.value) == NOT_AN_IMAGE and str(tmp_path) not in str(error.value)  # no server path shown
+
+
+def test_examples_are_world_scenes_with_an_unseen_class(tmp_path: Path) -> None:
+    from PIL import Image
+
+    paths = write_examples(tmp_path, count=3)
+    assert len(paths) == 3 and all(Image.open(path).size == (128, 128) for path in paths)
+    assert write_examples(tmp_path / "again", count=3)[0].name == paths[0].name  # deterministic
+
+
+def test_serve_says_what_is_missing_and_refuses_a_taken_port_at_once(monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from mvpseg.cli import main, serve
+
+    monkeypatch.setattr(serve, "web_installed", lambda: False)
+    assert main(["serve"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and 'pip install "mvpseg[web]"' in error
+    monkeypatch.setattr(serve, "web_installed", lambda: True)
+    monkeypatch.setattr(serve, "load_segmenter", lambda args: pytest.fail("the model was loaded"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "choose another --port" in error
+    assert main(["serve", "--max-upload-mb", "0"]) == 2
+    assert "--max-upload-mb" in capsys.readouterr().err
+
+
+def test_serve_defaults_to_the_shipped_tiny_clip_and_world_prompts() -> None:
+    from mvpseg.cli import build_parser
+    from mvpseg.cli.serve import load_segmenter
+    from mvpseg.world.scene import CLASS_NAMES, generate_scene, scene_rng
+
+    segmenter = load_segmenter(build_parser().parse_args(["serve", "--device", "cpu"]))
+    assert segmenter.clip.name == "mvpseg-tiny" and segmenter.model.prompts is not None
+    assert (segmenter.config.short_side, segmenter.config.mode) == (128, "whole")
+    accuracy = [(segmenter.predict(scene.image, list(CLASS_NAMES)).labels == scene.label).mean()
+                for scene in (generate_scene(scene_rng(7, 1, index)) for index in range(4))]
+    assert np.mean(accuracy) > 0.6  # the world prompts segment unseen scenes of their world
