@@ -252,14 +252,40 @@ def before_after_section(results: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def students_section(students: dict[str, Any] | None) -> list[str]:
+    """MVP-SEG+ students: training step and predict time against MVP-SEG's (benchmarks/student_bench.py)."""
+    if not students:
+        return []
+    machine = students["machine"]
+    mvpseg_predict = students["mvpseg_predict"]["seconds"]
+    lines = ["## MVP-SEG+ students", "",
+             f"`python benchmarks/student_bench.py` ({students['mode']} mode, {students['date']}; {machine['cpu']}, "
+             f"{machine['cores']} cores, {machine['threads']} torch threads, {machine['device']}, load "
+             f"{machine['load_average_at_start'][0]:.1f} at start). Students: ResNet-101 at output stride 8, random "
+             f"weights, taught by MVP-SEG on a random RN50. A training step: the teacher labels the unseen pixels of "
+             f"the crops (online), then the student's forward, backward and SGD step (data loading excluded). "
+             f"`predict`: the {students['image'][0]}x{students['image'][1]} scene, {students['classes']} classes, "
+             f"short side 512, sliding 512-px windows; MVP-SEG's `predict` on the same image takes "
+             f"{_s(mvpseg_predict)}.", "",
+             "| student | trainable parameters | training step (batch x crop) | of which the teacher | predict | "
+             "predict / MVP-SEG's |", "|---|---:|---|---:|---:|---:|"]
+    for arch, figures in students["students"].items():
+        step = figures["training_step"]
+        lines.append(f"| {arch} (stride {figures['predict']['stride']}) | {figures['parameters'] / 1e6:.1f} M | "
+                     f"{_s(step['step_seconds'])} ({step['batch_size']} x {step['crop']}) | "
+                     f"{_s(step['teacher_seconds'])} | {_s(figures['predict']['seconds'])} | "
+                     f"{figures['predict_vs_mvpseg']:.2f} |")
+    return lines + [""]
+
+
 def notes_section(results: dict[str, Any]) -> list[str]:
     lines = ["## Notes", ""]
     lines += [f"- {note}" for note in results.get("notes", [])]
     return lines + [""]
 
 
-def write(results: dict[str, Any], path: Path, figures: list[Path]) -> None:
-    """Write the Markdown report."""
+def write(results: dict[str, Any], path: Path, figures: list[Path], students: dict[str, Any] | None = None) -> None:
+    """Write the Markdown report (``students``: the figures of benchmarks/student_bench.py, if measured)."""
     lines = ["# Benchmarks", "",
              "Speed and memory of mvpseg's inference and training, measured by `python benchmarks/run.py "
              "[--device cuda] [--quick] [--threads N]` (this page and `benchmarks/results.json` "
@@ -268,7 +294,8 @@ def write(results: dict[str, Any], path: Path, figures: list[Path]) -> None:
              "trained network's do, and the label maps are not one class everywhere. Images are synthetic scenes. "
              "Every figure is the median of repeated runs after a warm-up run.", ""]
     lines += summary_section(results) + machine_section(results) + inference_section(results)
-    lines += memory_section(results) + training_section(results) + before_after_section(results)
+    lines += memory_section(results) + training_section(results) + students_section(students)
+    lines += before_after_section(results)
     if figures:
         lines += ["## Scaling", ""]
         lines += [f"![{figure.stem}]({figure.name})" for figure in figures]

@@ -25,6 +25,7 @@ import inference_bench
 import memory_bench
 import plots
 import report
+import student_bench
 import torch
 import train_bench
 from common import CLIPS, Section, Settings, machine
@@ -162,6 +163,24 @@ def notes(results: dict[str, Any]) -> list[str]:
     return found
 
 
+def students(suffix: str) -> dict[str, Any] | None:
+    """The MVP-SEG+ student figures (benchmarks/student_bench.py), when they were measured."""
+    path = REPOSITORY / "benchmarks" / f"results_students{suffix}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def require_plotting(no_plots: bool) -> None:
+    """Stop at once, in one line, when the plots are wanted but matplotlib (the ``bench`` extra) is missing:
+    better than measuring for minutes and failing before the report is written."""
+    if no_plots:
+        return
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        sys.exit('benchmarks/run.py: the plots need matplotlib, which is not installed: pip install -e ".[bench]" '
+                 "(or pass --no-plots to write the results and the report without plots)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -175,6 +194,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the report and plots from an existing results JSON, measure nothing")
     args = parser.parse_args()
+    require_plotting(args.no_plots)
     suffix = "" if args.device == "cpu" else f"_{args.device.split(':')[0]}"
     out = Path(args.out) if args.out else REPOSITORY / "benchmarks" / f"results{suffix}.json"
     report_path = Path(args.report) if args.report else REPOSITORY / "docs" / f"benchmarks{suffix}.md"
@@ -182,7 +202,7 @@ def main() -> None:
         results = json.loads(out.read_text())
         results["notes"] = notes(results)
         figures = [] if args.no_plots else plots.write_all(results, REPOSITORY / "docs", prefix=f"benchmarks{suffix}")
-        report.write(results, report_path, figures)
+        report.write(results, report_path, figures, students(suffix))
         print(f"wrote {report_path}" + "".join(f", {figure}" for figure in figures))
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -205,6 +225,7 @@ def main() -> None:
     results["threads"] = threads_comparison(settings, section, stash["RN50"]["clip"])
     results["memory"] = memory_cases(settings, section, stash)
     results["training"] = train_bench.run(settings, section, end_to_end_run=args.end_to_end or not args.quick)
+    student_bench.write(settings, section)
     results["summary"] = summarise(results)
     results["sections"] = section.records
     results["run_seconds"] = time.perf_counter() - start
@@ -213,7 +234,7 @@ def main() -> None:
     out.write_text(results_text + "\n")
     results = json.loads(results_text)
     figures = [] if args.no_plots else plots.write_all(results, REPOSITORY / "docs", prefix=f"benchmarks{suffix}")
-    report.write(results, report_path, figures)
+    report.write(results, report_path, figures, students(suffix))
     print(f"wrote {out}, {report_path}" + "".join(f", {figure}" for figure in figures))
     print(json.dumps(results["summary"], indent=2))
     print(f"{results['run_seconds'] / 60:.1f} minutes")

@@ -202,3 +202,67 @@ def test_feature_cache_gives_the_losses_of_the_uncached_path(setup: tuple[Path, 
     train(replace(other, out=str(tmp_path / "other3"), pretrained=str(copy)), progress=False)
     after = json.loads((tmp_path / "cache" / "meta.json").read_text())["key"]
     assert after["pretrained"] == before["pretrained"] == str(copy) and after["clip_weights"] != before["clip_weights"]
+
+
+def test_transductive_training_never_teaches_gpr_that_unseen_classes_are_absent() -> None:
+    from mvpseg.losses import presence_loss
+    from mvpseg.model import MVPSegOutput
+
+    # Image 0 holds classes 0 and 1; image 1 holds class 0 only; class 2 (unseen) is never labelled.
+    labels = torch.tensor([[[0, 1], [255, 255]], [[0, 0], [0, 255]]])
+    logits = torch.tensor([[2.0, -1.0, 3.0], [0.5, 1.0, -2.0]], requires_grad=True)
+    output = MVPSegOutput(fused_logits=torch.zeros(2, 3, 2, 2), presence_logits=logits, prompt_maps=torch.zeros(1))
+    known = torch.tensor([True, True, False])
+    loss = presence_loss(output, labels, known=known)
+    targets = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, :2].detach(), targets)
+    torch.testing.assert_close(loss, expected)  # the mean over the known classes only
+    loss.backward()
+    assert torch.equal(logits.grad[:, 2], torch.zeros(2)) and logits.grad[:, :2].abs().min() > 0
+
+
+def test_transductive_run_trains_gpr_on_seen_classes_only(setup: tuple[Path, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import mvpseg.train as training
+
+    seen_masks = []
+    real = training.total_loss
+
+    def recording(*args, **kwargs):
+        seen_masks.append(kwargs.get("known_presence"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "total_loss", recording)
+    train(_config(setup, tmp_path / "t", iters=1, transductive=True), progress=False)
+    assert seen_masks[0].tolist() == [True, True, True, False]  # sky, grass, red car seen; tree unseen
+    train(_config(setup, tmp_path / "i", iters=1), progress=False)
+    assert seen_masks[1] is None  # inductive: every class shown is labelled
+
+
+def test_a_phrase_initialised_run_resumes_from_the_same_command_line(setup: tuple[Path, Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import mvpseg.train as training
+    from mvpseg.cli import main
+
+    root, weights = setup
+    command = ["train", "--dataset", "custom", "--data-root", str(root), "--clip", "test-tiny-rn", "--clip-weights",
+               str(weights), "--out", str(tmp_path / "run"), "--iters", "4", "--checkpoint-every", "2",
+               "--batch-size", "2", "--crop-size", "32", "--num-workers", "0", "--init-text", "a photo of a", "--quiet"]
+    real = training.train
+
+    def interrupted(config, resume=False, progress=True, callback=None):
+        def stop(step: int) -> None:
+            if step == 3:
+                raise KeyboardInterrupt
+        return real(config, resume=resume, progress=progress, callback=stop)
+
+    monkeypatch.setattr(training, "train", interrupted)
+    assert main(command) == 130  # stopped after the checkpoint at step 2
+    monkeypatch.setattr(training, "train", real)
+    assert main([*command, "--resume"]) == 0  # a fresh parse of the same command line resumes
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["num_context"] is None and saved["model"]["init_text"] == "a photo of a"
+    uninterrupted = tmp_path / "whole"
+    assert main([*command[:-1], "--out", str(uninterrupted), "--quiet"]) == 0
+    expected, got = load_file(uninterrupted / "prompts.safetensors"), load_file(tmp_path / "run" / "prompts.safetensors")
+    assert all(torch.equal(expected[name], got[name]) for name in expected)

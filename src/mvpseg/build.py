@@ -7,17 +7,35 @@ checkpoint names as well.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
-from .checkpoint import CheckpointError, clip_signature, read_prompt_checkpoint
-from .clip import ClipBundle, load_clip
-from .config import DEFAULT_CLIP, MVPSegConfig
+from .checkpoint import (
+    CheckpointError,
+    clip_signature,
+    is_weights_file,
+    read_prompt_checkpoint,
+    read_student_checkpoint,
+)
+from .clip import ClipBundle, ClipWeightsUnavailable, load_clip
+from .config import DEFAULT_CLIP, MVPSegConfig, StudentConfig, from_dict
 from .model import MVPHead, MVPSeg
 from .prompts import PromptLearner
 
-__all__ = ["build_mvpseg", "from_pretrained", "load_mvpseg"]
+if TYPE_CHECKING:
+    from .transfer.student import Student
+
+__all__ = ["ClipWeightsWarning", "build_mvpseg", "build_student", "from_pretrained", "load_mvpseg", "load_student"]
+
+
+class ClipWeightsWarning(UserWarning):
+    """Prompts loaded onto other weights of their CLIP architecture than those they were learned on."""
 
 
 def build_mvpseg(clip: ClipBundle, config: MVPSegConfig | None = None,
@@ -73,47 +91,155 @@ def load_mvpseg(path: str | os.PathLike[str], clip: ClipBundle) -> MVPSeg:
     """
     tensors, metadata = read_prompt_checkpoint(path)
     config = MVPSegConfig.from_dict(metadata["config"])
-    learned_on = metadata["clip"].get("name")
-    if learned_on is not None and learned_on != clip.name:
+    _check_clip(path, metadata["clip"], clip)
+    model = build_mvpseg(clip, config)  # the contexts are then overwritten with the file's
+    _load_tensors(path, model, tensors)
+    return model.eval()
+
+
+def _check_clip(path: str | os.PathLike[str], learned_on: dict[str, Any], clip: ClipBundle) -> None:
+    """Refuse a checkpoint made for another CLIP architecture; warn when the weights differ."""
+    name = learned_on.get("name")
+    if name is not None and name != clip.name:
         raise CheckpointError(
-            f"{path} holds prompts learned on CLIP {learned_on!r}, but the CLIP loaded is {clip.name!r}: "
-            f"use --clip {learned_on} (with its weights)"
+            f"{path} holds prompts learned on CLIP {name!r}, but the CLIP loaded is {clip.name!r}: "
+            f"use --clip {name} (with its weights)"
         )
     signature = clip_signature(clip.model)
-    saved = {key: metadata["clip"][key] for key in signature if key in metadata["clip"]}
+    saved = {key: learned_on[key] for key in signature if key in learned_on}
     if saved and saved != signature:
         raise CheckpointError(
             f"{path} was made for a CLIP text tower with {saved} but the loaded "
             f"{clip.name!r} has {signature}: the prompts do not fit this CLIP"
         )
-    model = build_mvpseg(clip, config)  # the contexts are then overwritten with the file's
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    _check_weights(path, learned_on, clip)
+
+
+def _load_tensors(path: str | os.PathLike[str], model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """The file's tensors into the model its config describes, or one sentence saying they do not fit."""
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as error:  # a tensor of another shape
+        raise CheckpointError(f"{path} does not match the model its config describes ({str(error).splitlines()[-1].strip()})") from error
     if missing or unexpected:
         raise CheckpointError(
             f"{path} does not match the model its config describes "
-            f"(missing: {', '.join(missing) or '-'}; unexpected: {', '.join(unexpected) or '-'})"
+            f"(missing: {', '.join(missing[:5]) or '-'}; unexpected: {', '.join(unexpected[:5]) or '-'})"
         )
-    return model.eval()
+
+
+def _check_weights(path: str | os.PathLike[str], learned_on: dict[str, Any], clip: ClipBundle) -> None:
+    """Warn (one line) when the loaded CLIP's weights are not those the prompts were learned on."""
+    expected = learned_on.get("fingerprint")
+    if expected is None or expected == clip.fingerprint:
+        return
+    source = learned_on.get("pretrained") or "random weights"
+    warnings.warn(
+        f"{Path(path).name} was learned on {learned_on.get('name')} weights from {source!r}, but the CLIP loaded "
+        f"has other weights ({clip.pretrained or 'random'}): its prompts may not fit them",
+        ClipWeightsWarning, stacklevel=3,
+    )
+
+
+def build_student(teacher: MVPSeg, config: StudentConfig, background: bool = False) -> Student:
+    """Build an MVP-SEG+ student around a teacher's CLIP and prompts (random decoder, backbone as configured).
+
+    Args:
+        teacher: the trained MVP-SEG whose prompts the student keeps (copied, frozen).
+        config: the student's architecture.
+        background: learn an embedding for the class named "background".
+
+    Returns:
+        A :class:`mvpseg.transfer.Student` on the teacher's device. Its random parts draw from torch's
+        global generator: seed it (or fork it) for a reproducible student.
+    """
+    from .transfer.backbones import build_backbone
+    from .transfer.student import Student, build_decoder
+
+    if teacher.prompts is None:
+        raise ValueError("the template baseline has no prompts to teach a student: train prompts first")
+    clip = teacher.clip
+    embed_dim = clip_signature(clip.model)["embed_dim"]
+    backbone = build_backbone(config.backbone, config.output_stride, config.backbone_weights, clip.model.visual)
+    decoder = build_decoder(config.arch, backbone.channels, config.head_channels, embed_dim, config.output_stride)
+    learned = teacher.prompts
+    prompts = PromptLearner(clip.model, clip.tokenizer, num_prompts=learned.num_prompts,
+                            num_context=learned.num_context, generator=torch.Generator())
+    prompts.load_state_dict(learned.state_dict())
+    head = MVPHead(has_global=True, use_gpr=False, tau1=float(teacher.head.tau1.detach()), learnable=True)
+    embedding = nn.Parameter(torch.randn(embed_dim)) if background else None
+    student = Student(clip, prompts, backbone, decoder, head, dataclasses.replace(config, background=background),
+                      embedding)
+    return student.to(clip.model.token_embedding.weight.device)
+
+
+def load_student(path: str | os.PathLike[str], clip: ClipBundle) -> Student:
+    """Rebuild an MVP-SEG+ student from its checkpoint around a loaded CLIP, checking that they fit.
+
+    Raises:
+        CheckpointError: the file is not a student checkpoint, or was made for another CLIP.
+    """
+    tensors, metadata = read_student_checkpoint(path)
+    _check_clip(path, metadata["clip"], clip)
+    config = from_dict(StudentConfig, {**metadata["config"], "backbone_weights": None}, "student config")
+    contexts = tensors.get("prompts.contexts")
+    if contexts is None:
+        raise CheckpointError(f"{path} holds no prompts: not a complete student checkpoint")
+    teacher_config = MVPSegConfig(num_prompts=contexts.shape[0] - 1, num_context=contexts.shape[1], use_gpr=False)
+    teacher = build_mvpseg(clip, teacher_config, generator=torch.Generator())
+    student = build_student(teacher, config, background=bool(config.background))
+    _load_tensors(path, student, tensors)
+    return student.eval()
+
+
+def checkpoint_clip(path: str | os.PathLike[str], kind: str = "prompts") -> tuple[str | None, str | None]:
+    """The CLIP a prompt (or student) checkpoint was made with: (architecture, weights' tag or file name)."""
+    reader = read_student_checkpoint if kind == "student" else read_prompt_checkpoint
+    learned_on = reader(path)[1]["clip"]
+    return learned_on.get("name"), learned_on.get("pretrained")
 
 
 def from_pretrained(
     clip: str | None = None,
-    pretrained: str | os.PathLike[str] | None = "openai",
+    pretrained: str | os.PathLike[str] | None = "auto",
     prompts: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
-) -> MVPSeg:
-    """Load a CLIP and, optionally, learned prompts: the model behind ``mvpseg segment`` and ``eval``.
+    student: str | os.PathLike[str] | None = None,
+) -> MVPSeg | Student:
+    """Load a CLIP and, optionally, learned prompts or a student: the model behind ``mvpseg segment`` and ``eval``.
 
     Args:
         clip: open_clip architecture; default the checkpoint's, else :data:`mvpseg.config.DEFAULT_CLIP`.
-        pretrained: open_clip tag, local weights file, or None for random weights.
+        pretrained: open_clip tag, local weights file, or None for random weights; "auto": the weights
+            the checkpoint was learned on (a tag, or the shipped tiny CLIP's "mvpseg"), else "openai".
         prompts: a prompt checkpoint; None uses MaskCLIP's 85 templates.
         device: where to load CLIP.
+        student: an MVP-SEG+ student checkpoint instead of prompts (it holds its prompts).
 
     Returns:
         The model, in eval mode.
+
+    Raises:
+        ClipWeightsUnavailable: "auto" for a checkpoint learned on weights from a local file, which
+            must be given (the message names it).
     """
-    if clip is None:
-        clip = read_prompt_checkpoint(prompts)[1]["clip"].get("name") if prompts is not None else None
-    bundle = load_clip(clip or DEFAULT_CLIP, pretrained, device=device)
+    if prompts is not None and student is not None:
+        raise ValueError("give prompts or a student, not both (a student holds the prompts it was taught with)")
+    source_file = student if student is not None else prompts
+    learned_name, learned_source = (checkpoint_clip(source_file, "student" if student is not None else "prompts")
+                                    if source_file is not None else (None, None))
+    name = clip or learned_name or DEFAULT_CLIP
+    if pretrained == "auto":
+        if name != learned_name or learned_source is None:
+            pretrained = "openai"
+        elif is_weights_file(learned_source):
+            raise ClipWeightsUnavailable(
+                f"{Path(source_file).name} was made with {name} weights from the file {learned_source!r}: "  # type: ignore[arg-type]
+                f"pass that file with --clip-weights PATH (Python: pretrained=PATH)"
+            )
+        else:
+            pretrained = learned_source
+    bundle = load_clip(name, pretrained, device=device)
+    if student is not None:
+        return load_student(student, bundle)
     return load_mvpseg(prompts, bundle) if prompts is not None else build_mvpseg(bundle, None).eval()

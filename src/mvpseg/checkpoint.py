@@ -2,8 +2,11 @@
 
 - A **prompt checkpoint** (``mvpseg-prompts``) holds only what MVP-SEG trains (the prompt contexts
   and the head's temperatures), the model configuration, and which CLIP it was learned on.
+- A **student checkpoint** (``mvpseg-student``) holds an MVP-SEG+ student: its network, the frozen
+  prompts it was taught with (so it answers any class names), its configuration, the CLIP whose text
+  tower encodes the prompts, and which prompt checkpoint taught it.
 - A **training state** (``mvpseg-train``) holds what ``--resume`` restores: the trained tensors, the
-  optimiser's state, the random generator, the step and the run's whole configuration.
+  optimiser's state, the step and the run's whole configuration.
 
 Nothing is pickled. Files are written atomically (:func:`mvpseg.files.atomic_write`). Building models
 from these files is :mod:`mvpseg.build`'s job.
@@ -21,23 +24,30 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from .config import to_dict
 from .files import atomic_write
 from .version import __version__
 
 if TYPE_CHECKING:
     from .model import MVPSeg
+    from .transfer.student import Student
 
 __all__ = [
     "CheckpointError",
     "TrainingState",
     "clip_signature",
+    "is_weights_file",
     "load_training_state",
     "read_prompt_checkpoint",
+    "read_student_checkpoint",
     "save_prompt_checkpoint",
+    "save_student_checkpoint",
     "save_training_state",
+    "source_name",
 ]
 
 PROMPTS_FORMAT, PROMPTS_VERSION = "mvpseg-prompts", 2
+STUDENT_FORMAT, STUDENT_VERSION = "mvpseg-student", 1
 TRAIN_FORMAT, TRAIN_VERSION = "mvpseg-train", 1
 
 
@@ -97,19 +107,29 @@ def save_prompt_checkpoint(path: str | os.PathLike[str], model: MVPSeg, extra: d
     """
     if model.prompts is None:
         raise ValueError("the template baseline has nothing trained to save")
-    tensors = {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    clip = {"name": model.clip.name, "pretrained": _source_name(model.clip.pretrained),
-            **clip_signature(model.clip_model)}
     metadata = {"format": PROMPTS_FORMAT, "format_version": PROMPTS_VERSION, "config": model.config.to_dict(),
-                "clip": clip, "extra": extra or {}}
-    return _write(path, tensors, metadata)
+                "clip": _clip_identity(model), "extra": extra or {}}
+    return _write(path, _tensors(model), metadata)
 
 
-def _source_name(pretrained: str | None) -> str | None:
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().float().cpu().contiguous() for name, tensor in model.state_dict().items()}
+
+
+def _clip_identity(model: MVPSeg | Student) -> dict[str, Any]:
+    """What a checkpoint records of its CLIP: architecture, weights' source and fingerprint, text tower sizes."""
+    return {"name": model.clip.name, "pretrained": source_name(model.clip.pretrained),
+            "fingerprint": model.clip.fingerprint, **clip_signature(model.clip_model)}
+
+
+def is_weights_file(pretrained: str | None) -> bool:
+    """Whether a CLIP weights source names a file (else it is an open_clip tag, "mvpseg", or None)."""
+    return pretrained is not None and (os.sep in pretrained or "/" in pretrained or bool(Path(pretrained).suffix))
+
+
+def source_name(pretrained: str | None) -> str | None:
     """A CLIP weights source as stored: a tag as it is, a file by its name only (paths differ between machines)."""
-    if pretrained is None or not (os.sep in pretrained or Path(pretrained).suffix):
-        return pretrained
-    return Path(pretrained).name
+    return Path(pretrained).name if is_weights_file(pretrained) else pretrained
 
 
 def read_prompt_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -120,31 +140,53 @@ def read_prompt_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torc
 
     Returns:
         (tensors, metadata); metadata holds "config" (:class:`mvpseg.MVPSegConfig` fields), "clip"
-        ("name", "pretrained", "token_width", "embed_dim"), "mvpseg_version" and "extra".
+        ("name", "pretrained": the weights' tag or file name, "fingerprint", "token_width", "embed_dim";
+        files of mvpseg 0.1 lack the source and the fingerprint), "mvpseg_version" and "extra".
     """
     tensors, metadata = _read(path, "prompt checkpoint", PROMPTS_FORMAT, PROMPTS_VERSION)
     clip = dict(metadata.get("clip") or {})
     if "clip_name" in metadata.get("config", {}):  # format v1 kept the CLIP's name in the model config
         clip.setdefault("name", metadata["config"].pop("clip_name"))
     clip.setdefault("pretrained", None)
+    clip.setdefault("fingerprint", None)
     metadata["clip"] = clip
     return tensors, metadata
 
 
+def save_student_checkpoint(path: str | os.PathLike[str], student: Student, teacher: dict[str, Any],
+                            extra: dict[str, Any] | None = None) -> Path:
+    """Write an MVP-SEG+ student (network, frozen prompts, config, CLIP, teacher) to a safetensors file, atomically.
+
+    Args:
+        path: destination, conventionally ``*.safetensors``.
+        student: the student.
+        teacher: what taught it: {"prompts": file name, "config": the prompts' MVPSegConfig fields}.
+        extra: more JSON-serialisable metadata (dataset, vocabulary, iterations...).
+    """
+    metadata = {"format": STUDENT_FORMAT, "format_version": STUDENT_VERSION, "config": to_dict(student.config),
+                "clip": _clip_identity(student), "teacher": teacher, "extra": extra or {}}
+    return _write(path, _tensors(student), metadata)
+
+
+def read_student_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a student checkpoint's tensors and metadata ("config", "clip", "teacher", "extra", "mvpseg_version")."""
+    return _read(path, "student checkpoint", STUDENT_FORMAT, STUDENT_VERSION)
+
+
 @dataclass
 class TrainingState:
-    """What a training checkpoint restores."""
+    """What a training checkpoint restores. (No random generator state: every random choice of a run is
+    a function of its seed and the step, see :mod:`mvpseg.runs`.)"""
 
     step: int
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
-    rng: torch.Tensor
     config: dict[str, Any]
 
 
 def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         step: int, config: dict[str, Any]) -> Path:
-    """Atomically write the trained tensors, the optimiser, the RNG state, the step and the run's config.
+    """Atomically write the trained tensors, the optimiser, the step and the run's config.
 
     Args:
         path: destination, conventionally ``OUT/checkpoint.safetensors``.
@@ -162,7 +204,6 @@ def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, op
                 tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[key] = value
-    tensors["rng.torch"] = torch.get_rng_state()
     metadata = {"format": TRAIN_FORMAT, "format_version": TRAIN_VERSION, "step": step, "config": config,
                 "optimizer_groups": state["param_groups"], "optimizer_scalars": scalars}
     return _write(path, tensors, metadata)
@@ -181,4 +222,4 @@ def load_training_state(path: str | os.PathLike[str]) -> TrainingState:
         optimizer_state.setdefault(int(index), {}).update(values)
     return TrainingState(step=int(metadata["step"]), model=model,
                          optimizer={"state": optimizer_state, "param_groups": metadata["optimizer_groups"]},
-                         rng=tensors["rng.torch"], config=metadata["config"])
+                         config=metadata["config"])

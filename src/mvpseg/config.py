@@ -23,8 +23,12 @@ __all__ = [
     "InferenceConfig",
     "LossWeights",
     "MVPSegConfig",
+    "RunConfig",
+    "StudentConfig",
     "TrainConfig",
+    "TransferConfig",
     "TRAIN_PRESETS",
+    "TRANSFER_PRESETS",
     "from_dict",
     "to_dict",
 ]
@@ -121,6 +125,7 @@ class InferenceConfig:
     """How images are fed to the model at inference."""
 
     short_side: int | None = 512  # resize so the short side has this length; 0 or none keeps the size
+    long_side: int | None = None  # resize so the long side has this length (mmseg's img_scale=(L, L) with keep_ratio); overrides short_side
     mode: Literal["slide", "whole"] = "slide"  # slide: overlapping crop windows (ZegCLIP); whole: the image at once (MaskCLIP)
     crop_size: int = 512  # sliding-window side (rounded down to a multiple of the feature stride)
     stride: int = 426  # sliding-window step (rounded to the nearest multiple of the feature stride)
@@ -135,12 +140,16 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         if self.short_side == 0:
             self.short_side = None
+        if self.long_side == 0:
+            self.long_side = None
         if self.mode not in ("slide", "whole"):
             raise ValueError(f"mode must be 'slide' or 'whole', not {self.mode!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.short_side is not None and self.short_side < 1:
             raise ValueError("short_side must be positive")
+        if self.long_side is not None and self.long_side < 1:
+            raise ValueError("long_side must be positive")
         if self.crop_size < 1 or self.stride < 1 or self.batch_size < 1:
             raise ValueError("crop_size, stride and batch_size must be positive")
         if self.upsample_budget_mib <= 0 or (self.upsample_rows is not None and self.upsample_rows < 1):
@@ -156,12 +165,15 @@ EVAL_PRESETS: dict[str, dict[str, Any]] = {
     "context": {"short_side": 520, "mode": "slide", "crop_size": 512, "stride": 426},
     "coco-stuff": {"short_side": 512, "mode": "slide", "crop_size": 512, "stride": 426},
     "custom": {"short_side": 512, "mode": "slide", "crop_size": 512, "stride": 426},
+    # MaskCLIP+'s Context protocol (mmseg's pascal_context.py test pipeline): img_scale=(520, 520) with
+    # keep_ratio, i.e. the long side scaled to exactly 520, and whole-image inference (test_cfg mode "whole").
+    "context60": {"short_side": None, "long_side": 520, "mode": "whole", "crop_size": 512, "stride": 426},
 }
 
 
 @dataclass
-class TrainConfig:
-    """One prompt-training run (``mvpseg train``); every field is a flag, and a run's config.json holds them all."""
+class RunConfig:
+    """What every training run has: its data and augmentation, the CLIP, the optimiser and schedule, the run folder."""
 
     dataset: str = "voc"  # voc, context, coco-stuff, or custom (VOC-like layout with class_names.txt and unseen.txt)
     data_root: str = ""  # the dataset folder, in its usual layout (required)
@@ -170,14 +182,11 @@ class TrainConfig:
     unseen_file: str | None = None  # replace the unseen split (unseen class names, one per line)
     clip: str = DEFAULT_CLIP  # open_clip architecture (RN50, RN101, ViT-B-16, ... or mvpseg-tiny)
     pretrained: str | None = "openai"  # open_clip tag or local weights file; none: random weights
-    out: str = "runs/mvpseg"  # run folder: checkpoints, prompts, config and logs
-    model: MVPSegConfig = field(default_factory=MVPSegConfig)
-    loss: LossWeights = field(default_factory=LossWeights)
-    transductive: bool = False  # show unseen class names too (their pixels stay unlabelled); off: inductive
+    out: str = "runs/mvpseg"  # run folder: checkpoints, config and logs
     iters: int = 2000  # optimisation steps
     batch_size: int = 8  # global batch size, split evenly over processes
-    lr: float = 2e-3  # learning rate (CoOp's for prompt contexts)
-    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd (with momentum, as CoOp) or adamw
+    lr: float = 2e-3  # learning rate
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd (with momentum) or adamw
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # weight decay of the optimiser
     schedule: Literal["cosine", "poly", "constant"] = "cosine"  # learning-rate schedule (poly: power 0.9, as mmseg)
@@ -187,21 +196,32 @@ class TrainConfig:
     ratio_range: tuple[float, float] = (0.5, 2.0)  # random rescaling range of the augmentation
     cat_max_ratio: float = 0.75  # redraw a crop (10 tries) while one class covers this share of it
     photometric: bool = True  # photometric distortion (brightness, contrast, saturation, hue)
-    seed: int = 0  # seeds the prompts' initialisation and every random choice of the data pipeline
+    seed: int = 0  # seeds the initialisation and every random choice of the data pipeline
     num_workers: int = 2  # data-loading processes per training process
     precision: Precision = "auto"  # auto: fp32 on the CPU, bf16 (else fp16) autocast on CUDA
     device: str | None = None  # cpu, cuda, cuda:1, ...; default cuda when available
-    checkpoint_every: int = 500  # write checkpoint.safetensors and prompts.safetensors every N steps
+    checkpoint_every: int = 500  # write the checkpoints every N steps
     log_every: int = 10  # a log.csv / TensorBoard row every N steps
-    feature_cache: str | None = None  # train from cached dense features of augmented views, kept in this folder
-    cache_views: int = 4  # augmented views per image in the feature cache (epoch e uses view e mod V)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        return from_dict(cls, values, "training config")
+    def from_dict(cls, values: dict[str, Any]) -> Any:
+        return from_dict(cls, values, f"{cls.__name__} (a run's config.json)")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """One prompt-training run (``mvpseg train``); every field is a flag, and a run's config.json holds them all."""
+
+    lr: float = 2e-3  # learning rate (CoOp's for prompt contexts)
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd (with momentum, as CoOp) or adamw
+    model: MVPSegConfig = field(default_factory=MVPSegConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    transductive: bool = False  # show unseen class names too (their pixels stay unlabelled); off: inductive
+    feature_cache: str | None = None  # train from cached dense features of augmented views, kept in this folder
+    cache_views: int = 4  # augmented views per image in the feature cache (epoch e uses view e mod V)
 
 
 #: Per-dataset presets of ``mvpseg train``. The paper gives no prompt-training schedule; ours follows
@@ -211,6 +231,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "voc": {"dataset": "voc", "iters": 2000, "crop_size": 512},
     "context": {"dataset": "context", "iters": 4000, "crop_size": 480, "scale": (2048, 520)},
     "coco-stuff": {"dataset": "coco-stuff", "iters": 8000, "crop_size": 512},
+    # MaskCLIP+'s Context-60 training pipeline (mmseg's pascal_context.py): img_scale (520, 520), crop 480.
+    "context60": {"dataset": "context60", "iters": 4000, "crop_size": 480, "scale": (520, 520)},
 }
 
 
@@ -237,3 +259,54 @@ class DemoConfig:
     num_workers: int = 0  # data-loading processes during training
     precision: Precision = "auto"  # numeric precision of training and inference
     overlays: int = 4  # val images drawn with their predicted labels
+    student_iters: int = 600  # MVP-SEG+ row: student training steps (0: no MVP-SEG+ row)
+    student_self_train_from: int = 400  # MVP-SEG+ row: the step from which the student teaches itself
+    student_batch_size: int = 16  # MVP-SEG+ row: student batch size
+    student_crop_size: int = 112  # MVP-SEG+ row: random crops of the world's images
+    student_lr: float = 5e-4  # MVP-SEG+ row: AdamW learning rate of the student
+    student_head_channels: int = 64  # MVP-SEG+ row: width of the student's DeepLabv2 decoder
+
+
+@dataclass
+class StudentConfig:
+    """The student network of MVP-SEG+ (a DeepLab taught by the prompts). Stored in student checkpoints."""
+
+    arch: Literal["deeplabv2", "deeplabv3plus"] = "deeplabv2"  # DeepLabv2 (ASPP 6/12/18/24; VOC, COCO-Stuff) or DeepLabv3+ (Context)
+    backbone: Literal["resnet101", "resnet50", "clip"] = "resnet101"  # torchvision ResNet, or a copy of the CLIP's own ResNet trunk
+    backbone_weights: str | None = None  # a local torchvision ImageNet checkpoint for a resnet backbone (none: random start)
+    output_stride: Literal[8, 16] = 8  # the backbone's output stride: its last stages dilated instead of strided
+    head_channels: int = 256  # width of the decoder's convolutions
+    freeze_bn: bool = True  # keep the backbone's BatchNorm statistics and scales fixed (small batches per process)
+    background: bool | None = None  # learn an embedding for a class named "background" (none: when the dataset has one)
+
+
+@dataclass
+class TransferConfig(RunConfig):
+    """One MVP-SEG+ run (``mvpseg transfer``): the learned prompts teach a student network on a dataset."""
+
+    prompts: str = ""  # the teacher: a prompt checkpoint from mvpseg train (required)
+    clip: str | None = None  # open_clip architecture (none: the one the prompts were learned on)
+    pretrained: str | None = "auto"  # CLIP weights: a tag or file; auto: those the prompts were learned on, else openai
+    out: str = "runs/mvpseg-plus"  # run folder: student.safetensors, checkpoint, config and logs
+    iters: int = 20000  # optimisation steps (MaskCLIP+: VOC 20k, Context 40k, COCO-Stuff 80k)
+    self_train_from: int = 2000  # step from which the student's own argmax replaces the teacher's (MaskCLIP+: 10% of iters)
+    batch_size: int = 16  # global batch size (MaskCLIP+: 4 per GPU on 4 GPUs)
+    lr: float = 0.01  # learning rate (MaskCLIP+: 0.01, Context 0.004)
+    schedule: Literal["cosine", "poly", "constant"] = "poly"  # learning-rate schedule (poly: power 0.9, as mmseg)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    pseudo_labels: str | None = None  # a folder of teacher labels from mvpseg pseudo-label; default: the teacher runs on each crop
+    teacher_gpr: bool = False  # rank the teacher's unseen classes by its final map with GPR's class scores (off: the fused map)
+    label_void: bool = False  # also label void (ignore) pixels with the teacher's unseen classes (off: MaskCLIP+'s rule)
+    confidence: float = 0.0  # pixels whose probability among the unseen classes is below this stay unlabelled (MaskCLIP+: 0)
+
+
+#: Per-dataset presets of ``mvpseg transfer``: MaskCLIP+'s schedules (SGD, poly; the teacher until 10% of
+#: the steps, then self-training), DeepLabv2 for VOC and COCO-Stuff, DeepLabv3+ for Context.
+TRANSFER_PRESETS: dict[str, dict[str, Any]] = {
+    "voc": {"dataset": "voc", "iters": 20000, "self_train_from": 2000, "crop_size": 512},
+    "context": {"dataset": "context", "iters": 40000, "self_train_from": 4000, "lr": 0.004, "weight_decay": 1e-4,
+                "crop_size": 480, "scale": (2048, 520), "student": {"arch": "deeplabv3plus"}},
+    "coco-stuff": {"dataset": "coco-stuff", "iters": 80000, "self_train_from": 8000, "crop_size": 512},
+    "context60": {"dataset": "context60", "iters": 40000, "self_train_from": 4000, "lr": 0.004, "weight_decay": 1e-4,
+                  "crop_size": 480, "scale": (520, 520), "student": {"arch": "deeplabv3plus"}},
+}

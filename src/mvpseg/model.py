@@ -17,10 +17,15 @@ from torch import nn
 
 from .clip import ClipBundle
 from .config import MVPSegConfig
-from .dense import dense_features, feature_stride
+from .dense import dense_features, feature_stride, inference_tower
 from .prompts import PromptLearner, template_embeddings
 
-__all__ = ["MVPSegConfig", "MVPHead", "MVPSeg", "MVPSegOutput"]
+__all__ = ["MVPSegConfig", "MVPHead", "MVPSeg", "MVPSegOutput", "cosine_maps"]
+
+
+def cosine_maps(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Cosine maps of normalised features (B, D, h, w) against text (P, C, D) -> (B, P, C, h, w)."""
+    return torch.einsum("bdhw,pcd->bpchw", features, text.to(features.dtype))
 
 
 @dataclass
@@ -162,6 +167,10 @@ class MVPSeg(nn.Module):
             return self.prompts(class_names)
         return template_embeddings(self.clip_model, self.clip.tokenizer, class_names).unsqueeze(0)  # (C, D) -> (1, C, D)
 
+    def inference_tower(self, fold: bool = True, channels_last: bool = True) -> nn.Module:
+        """The image tower as inference runs it (:func:`mvpseg.dense.inference_tower`): same features, faster."""
+        return inference_tower(self.clip_model.visual, fold=fold, channels_last=channels_last)
+
     def features(self, images: torch.Tensor, tower: nn.Module | None = None) -> torch.Tensor:
         """(B, D, h, w) L2-normalised dense features of normalised images (B, 3, H, W).
 
@@ -173,10 +182,7 @@ class MVPSeg(nn.Module):
         visual = self.clip_model.visual if tower is None else tower
         return F.normalize(dense_features(visual, images, self.config.vit_mode).float(), dim=1)
 
-    @staticmethod
-    def cosine_maps(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Cosine maps of normalised features (B, D, h, w) against text (P, C, D) -> (B, P, C, h, w)."""
-        return torch.einsum("bdhw,pcd->bpchw", features, text.to(features.dtype))
+    cosine_maps = staticmethod(cosine_maps)
 
     def forward(self, images: torch.Tensor, class_names: Sequence[str] | None = None,
                 text: torch.Tensor | None = None) -> MVPSegOutput:

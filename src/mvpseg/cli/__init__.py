@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import demo, evaluate, prepare, segment, train
+from . import demo, evaluate, prepare, segment, serve, train, transfer
 from .common import UsageError
 
 __all__ = ["build_parser", "main", "UsageError"]
 
 #: The commands, in the order ``mvpseg --help`` lists them.
-COMMANDS = (segment, evaluate, prepare, train, demo)
+COMMANDS = (segment, serve, evaluate, prepare, train, transfer, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _error(message: str) -> None:
     print(f"mvpseg: error: {message}", file=sys.stderr)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None,
+                  line: str | None = None) -> None:
+    """mvpseg's own warnings as one line ("mvpseg: warning: ..."); others as Python shows them."""
+    if category.__module__.startswith("mvpseg"):
+        print(f"mvpseg: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _expected_status(error: Exception) -> int | None:
@@ -54,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args))
+        with warnings.catch_warnings():  # restores the host's warning display afterwards
+            warnings.showwarning = _show_warning
+            return int(args.run(args))
     except KeyboardInterrupt:
         _error("interrupted")
         return 130

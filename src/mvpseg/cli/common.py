@@ -23,7 +23,7 @@ def add_clip_arguments(parser: argparse.ArgumentParser, default_from: str = "the
 
     Args:
         parser: the command's parser.
-        default_from: whose CLIP is the default when --clip is not given.
+        default_from: whose CLIP (architecture and weights) is the default when neither is given.
     """
     group = parser.add_argument_group("CLIP")
     group.add_argument("--clip", default=None,
@@ -31,7 +31,8 @@ def add_clip_arguments(parser: argparse.ArgumentParser, default_from: str = "the
                             f"default: {default_from}, else {DEFAULT_CLIP}")
     group.add_argument("--pretrained", default=None,
                        help="open_clip pretrained tag (openai, laion2b_s34b_b88k, ...; 'mvpseg' for mvpseg-tiny's "
-                            "shipped weights), or 'none' for random weights (default: openai)")
+                            f"shipped weights), or 'none' for random weights (default: {default_from} when it names a "
+                            f"tag, else openai)")
     group.add_argument("--clip-weights", metavar="PATH", default=None,
                        help="a local CLIP weights file (OpenAI .pt or open_clip .pt/.bin/.safetensors); "
                             "overrides --pretrained. Without network, download it elsewhere and pass it here, "
@@ -39,12 +40,13 @@ def add_clip_arguments(parser: argparse.ArgumentParser, default_from: str = "the
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
 
 
-def clip_source(args: argparse.Namespace, default: str | None = "openai") -> str | None:
+def clip_source(args: argparse.Namespace, default: str | None = "auto") -> str | None:
     """The ``pretrained`` argument of load_clip: --clip-weights, else the --pretrained tag ('none': None).
 
     Args:
         args: parsed options of :func:`add_clip_arguments`.
-        default: the source when neither option is given.
+        default: the source when neither option is given ("auto": :func:`mvpseg.build.from_pretrained` takes
+            the prompt checkpoint's).
     """
     if args.clip_weights:
         return args.clip_weights

@@ -21,7 +21,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "the dataset's short side (Context 520, others 512) and segmented with sliding 512-px "
                     "windows (stride 426). Under torchrun the images are shared out over the processes.",
     )
-    parser.add_argument("--dataset", required=True, choices=("voc", "context", "coco-stuff", "custom"),
+    parser.add_argument("--dataset", required=True, choices=("voc", "context", "context60", "coco-stuff", "custom"),
                         help="the dataset layout and label space")
     parser.add_argument("--data-root", required=True, metavar="DIR",
                         help="voc/context: the folder holding VOCdevkit; coco-stuff: the folder holding "
@@ -31,6 +31,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompts", metavar="CKPT",
                         help="learned prompts (.safetensors from mvpseg train), possibly trained on another "
                              "dataset; default: MaskCLIP's 85 templates")
+    parser.add_argument("--student", metavar="CKPT",
+                        help="evaluate an MVP-SEG+ student (.safetensors from mvpseg transfer) instead of --prompts")
     parser.add_argument("--class-names-file", metavar="FILE",
                         help="the vocabulary given to the text tower, one name per line, one per label "
                              "index (default: the dataset's readable class names)")
@@ -65,12 +67,14 @@ def run(args: argparse.Namespace) -> int:
     _, _, device = init_distributed(args.device)
     try:
         segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
+                                              student=args.student,
                                               device=device, config=config)
         metrics = evaluate(segmenter, dataset, limit=args.limit, progress=not args.quiet)
         if is_main_process():
-            setup = evaluation_setup(segmenter, dataset, args.split, args.prompts, limit=args.limit)
+            setup = evaluation_setup(segmenter, dataset, args.split, args.student or args.prompts, limit=args.limit)
             path = write_metrics(args.out, metrics, extra=setup)
-            what = f"prompts {args.prompts}" if args.prompts else "MaskCLIP templates"
+            what = (f"student {args.student}" if args.student else f"prompts {args.prompts}" if args.prompts
+                    else "MaskCLIP templates")
             print(f"{dataset.info.name} {args.split}: {metrics['num_images']} images, "
                   f"CLIP {segmenter.clip.name}, {what}")
             print(format_table(metrics, dataset.info.unseen_names))

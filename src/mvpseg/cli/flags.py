@@ -42,18 +42,21 @@ def field_help(cls: type) -> dict[str, str]:
     Returns:
         {field name: comment}; fields without a comment are missing.
     """
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):  # no source at hand (a frozen application): flags without help
-        return {}
-    names = {item.name for item in dataclasses.fields(cls)}
     comments: dict[str, str] = {}
-    line_field: dict[int, str] = {}
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type == tokenize.NAME and token.start[1] == 4 and token.string in names:
-            line_field.setdefault(token.start[0], token.string)  # a field is declared at class-body indentation
-        elif token.type == tokenize.COMMENT and token.start[0] in line_field:
-            comments[line_field[token.start[0]]] = token.string.lstrip("#").strip()
+    for base in reversed(cls.__mro__):  # a subclass's comment on a field it redeclares wins
+        if not dataclasses.is_dataclass(base) or "__dataclass_fields__" not in vars(base):
+            continue
+        try:
+            source = inspect.getsource(base)
+        except (OSError, TypeError):  # no source at hand (a frozen application): flags without help
+            continue
+        names = set(base.__annotations__)
+        line_field: dict[int, str] = {}
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.NAME and token.start[1] == 4 and token.string in names:
+                line_field.setdefault(token.start[0], token.string)  # a field is declared at class-body indentation
+            elif token.type == tokenize.COMMENT and token.start[0] in line_field:
+                comments[line_field[token.start[0]]] = token.string.lstrip("#").strip()
     return comments
 
 
@@ -152,8 +155,10 @@ def add_config_flags(
         else:  # pragma: no cover - a config field of a kind this module does not know yet
             raise TypeError(f"{cls.__name__}.{item.name}: no flag for type {kind}")
     for path, kind in nested:
-        add_config_flags(parser, kind, rename=rename, skip=skip, title=(titles or {}).get(path), titles=titles,
-                         _prefix=path + _SEP)
+        name = path.rsplit(_SEP, 1)[-1]
+        inner = {preset: values[name] for preset, values in (presets or {}).items() if isinstance(values.get(name), dict)}
+        add_config_flags(parser, kind, rename=rename, skip=skip, presets=inner, title=(titles or {}).get(path),
+                         titles=titles, _prefix=path + _SEP)
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:

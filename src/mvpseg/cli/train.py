@@ -51,7 +51,7 @@ def run_config(args: argparse.Namespace, cls: type, presets: Mapping[str, Mappin
         dataset = given.get("dataset")
         if dataset is None:
             raise UsageError(f"give --dataset ({', '.join(presets)} or custom) or --config RUN/config.json")
-        base = cls(**presets.get(dataset, {"dataset": dataset}))
+        base = cls.from_dict(dict(presets.get(dataset, {"dataset": dataset})))
     if args.clip:
         given["clip"] = args.clip
     if args.pretrained is not None or args.clip_weights:

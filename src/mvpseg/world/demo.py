@@ -2,9 +2,10 @@
 
 It writes the world's train and val splits, trains prompts on the seen classes with the tiny CLIP
 shipped in the package, evaluates zero-shot on the val split, and prints the paper's ablation in
-miniature: the MaskCLIP template baseline, 1 learnable prompt, K prompts, K prompts + OCLoss, and
-full MVP-SEG (+ GPR), each with mIoU(S), mIoU(U) and hIoU. Everything is seeded: the same seed gives
-the same numbers.
+miniature: the MaskCLIP template baseline, 1 learnable prompt, K prompts, K prompts + OCLoss, full
+MVP-SEG (+ GPR), and MVP-SEG+ (a DeepLabv2 student on the tiny CLIP's trunk, taught by MVP-SEG's
+prompts: pseudo-labels, then self-training), each with mIoU(S), mIoU(U) and hIoU. Everything is
+seeded: the same seed gives the same numbers.
 """
 
 from __future__ import annotations
@@ -20,18 +21,27 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..build import build_mvpseg, load_mvpseg
-from ..clip import load_clip
-from ..config import DemoConfig, InferenceConfig, LossWeights, MVPSegConfig, TrainConfig
+from ..build import build_mvpseg, load_mvpseg, load_student
+from ..clip import ClipBundle, load_clip
+from ..config import (
+    DemoConfig,
+    InferenceConfig,
+    LossWeights,
+    MVPSegConfig,
+    StudentConfig,
+    TrainConfig,
+    TransferConfig,
+)
 from ..data import build_dataset
 from ..evaluate import evaluate
 from ..files import write_text
 from ..inference import Segmenter
 from ..train import train
+from ..transfer import transfer, write_pseudo_labels
 from ..viz import overlay, prompt_map_grid
 from .layout import write_world
 
-__all__ = ["DemoConfig", "ABLATION", "run_demo", "format_results"]
+__all__ = ["DemoConfig", "ABLATION", "format_results", "row_train_config", "run_demo"]
 
 
 # (row name, model overrides, loss weights): the paper's ablation, one piece added per row.
@@ -44,7 +54,7 @@ ABLATION: list[tuple[str, dict[str, Any] | None, LossWeights | None]] = [
 ]
 _LABELS = {"templates": "MaskCLIP templates (no training)", "1-prompt": "1 learned prompt",
            "k-prompts": "{k} prompts", "k-prompts+ocloss": "{k} prompts + OCLoss",
-           "mvp-seg": "{k} prompts + OCLoss + GPR (MVP-SEG)"}
+           "mvp-seg": "{k} prompts + OCLoss + GPR (MVP-SEG)", "mvp-seg+": "MVP-SEG+ (student taught by MVP-SEG)"}
 
 
 def format_results(rows: list[dict[str, Any]]) -> str:
@@ -62,17 +72,21 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
-def _pictures(segmenter: Segmenter, dataset, out: Path, count: int) -> None:
-    """Overlays of a few val images (prediction | ground truth) and one image's per-prompt maps."""
+def _pictures(segmenter: Segmenter, dataset, out: Path, count: int, student: Segmenter | None = None) -> None:
+    """Overlays of a few val images (MVP-SEG | MVP-SEG+ when there is a student | ground truth) and one
+    image's per-prompt maps."""
     names = list(dataset.info.class_names)
     for index in range(min(count, len(dataset))):
         image, label = dataset.load(index)
-        prediction = segmenter.predict(image, names)
-        predicted = overlay(image, prediction.labels, names)
-        truth = overlay(image, np.where(label == 255, 0, label), names)
-        canvas = Image.new("RGB", (predicted.width + truth.width + 8, max(predicted.height, truth.height)), "white")
-        canvas.paste(predicted, (0, 0))
-        canvas.paste(truth, (predicted.width + 8, 0))
+        panels = [overlay(image, model.predict(image, names).labels, names)
+                  for model in ([segmenter, student] if student is not None else [segmenter])]
+        panels.append(overlay(image, np.where(label == 255, 0, label), names))
+        canvas = Image.new("RGB", (sum(panel.width for panel in panels) + 8 * (len(panels) - 1),
+                                   max(panel.height for panel in panels)), "white")
+        left = 0
+        for panel in panels:
+            canvas.paste(panel, (left, 0))
+            left += panel.width + 8
         canvas.save(out / f"overlay_{index}.png")
     # Per-prompt maps of the largest unseen thing (else any unseen class) in the first image that holds one.
     unseen = set(dataset.info.unseen)
@@ -90,6 +104,82 @@ def _pictures(segmenter: Segmenter, dataset, out: Path, count: int) -> None:
     maps = output.prompt_maps[0, :, target].cpu().numpy()  # (P, h, w)
     titles = ["global"] + [f"prompt {i}" for i in range(1, maps.shape[0])]
     prompt_map_grid(image, maps, titles).save(out / f"prompt_maps_{names[target].replace(' ', '_')}.png")
+
+
+def row_train_config(config: DemoConfig, world: Path, name: str, seed: int, out: Path) -> TrainConfig:
+    """The prompt-training run of one learned ablation row and seed (also how the shipped world prompts were made).
+
+    Args:
+        config: the demo's settings.
+        world: the written world (:func:`write_world`).
+        name: a learned row of :data:`ABLATION` ("1-prompt", ..., "mvp-seg").
+        seed: the prompt-training seed.
+        out: the demo's output folder (runs and feature caches go below it).
+
+    Returns:
+        The :class:`TrainConfig` of that run.
+    """
+    overrides, weights = next((row[1], row[2]) for row in ABLATION if row[0] == name)
+    if overrides is None:
+        raise ValueError(f"the ablation row {name!r} trains nothing")
+    model_config = replace(MVPSegConfig(num_prompts=config.num_prompts, num_context=config.num_context,
+                                        init_text=config.init_text), **overrides)
+    # CLIP is frozen: every learned row trains from one cache (per seed) of the augmented views' dense
+    # features, with as many views as epochs, so training sees exactly what the uncached path would.
+    views = max(math.ceil(config.iters * config.batch_size / config.num_train), 1)
+    return TrainConfig(
+        dataset="custom", data_root=str(world), clip=config.clip, pretrained=config.clip_weights,
+        out=str(out / "runs" / name / f"seed-{seed}"), model=model_config, loss=weights or LossWeights(),
+        iters=config.iters, batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer,
+        crop_size=config.crop_size, scale=(4 * config.crop_size, config.crop_size),
+        ratio_range=(1.0, 1.0),  # no rescaling: the tiny CLIP knows the world at one scale only
+        seed=seed, num_workers=config.num_workers, precision=config.precision,
+        checkpoint_every=config.iters, log_every=max(config.iters // 50, 1),
+        feature_cache=str(out / "feature-cache" / f"seed-{seed}"), cache_views=views)
+
+
+def _row(name: str, label: str, runs: list[dict[str, Any]], tic: float, progress: bool) -> dict[str, Any]:
+    """A row of the table: the mean of its runs' figures (one run per seed), each run's figures, the time."""
+    keys = ("miou_seen", "miou_unseen", "hiou", "miou")
+    row: dict[str, Any] = {"name": name, "label": label}
+    row.update({key: _mean([run[key] for run in runs]) for key in keys})
+    row["per_class"] = {c: _mean([run["per_class"][c] for run in runs]) for c in runs[0]["per_class"]}
+    row["seeds"] = runs
+    row["seconds"] = round(time.perf_counter() - tic, 1)
+    if progress:
+        spread = "" if len(runs) == 1 else f" (mean of {len(runs)} seeds; mIoU(U) " + \
+            ", ".join(f"{run['miou_unseen']:.1f}" for run in runs) + ")"
+        print(f"{label}: mIoU(S) {row['miou_seen']:.1f}  mIoU(U) {row['miou_unseen']:.1f}  "
+              f"hIoU {row['hiou']:.1f}{spread}", flush=True)
+    return row
+
+
+def student_transfer_config(config: DemoConfig, world: Path, out: Path) -> TransferConfig:
+    """The MVP-SEG+ run of the demo: a DeepLabv2 student on the tiny CLIP's own trunk, taught by the
+    ``mvp-seg`` row's prompts of the first seed through pseudo-labels written once, then by itself."""
+    return TransferConfig(
+        dataset="custom", data_root=str(world), prompts=str(out / "runs" / "mvp-seg" / f"seed-{config.seed}" /
+                                                            "prompts.safetensors"),
+        clip=config.clip, pretrained=config.clip_weights, out=str(out / "runs" / "mvp-seg+" / f"seed-{config.seed}"),
+        iters=config.student_iters, self_train_from=config.student_self_train_from,
+        batch_size=config.student_batch_size, lr=config.student_lr, optimizer="adamw", weight_decay=1e-4,
+        schedule="poly", crop_size=config.student_crop_size, scale=(4 * config.crop_size, config.crop_size),
+        ratio_range=(1.0, 1.0),  # the world's one scale, as for the prompts
+        seed=config.seed, num_workers=config.num_workers, precision=config.precision,
+        checkpoint_every=config.student_iters, log_every=max(config.student_iters // 50, 1),
+        pseudo_labels=str(out / "pseudo-labels" / f"seed-{config.seed}"),
+        student=StudentConfig(arch="deeplabv2", backbone="clip", output_stride=8,
+                              head_channels=config.student_head_channels))
+
+
+def _student(config: DemoConfig, world: Path, clip: ClipBundle, out: Path, progress: bool):
+    """Write the teacher's pseudo-labels of the training images, train the student, load it."""
+    transfer_config = student_transfer_config(config, world, out)
+    teacher = Segmenter(load_mvpseg(transfer_config.prompts, clip),
+                        InferenceConfig(short_side=config.short_side, mode="whole"), device="cpu")
+    write_pseudo_labels(teacher, build_dataset("custom", world, "train"), transfer_config.pseudo_labels,
+                        progress=progress)
+    return load_student(transfer(transfer_config, progress=progress), clip)
 
 
 def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
@@ -111,11 +201,9 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
     clip = load_clip(config.clip, config.clip_weights)
     inference = InferenceConfig(short_side=config.short_side, mode="whole")
     rows: list[dict[str, Any]] = []
-    # CLIP is frozen: every learned row trains from one cache (per seed) of the augmented views' dense
-    # features, with as many views as epochs, so training sees exactly what the uncached path would.
-    views = max(math.ceil(config.iters * config.batch_size / config.num_train), 1)
     keys = ("miou_seen", "miou_unseen", "hiou", "miou")
-    for name, overrides, weights in ABLATION:
+    shown: Segmenter | None = None  # MVP-SEG of the first seed: the pictures' model
+    for name, overrides, _weights in ABLATION:
         tic = time.perf_counter()
         label = _LABELS[name].format(k=config.num_prompts)
         runs: list[dict[str, Any]] = []
@@ -124,17 +212,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
             if overrides is None:
                 model = build_mvpseg(clip, None)
             else:
-                model_config = replace(MVPSegConfig(num_prompts=config.num_prompts, num_context=config.num_context,
-                                                    init_text=config.init_text), **overrides)
-                train_config = TrainConfig(
-                    dataset="custom", data_root=str(world), clip=config.clip, pretrained=config.clip_weights,
-                    out=str(out / "runs" / name / f"seed-{seed}"), model=model_config, loss=weights or LossWeights(),
-                    iters=config.iters, batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer,
-                    crop_size=config.crop_size, scale=(4 * config.crop_size, config.crop_size),
-                    ratio_range=(1.0, 1.0),  # no rescaling: the tiny CLIP knows the world at one scale only
-                    seed=seed, num_workers=config.num_workers, precision=config.precision,
-                    checkpoint_every=config.iters, log_every=max(config.iters // 50, 1),
-                    feature_cache=str(out / "feature-cache" / f"seed-{seed}"), cache_views=views)
+                train_config = row_train_config(config, world, name, seed, out)
                 if progress:
                     print(f"training: {label}, seed {seed}", flush=True)
                 model = load_mvpseg(train(train_config, progress=progress), clip)
@@ -142,18 +220,20 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
             metrics = evaluate(segmenter, val, progress=False)
             runs.append({"seed": seed, **{key: metrics[key] for key in keys}, "per_class": metrics["per_class"]})
             if name == "mvp-seg" and offset == 0:
-                _pictures(segmenter, val, out, config.overlays)
-        row: dict[str, Any] = {"name": name, "label": label}
-        row.update({key: _mean([run[key] for run in runs]) for key in keys})
-        row["per_class"] = {c: _mean([run["per_class"][c] for run in runs]) for c in runs[0]["per_class"]}
-        row["seeds"] = runs
-        row["seconds"] = round(time.perf_counter() - tic, 1)
-        rows.append(row)
+                shown = segmenter
+        rows.append(_row(name, label, runs, tic, progress))
+    student = None
+    if config.student_iters > 0:
+        tic = time.perf_counter()
+        label = _LABELS["mvp-seg+"]
         if progress:
-            spread = "" if len(runs) == 1 else f" (mean of {len(runs)} seeds; mIoU(U) " + \
-                ", ".join(f"{run['miou_unseen']:.1f}" for run in runs) + ")"
-            print(f"{label}: mIoU(S) {row['miou_seen']:.1f}  mIoU(U) {row['miou_unseen']:.1f}  "
-                  f"hIoU {row['hiou']:.1f}{spread}", flush=True)
+            print(f"training: {label}, taught by the MVP-SEG prompts of seed {config.seed}", flush=True)
+        student = Segmenter(_student(config, world, clip, out, progress), inference, device="cpu")
+        metrics = evaluate(student, val, progress=False)
+        runs = [{"seed": config.seed, **{key: metrics[key] for key in keys}, "per_class": metrics["per_class"]}]
+        rows.append(_row("mvp-seg+", label, runs, tic, progress))
+    if shown is not None:
+        _pictures(shown, val, out, config.overlays, student)
     table = format_results(rows)
     run_info = {"config": asdict(config), "seconds": round(time.perf_counter() - start, 1),
                 "unseen": list(val.info.unseen_names), "torch_threads": torch.get_num_threads()}

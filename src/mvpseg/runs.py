@@ -1,0 +1,186 @@
+"""The machinery every training run shares: sample positions, batches, schedules, optimisers, logs, resume.
+
+``mvpseg train`` (prompts) and ``mvpseg transfer`` (the MVP-SEG+ student) run the same way: every
+random choice is a function of the seed and the sample's position (or the step), so a run killed
+after a checkpoint and resumed takes exactly the samples, and reaches exactly the weights, of a run
+that was never stopped; and N processes splitting a global batch see the samples of one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .checkpoint import CheckpointError
+from .config import RunConfig
+from .data import SegmentationDataset, TrainAugmentation
+from .feature_cache import view_rng
+
+__all__ = [
+    "RESUMABLE",
+    "RunLog",
+    "SamplePositions",
+    "augmentation",
+    "check_resumable",
+    "learning_rate",
+    "make_optimizer",
+    "seeded_step",
+    "step_batches",
+]
+
+#: Fields that may change between a run and its resumption: they do not change the numbers.
+RESUMABLE = {"out", "data_root", "num_workers", "checkpoint_every", "log_every", "device"}
+
+
+def augmentation(config: RunConfig) -> TrainAugmentation:
+    """The run's training augmentation (mmseg's pipeline) from its config."""
+    return TrainAugmentation(crop_size=config.crop_size, scale=config.scale, ratio_range=config.ratio_range,
+                             cat_max_ratio=config.cat_max_ratio, photometric=config.photometric)
+
+
+class SamplePositions(Dataset):
+    """Sample *positions* -> augmented samples.
+
+    Position p is sample ``i = order(e)[p % N]`` of epoch ``e = p // N``, augmented as view e of
+    sample i (``view_rng(seed, i, e)``), or read from a feature cache (view e mod V): nothing depends
+    on workers, restarts or the number of processes.
+
+    Args:
+        dataset: the training split.
+        augment: the augmentation.
+        label_map: (256,) int64 table from the dataset's labels to the run's training labels.
+        seed: the run's seed.
+        cache: an object with ``get(index, view) -> (features, labels)`` to read instead of augmenting.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, augment: TrainAugmentation, label_map: np.ndarray,
+                 seed: int, cache: Any = None) -> None:
+        self.dataset, self.augment, self.label_map, self.seed, self.cache = dataset, augment, label_map, seed, cache
+
+    @lru_cache(maxsize=2)  # noqa: B019 - a handful of epochs per worker
+    def order(self, epoch: int) -> np.ndarray:
+        """The permutation of the samples in ``epoch``."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.dataset), generator=generator).numpy()
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def view(self, index: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented view ``view`` of sample ``index``: image uint8 (3, S, S), label int64 (S, S)."""
+        image, label = self.dataset.load(index)
+        return self.augment(image, self.label_map[label], view_rng(self.seed, index, view))
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        epoch, offset = divmod(position, len(self.dataset))
+        index = int(self.order(epoch)[offset])
+        if self.cache is not None:
+            features, label = self.cache.get(index, epoch)
+            return {"features": features, "label": label}
+        image, label = self.view(index, epoch)
+        return {"image": image, "label": label}
+
+
+def step_batches(start: int, iters: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """This process's sample positions for steps ``start .. iters - 1``: its share of each global batch."""
+    if batch_size % world_size:
+        raise ValueError(f"batch size {batch_size} does not split evenly over {world_size} processes")
+    local = batch_size // world_size
+    return [[step * batch_size + rank * local + i for i in range(local)] for step in range(start, iters)]
+
+
+@contextlib.contextmanager
+def seeded_step(seed: int, step: int, rank: int, device: torch.device) -> Iterator[None]:
+    """Run one step with torch's random generators seeded by (seed, step, rank), the host's restored after.
+
+    Dropout and any other random operation of a step are then a function of the step alone: a resumed
+    run draws what an uninterrupted one drew, with no generator state to save.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+        yield
+
+
+def learning_rate(config: RunConfig, step: int) -> float:
+    """The learning rate of ``step``: linear warm-up, then cosine, poly (power 0.9) or constant."""
+    if config.warmup_iters and step < config.warmup_iters:
+        return config.lr * (step + 1) / config.warmup_iters
+    progress = (step - config.warmup_iters) / max(config.iters - config.warmup_iters, 1)
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if config.schedule == "poly":
+        return config.lr * (1 - progress) ** 0.9
+    return config.lr
+
+
+def make_optimizer(config: RunConfig, params: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over ``params``, with the run's learning rate and weight decay."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"optimizer must be sgd or adamw, not {config.optimizer!r}")
+
+
+def check_resumable(saved: dict[str, Any], config: RunConfig, path: Path) -> None:
+    """Refuse a checkpoint whose run differs from ``config`` in anything that changes the numbers."""
+    current = config.to_dict()
+    differing = sorted(key for key in set(saved) | set(current)
+                       if key not in RESUMABLE and saved.get(key) != current.get(key))
+    if differing:
+        details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}" for key in differing)
+        raise CheckpointError(f"{path} belongs to another run ({details}); use the same settings or another --out")
+
+
+class RunLog:
+    """CSV (and TensorBoard when installed) logging, rank 0 only; resumed runs drop rows past the checkpoint.
+
+    Args:
+        out: the run folder (``log.csv`` and ``tensorboard/`` go there).
+        columns: the logged values, in CSV order (after "step").
+        start_step: the step the run starts from (0, or the checkpoint's).
+        enabled: False on every rank but 0.
+    """
+
+    def __init__(self, out: Path, columns: Sequence[str], start_step: int, enabled: bool) -> None:
+        self.enabled, self.path, self.writer, self.columns = enabled, out / "log.csv", None, list(columns)
+        if not enabled:
+            return
+        rows = []
+        if start_step and self.path.exists():
+            with self.path.open(newline="") as handle:
+                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= start_step]
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["step", *self.columns])
+            writer.writeheader()
+            writer.writerows(rows)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step or None)
+        except ImportError:  # tensorboard is an optional extra
+            self.writer = None
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        """One row: ``values`` holds every column."""
+        if not self.enabled:
+            return
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([step] + [f"{values[key]:.6g}" for key in self.columns])
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

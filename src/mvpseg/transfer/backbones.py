@@ -1,0 +1,163 @@
+"""The student's backbone: a ResNet whose last stages are dilated (output stride 8 or 16).
+
+Two sources, both offline:
+
+- ``resnet50`` / ``resnet101``: torchvision's ResNets, initialised from a local torchvision ImageNet
+  checkpoint when one is given (read with safetensors or ``torch.load(weights_only=True)``), else
+  randomly. torchvision's ``replace_stride_with_dilation`` makes the dilated stages.
+- ``clip``: a trainable copy of the frozen CLIP's own ResNet trunk (stem and four stages of open_clip's
+  ``ModifiedResNet``), always at hand. Its stages downsample with an average pool after the 3x3
+  convolution; the dilated stages drop those pools and dilate their 3x3 convolutions instead, as
+  torchvision does (the first block of a stage keeps the previous dilation).
+
+Every backbone returns the stride-4 features of the first stage (DeepLabv3+'s decoder uses them) and
+the last stage's features.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torchvision
+from open_clip.modified_resnet import ModifiedResNet
+from torch import nn
+
+__all__ = ["Backbone", "build_backbone", "freeze_batchnorm"]
+
+
+class Backbone(nn.Module):
+    """A ResNet trunk: images (B, 3, H, W) -> (low, high) features.
+
+    Args:
+        stem: the stride-4 stem (convolutions and pooling).
+        stages: the four residual stages.
+        channels: (low, high) feature widths (the first and the last stage's outputs).
+        output_stride: pixels per cell of the last stage's features (8, 16 or 32).
+    """
+
+    def __init__(self, stem: nn.Module, stages: nn.ModuleList, channels: tuple[int, int], output_stride: int) -> None:
+        super().__init__()
+        self.stem, self.stages = stem, stages
+        self.channels, self.output_stride = channels, output_stride
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> low (B, C1, H/4, W/4) and high (B, C4, H/s, W/s) features, s the output stride."""
+        x = self.stem(images)
+        low = x = self.stages[0](x)
+        for stage in self.stages[1:]:
+            x = stage(x)
+        return low, x
+
+
+def _dilations(output_stride: int) -> tuple[bool, bool, bool]:
+    """Which of stages 2-4 trade their stride for dilation (torchvision's replace_stride_with_dilation)."""
+    table = {8: (False, True, True), 16: (False, False, True), 32: (False, False, False)}
+    if output_stride not in table:
+        raise ValueError(f"output_stride must be 8, 16 or 32, not {output_stride}")
+    return table[output_stride]
+
+
+def _read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file or a ``torch.save`` file (``weights_only=True``: nothing is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"backbone weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several kinds for a file that is not a plain state dict
+        raise ValueError(f"{path} is not a readable state dict of tensors ({type(error).__name__})") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    return state
+
+
+def _torchvision_backbone(depth: int, output_stride: int, weights: str | None) -> Backbone:
+    builder = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}[depth]
+    net = builder(weights=None, replace_stride_with_dilation=list(_dilations(output_stride)))
+    if weights is not None:
+        state = {key: value for key, value in _read_weights(weights).items() if not key.startswith("fc.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        missing = [key for key in missing if not key.startswith("fc.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights} is not a torchvision ResNet-{depth} checkpoint (missing: {', '.join(missing[:5]) or '-'}; "
+                f"unexpected: {', '.join(unexpected[:5]) or '-'})"
+            )
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+    return Backbone(stem, stages, (256, 2048), output_stride)
+
+
+def _dilate_clip_stage(stage: nn.Sequential, dilation: int, previous: int) -> None:
+    """Make an open_clip ResNet stage keep its input resolution: drop the stride pools, dilate the 3x3 convs."""
+    for index, block in enumerate(stage):
+        rate = previous if index == 0 else dilation
+        block.conv2.dilation, block.conv2.padding = (rate, rate), (rate, rate)
+        block.avgpool = nn.Identity()
+        if block.downsample is not None:
+            block.downsample[0] = nn.Identity()  # the pool before the 1x1 projection (open_clip names it "-1")
+
+
+def _clip_backbone(visual: nn.Module, output_stride: int) -> Backbone:
+    if not isinstance(visual, ModifiedResNet):
+        raise ValueError(
+            f"the 'clip' backbone needs a ResNet CLIP (RN50, RN101, mvpseg-tiny, ...), not a {type(visual).__name__}: "
+            f"use --backbone resnet101"
+        )
+    trunk = copy.deepcopy(visual).train().requires_grad_(True)
+    stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.act1, trunk.conv2, trunk.bn2, trunk.act2, trunk.conv3,
+                         trunk.bn3, trunk.act3, trunk.avgpool)
+    stages = nn.ModuleList([trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4])
+    previous = 1
+    for stage, dilated in zip(stages[1:], _dilations(output_stride)):
+        if dilated:
+            rate = previous * 2
+            _dilate_clip_stage(stage, rate, previous)
+            previous = rate
+    width = trunk.layer1[0].conv1.in_channels  # the trunk's base width
+    return Backbone(stem, stages, (width * 4, width * 32), output_stride)
+
+
+def build_backbone(name: str, output_stride: int, weights: str | None = None,
+                   clip_visual: nn.Module | None = None) -> Backbone:
+    """Build the student's backbone.
+
+    Args:
+        name: "resnet50", "resnet101" (torchvision) or "clip" (a copy of the CLIP's ResNet trunk).
+        output_stride: 8 or 16 (32: no dilation).
+        weights: a torchvision checkpoint file for the ResNets; None: random initialisation.
+        clip_visual: the CLIP's image tower (needed by "clip").
+
+    Raises:
+        ValueError: an unknown name, weights that do not fit, or "clip" with a ViT CLIP.
+    """
+    if name in ("resnet50", "resnet101"):
+        return _torchvision_backbone(int(name[len("resnet"):]), output_stride, weights)
+    if name == "clip":
+        if weights is not None:
+            raise ValueError("--backbone-weights is for the resnet backbones; the 'clip' backbone starts from CLIP's weights")
+        if clip_visual is None:
+            raise ValueError("the 'clip' backbone needs the CLIP's image tower")
+        return _clip_backbone(clip_visual, output_stride)
+    raise ValueError(f"unknown backbone {name!r}: use resnet101, resnet50 or clip")
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Fix every BatchNorm of ``module``: statistics not updated, affine parameters not trained.
+
+    Small per-process batches give poor batch statistics; the pretrained ones are kept. Call after
+    each ``module.train()`` (the student's ``train`` does).
+    """
+    for norm in module.modules():
+        if isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+            norm.eval()
+            for parameter in norm.parameters():
+                parameter.requires_grad_(False)

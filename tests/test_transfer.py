@@ -1,0 +1,302 @@
+"""MVP-SEG+: the pseudo-label rule, the students, the transfer loop, its resume, and sharded pseudo-labels."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from fakedata import write_custom
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import mvpseg
+from mvpseg.build import build_student, load_student
+from mvpseg.checkpoint import read_student_checkpoint, save_prompt_checkpoint
+from mvpseg.config import MVPSegConfig, StudentConfig, TransferConfig
+from mvpseg.data import build_dataset
+from mvpseg.transfer import UNSEEN, VOID, assign_unseen, transfer, write_pseudo_labels
+from mvpseg.transfer.pseudo import teacher_scores, transfer_vocabulary
+
+S, U = 3, 9  # a seen class and the "unseen" sentinel used in hand-made maps below
+
+
+# --- the rule ------------------------------------------------------------------------------------------
+
+
+def test_unseen_pixels_get_the_best_unseen_class_and_nothing_else_changes() -> None:
+    unseen = [4, 7]
+    labels = torch.tensor([[[S, UNSEEN, 255], [UNSEEN, 1, VOID]]])  # (1, 2, 3)
+    # Log-probabilities among the unseen classes (4, 7) per pixel: 7 wins at (0, 1), 4 at (1, 0).
+    scores = torch.log(torch.tensor([[[[0.5, 0.2, 0.9], [0.6, 0.1, 0.3]],
+                                      [[0.5, 0.8, 0.1], [0.4, 0.9, 0.7]]]]))  # (1, U=2, 2, 3)
+    out = assign_unseen(labels, scores, unseen)
+    assert out.tolist() == [[[S, 7, 255], [4, 1, 7]]]  # seen and void kept; VOID marker filled (label_void)
+    assert set(out[labels == UNSEEN].tolist()) <= set(unseen)  # never a seen class
+    # Earlier pseudo-labels (unseen classes) are relabelled: the self-training phase's case.
+    again = assign_unseen(torch.tensor([[[4, 4, S], [7, 1, 255]]]), scores, unseen)
+    assert again.tolist() == [[[4, 7, S], [4, 1, 255]]]
+    # Confidence: pixels whose best unseen probability is below it stay unlabelled.
+    sure = assign_unseen(labels, scores, unseen, confidence=0.65)
+    assert sure.tolist() == [[[S, 7, 255], [255, 1, 7]]]  # (1, 0): 0.6 < 0.65
+
+
+def test_scores_are_upsampled_to_the_labels_and_taken_among_unseen_classes_only() -> None:
+    # Three classes: seen 0 scores highest everywhere, unseen 1 and 2 split left / right.
+    fused = torch.tensor([[[[9.0, 9.0]], [[2.0, 0.0]], [[0.0, 2.0]]]])  # (1, C=3, 1, 2)
+    output = mvpseg.MVPSegOutput(fused_logits=fused, presence_logits=torch.tensor([[0.0, -9.0, 9.0]]),
+                                 prompt_maps=torch.zeros(1))
+    labels = torch.full((1, 2, 4), UNSEEN)
+    plain = assign_unseen(labels, teacher_scores(output, [1, 2], use_gpr=False), [1, 2])
+    assert plain.tolist() == [[[1, 1, 2, 2]] * 2]  # bilinear upsampling keeps the halves; class 0 never chosen
+    gpr = assign_unseen(labels, teacher_scores(output, [1, 2], use_gpr=True), [1, 2])
+    assert gpr.tolist() == [[[2, 2, 2, 2]] * 2]  # GPR's class scores (class 1 judged absent) change the ranking
+    probabilities = teacher_scores(output, [1, 2], use_gpr=False).exp()
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(1, 1, 2))
+
+
+def test_vocabulary_marks_unseen_and_void_pixels(tmp_path: Path) -> None:
+    dataset = build_dataset("custom", write_custom(tmp_path / "d"), "train")
+    names, label_map, unseen = transfer_vocabulary(dataset)
+    assert names == ["sky", "grass", "red car", "tree"] and unseen == [3]
+    assert label_map[[0, 1, 2, 3, 255]].tolist() == [0, 1, 2, UNSEEN, 255]
+    assert transfer_vocabulary(dataset, label_void=True)[1][255] == VOID
+
+
+# --- the students -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_rn: mvpseg.ClipBundle) -> mvpseg.MVPSeg:
+    return mvpseg.build_mvpseg(tiny_rn, MVPSegConfig(num_prompts=2, num_context=3),
+                               generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("arch, output_stride, stride", [("deeplabv2", 8, 8), ("deeplabv2", 16, 16),
+                                                         ("deeplabv3plus", 8, 4), ("deeplabv3plus", 16, 4)])
+def test_student_maps_come_at_its_stride(teacher: mvpseg.MVPSeg, arch: str, output_stride: int, stride: int) -> None:
+    torch.manual_seed(0)
+    student = build_student(teacher, StudentConfig(arch=arch, backbone="clip", output_stride=output_stride,
+                                                   head_channels=16)).eval()
+    assert student.stride == stride
+    with torch.no_grad():
+        output = student(torch.randn(2, 3, 64, 96), ["cat", "dog", "grass"])
+    assert output.fused_logits.shape == (2, 3, 64 // stride, 96 // stride)
+    assert output.prompt_maps.shape == (2, 3, 3, 64 // stride, 96 // stride) and output.presence_logits is None
+
+
+def test_torchvision_backbones_build_offline_from_a_local_file(teacher: mvpseg.MVPSeg, tmp_path: Path) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(weights=None)
+    weights = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), weights)
+    student = build_student(teacher, StudentConfig(backbone="resnet50", backbone_weights=str(weights), output_stride=16,
+                                                   head_channels=8))
+    torch.testing.assert_close(student.backbone.stem[0].weight, reference.conv1.weight)
+    assert student.stride == 16
+    with torch.no_grad():
+        assert student.eval()(torch.randn(1, 3, 64, 64), ["a"]).fused_logits.shape == (1, 1, 4, 4)
+    bad = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="not a torchvision ResNet-50 checkpoint"):
+        build_student(teacher, StudentConfig(backbone="resnet50", backbone_weights=str(bad)))
+
+
+def test_a_clip_backbone_needs_a_resnet_clip(tiny_vit: mvpseg.ClipBundle) -> None:
+    vit_teacher = mvpseg.build_mvpseg(tiny_vit, MVPSegConfig(num_prompts=1, num_context=2))
+    with pytest.raises(ValueError, match="needs a ResNet CLIP"):
+        build_student(vit_teacher, StudentConfig(backbone="clip"))
+
+
+def test_a_student_answers_class_names_it_never_trained_on(teacher: mvpseg.MVPSeg) -> None:
+    torch.manual_seed(0)
+    student = build_student(teacher, StudentConfig(backbone="clip", head_channels=16), background=True).eval()
+    names = ["a violet giraffe", "background", "the moon"]
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        output = student(images, names)
+        features = student.features(images)  # (1, D, 8, 8), unit length
+        text = teacher.prompts(names)  # the teacher's prompts: (K + 1, C, D)
+        text[:, 1] = F.normalize(student.background, dim=0)  # "background": the learned embedding
+        expected = student.head.tau1 * torch.einsum("bdhw,pcd->bpchw", features, text)[:, 1:].sum(dim=1)
+    torch.testing.assert_close(features.norm(dim=1), torch.ones(1, 8, 8))
+    torch.testing.assert_close(output.fused_logits, expected, rtol=1e-4, atol=1e-4)
+
+
+# --- the loop -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_rn: mvpseg.ClipBundle,
+          teacher: mvpseg.MVPSeg) -> tuple[Path, Path, Path]:
+    """A custom dataset with an unseen class, a tiny CLIP file and a prompt checkpoint learned on it."""
+    folder = tmp_path_factory.mktemp("transfer")
+    root = write_custom(folder / "data", num_train=6, num_val=2, size=(64, 64))
+    weights = folder / "tiny-rn.safetensors"
+    save_file(dict(tiny_rn.model.state_dict()), weights)
+    clip = mvpseg.load_clip("test-tiny-rn", str(weights))
+    prompts = mvpseg.build_mvpseg(clip, MVPSegConfig(num_prompts=2, num_context=3),
+                                  generator=torch.Generator().manual_seed(0))
+    return root, weights, save_prompt_checkpoint(folder / "prompts.safetensors", prompts)
+
+
+def _config(setup: tuple[Path, Path, Path], out: Path, **overrides) -> TransferConfig:
+    root, weights, prompts = setup
+    values = dict(dataset="custom", data_root=str(root), prompts=str(prompts), clip="test-tiny-rn",
+                  pretrained=str(weights), out=str(out), iters=6, self_train_from=3, batch_size=2, crop_size=32,
+                  lr=0.01, num_workers=0, log_every=1, checkpoint_every=3,
+                  student=StudentConfig(backbone="clip", head_channels=8))
+    values.update(overrides)
+    return TransferConfig(**values)
+
+
+def test_transfer_trains_a_student_that_segments_like_a_segmenter(setup: tuple[Path, Path, Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import mvpseg.transfer.loop as loop
+
+    graded = []  # the stride of the maps the unseen pixels were ranked by, per step: the teacher's or the student's
+    real = loop.teacher_scores
+
+    def recording(output, unseen, use_gpr):
+        graded.append(output.fused_logits.shape[-1])
+        return real(output, unseen, use_gpr)
+
+    monkeypatch.setattr(loop, "teacher_scores", recording)
+    path = transfer(_config(setup, tmp_path / "run"), progress=False)
+    # crop 32: the teacher's maps are 1 cell wide (stride 32), the student's 4 (stride 8)
+    assert graded == [1, 1, 1, 4, 4, 4]
+    tensors, metadata = read_student_checkpoint(path)
+    assert metadata["teacher"]["prompts"] == "prompts.safetensors" and metadata["clip"]["name"] == "test-tiny-rn"
+    assert metadata["extra"]["unseen"] == ["tree"] and metadata["config"]["backbone"] == "clip"
+    assert "prompts.contexts" in tensors and "decoder.projection.weight" in tensors
+    with (tmp_path / "run" / "log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["step"]) for row in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(float(row["loss"])) for row in rows)
+    segmenter = mvpseg.Segmenter.from_pretrained(clip="test-tiny-rn", pretrained=str(setup[1]), student=path,
+                                                 device="cpu", config=mvpseg.InferenceConfig(short_side=64))
+    prediction = segmenter.predict(np.zeros((40, 50, 3), np.uint8), ["sky", "a new class", "tree"])
+    assert prediction.labels.shape == (40, 50) and prediction.presence is None
+    assert segmenter.stride == 8
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_and_resumed_transfer_ends_bit_for_bit_like_an_uninterrupted_one(
+        setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    # DeepLabv3+ has dropout: each step's random draws must not depend on the interruption.
+    student = StudentConfig(arch="deeplabv3plus", backbone="clip", head_channels=8)
+    whole = transfer(_config(setup, tmp_path / "whole", student=student), progress=False)
+
+    def kill_after_step_4(step: int) -> None:
+        if step == 4:  # one step past the checkpoint at step 3: that step's work is lost, as in a crash
+            raise _Killed
+
+    config = _config(setup, tmp_path / "killed", student=student)
+    with pytest.raises(_Killed):
+        transfer(config, progress=False, callback=kill_after_step_4)
+    resumed = transfer(config, resume=True, progress=False)
+    expected, got = load_file(whole), load_file(resumed)
+    assert set(expected) == set(got)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    with pytest.raises(mvpseg.CheckpointError, match="self_train_from"):
+        transfer(replace(config, self_train_from=2), resume=True, progress=False)
+
+
+def test_written_pseudo_labels_teach_like_the_online_teacher(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    root, weights, prompts = setup
+    segmenter = mvpseg.Segmenter.from_pretrained(clip="test-tiny-rn", pretrained=str(weights), prompts=prompts,
+                                                 device="cpu", config=mvpseg.InferenceConfig(short_side=None,
+                                                                                             mode="whole"))
+    dataset = build_dataset("custom", root, "train")
+    assert write_pseudo_labels(segmenter, dataset, tmp_path / "labels", progress=False) == 6
+    for index in range(len(dataset)):
+        _, truth = dataset.load(index)
+        written = np.asarray(Image.open(tmp_path / "labels" / f"{dataset.ids[index]}.png")).astype(np.int64)
+        seen = (truth != 3) & (truth != 255)
+        assert np.array_equal(written[seen], truth[seen]) and np.all(written[truth == 255] == 255)
+        assert np.all(written[truth == 3] == 3)  # the only unseen class: every unseen pixel gets it
+    meta = json.loads((tmp_path / "labels" / "meta.json").read_text())
+    assert meta["unseen"] == ["tree"] and meta["images"] == 6
+    path = transfer(_config(setup, tmp_path / "offline", pseudo_labels=str(tmp_path / "labels")), progress=False)
+    assert load_student(path, mvpseg.load_clip("test-tiny-rn", str(weights))).stride == 8
+
+
+def _pseudo_worker(rank: int, rendezvous: str, config_dir: str, weights: str, prompts: str, data_root: str,
+                   out: str) -> None:
+    from mvpseg import distributed
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    open_clip.add_model_config(config_dir)
+    distributed.init_distributed("cpu", init_method=f"file://{rendezvous}", timeout_s=120)
+    try:
+        segmenter = mvpseg.Segmenter.from_pretrained(clip="test-tiny-rn", pretrained=weights, prompts=prompts,
+                                                     device="cpu", config=mvpseg.InferenceConfig(short_side=48))
+        dataset = build_dataset("custom", data_root, "train", unseen_file=Path(data_root) / "unseen2.txt")
+        written = write_pseudo_labels(segmenter, dataset, out, progress=False)
+        Path(out, f"rank{rank}.count").write_text(str(written))
+    finally:
+        distributed.cleanup()
+
+
+def test_pseudo_labels_of_two_processes_equal_those_of_one(setup: tuple[Path, Path, Path], tmp_path: Path,
+                                                           tiny_configs: Path) -> None:
+    root, weights, prompts = setup
+    # A two-class unseen split, so that the teacher's choice matters.
+    (root / "unseen2.txt").write_text("red car\ntree\n")
+    dataset = build_dataset("custom", root, "train", unseen_file=root / "unseen2.txt")
+    segmenter = mvpseg.Segmenter.from_pretrained(clip="test-tiny-rn", pretrained=str(weights), prompts=prompts,
+                                                 device="cpu", config=mvpseg.InferenceConfig(short_side=48))
+    write_pseudo_labels(segmenter, dataset, tmp_path / "one", progress=False)
+    mp.start_processes(_pseudo_worker, nprocs=2, join=True, start_method="fork",
+                       args=(str(tmp_path / "rendezvous"), str(tiny_configs), str(weights), str(prompts), str(root),
+                             str(tmp_path / "two")))
+    counts = [int((tmp_path / "two" / f"rank{rank}.count").read_text()) for rank in range(2)]
+    assert counts == [3, 3]  # every image written once, by one process
+    for image_id in dataset.ids:
+        one = np.asarray(Image.open(tmp_path / "one" / f"{image_id}.png"))
+        two = np.asarray(Image.open(tmp_path / "two" / f"{image_id}.png"))
+        assert np.array_equal(one, two), image_id
+
+
+def test_transfer_eval_and_segment_from_the_command_line(setup: tuple[Path, Path, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from mvpseg.cli import main
+
+    root, weights, prompts = setup
+    out = tmp_path / "run"
+    assert main(["transfer", "--dataset", "custom", "--data-root", str(root), "--prompts", str(prompts),
+                 "--clip-weights", str(weights), "--out", str(out), "--iters", "2", "--self-train-from", "1",
+                 "--batch-size", "2", "--crop-size", "32", "--backbone", "clip", "--head-channels", "8",
+                 "--num-workers", "0", "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["student"]["backbone"] == "clip" and saved["self_train_from"] == 1 and saved["clip"] is None
+    student = out / "student.safetensors"
+    assert main(["eval", "--dataset", "custom", "--data-root", str(root), "--student", str(student), "--clip-weights",
+                 str(weights), "--out", str(tmp_path / "eval"), "--short-side", "64", "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["setup"]["prompts"] == str(student) and metrics["miou_unseen"] is not None
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
+    assert main(["segment", str(image), "--classes", "cat,dog", "--student", str(student), "--clip-weights",
+                 str(weights), "--out", str(tmp_path / "seg"), "--short-side", "64", "--quiet"]) == 0
+    assert Image.open(tmp_path / "seg" / "a.png").size == (56, 40)
+    capsys.readouterr()
+    assert main(["segment", str(image), "--classes", "cat", "--student", str(student), "--prompts", str(prompts),
+                 "--clip-weights", str(weights), "--out", str(tmp_path / "seg")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["transfer", "--dataset", "custom", "--data-root", str(root), "--out", str(out)]) == 2
+    assert "--prompts CKPT" in capsys.readouterr().err
