@@ -45,6 +45,9 @@ def test_every_config_field_is_documented(cls: type) -> None:
 @pytest.mark.parametrize("command, cls, rename, skip", [
     ("train", configs.TrainConfig, {"use_gpr": "gpr", "seg": "seg-weight", "cls": "cls-weight", "oc": "oc-weight"},
      set()),
+    ("transfer", configs.TransferConfig, {"use_gpr": "gpr", "seg": "seg-weight", "cls": "cls-weight",
+                                          "oc": "oc-weight"}, set()),
+    ("pseudo-label", configs.InferenceConfig, {}, set()),
     ("demo", configs.DemoConfig, {}, set()),
     ("segment", configs.InferenceConfig, {}, set()),
     ("serve", configs.InferenceConfig, {}, set()),
@@ -116,7 +119,8 @@ def test_segment_inference_flags_map_onto_the_config() -> None:
         short_side=520, stride=300)
 
 
-@pytest.mark.parametrize("command", [[], ["segment"], ["serve"], ["eval"], ["train"], ["demo"], ["prepare"]])
+@pytest.mark.parametrize("command", [[], ["segment"], ["serve"], ["eval"], ["train"], ["transfer"], ["pseudo-label"],
+                                     ["demo"], ["prepare"]])
 def test_help_imports_no_torch(command: list[str]) -> None:
     code = ("import sys\nfrom mvpseg.cli import main\ntry:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n"
             "    pass\nassert 'torch' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)\n")

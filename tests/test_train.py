@@ -266,3 +266,9 @@ def test_a_phrase_initialised_run_resumes_from_the_same_command_line(setup: tupl
     assert main([*command[:-1], "--out", str(uninterrupted), "--quiet"]) == 0
     expected, got = load_file(uninterrupted / "prompts.safetensors"), load_file(tmp_path / "run" / "prompts.safetensors")
     assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+def test_training_says_how_many_images_it_found(setup: tuple[Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    train(_config(setup, tmp_path / "run", iters=1), progress=True)
+    assert "custom train: 8 images (8 SegmentationClass); 4 classes, 1 unseen" in capsys.readouterr().out

@@ -175,7 +175,7 @@ EVAL_PRESETS: dict[str, dict[str, Any]] = {
 class RunConfig:
     """What every training run has: its data and augmentation, the CLIP, the optimiser and schedule, the run folder."""
 
-    dataset: str = "voc"  # voc, context, coco-stuff, or custom (VOC-like layout with class_names.txt and unseen.txt)
+    dataset: str = "voc"  # voc, context (59 classes), context60 (with background), coco-stuff, or custom (VOC-like layout with class_names.txt and unseen.txt)
     data_root: str = ""  # the dataset folder, in its usual layout (required)
     split: str = "train"  # training split (voc: with the SBD aug set when present)
     class_names_file: str | None = None  # replace the dataset's class names (one per line)
@@ -259,10 +259,10 @@ class DemoConfig:
     num_workers: int = 0  # data-loading processes during training
     precision: Precision = "auto"  # numeric precision of training and inference
     overlays: int = 4  # val images drawn with their predicted labels
-    student_iters: int = 600  # MVP-SEG+ row: student training steps (0: no MVP-SEG+ row)
-    student_self_train_from: int = 400  # MVP-SEG+ row: the step from which the student teaches itself
+    student_iters: int = 400  # MVP-SEG+ row: student training steps (0: no MVP-SEG+ row)
+    student_self_train_from: int = 300  # MVP-SEG+ row: the step from which the student teaches itself
     student_batch_size: int = 16  # MVP-SEG+ row: student batch size
-    student_crop_size: int = 112  # MVP-SEG+ row: random crops of the world's images
+    student_crop_size: int = 96  # MVP-SEG+ row: random crops of the world's images
     student_lr: float = 5e-4  # MVP-SEG+ row: AdamW learning rate of the student
     student_head_channels: int = 64  # MVP-SEG+ row: width of the student's DeepLabv2 decoder
 

@@ -32,11 +32,7 @@ from .metrics import ConfusionMatrix
 from .prompts import validate_class_names
 from .version import __version__
 
-__all__ = ["EVAL_SHORT_SIDE", "evaluate", "evaluation_setup", "inference_preset", "write_metrics"]
-
-#: Evaluation short side per dataset (MaskCLIP+ / ZegCLIP): Context 520, the others 512.
-EVAL_SHORT_SIDE: dict[str, int] = {name: preset["short_side"] for name, preset in EVAL_PRESETS.items()}
-
+__all__ = ["evaluate", "evaluation_setup", "inference_preset", "write_metrics"]
 
 def inference_preset(dataset: str, **overrides: Any) -> InferenceConfig:
     """The standard evaluation settings of a dataset (:data:`mvpseg.config.EVAL_PRESETS`).

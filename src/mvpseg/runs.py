@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import CheckpointError
+from . import distributed
+from .checkpoint import CheckpointError, load_training_state, save_training_state
 from .config import RunConfig
 from .data import SegmentationDataset, TrainAugmentation
 from .feature_cache import view_rng
+from .files import write_text
+from .losses import labelled_weight
+from .runtime import autocast, grad_scaler
 
 __all__ = [
     "RESUMABLE",
+    "Run",
     "RunLog",
     "SamplePositions",
     "augmentation",
@@ -184,3 +190,92 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class Run:
+    """The part of a training loop that every run shares: processes, resume, the config file, one
+    optimisation step, checkpoints.
+
+    Args:
+        config: the run's settings.
+        resume: continue from ``OUT/checkpoint.safetensors`` if it exists (refused if the run differs).
+
+    Attributes:
+        rank, world_size, device: this process (``torchrun``), or (0, 1, the device) alone.
+        main: True on the process that prints and writes.
+        start: the first step to run (the checkpoint's step when resuming, after :meth:`begin`).
+        autocast: the autocast context of the run's precision.
+    """
+
+    def __init__(self, config: RunConfig, resume: bool) -> None:
+        self.config = config
+        self.rank, self.world_size, self.device = distributed.init_distributed(config.device)
+        self.batches = step_batches(0, config.iters, config.batch_size, self.rank, self.world_size)
+        self.out, self.main = Path(config.out), self.rank == 0
+        self.checkpoint_path = self.out / "checkpoint.safetensors"
+        self.state = load_training_state(self.checkpoint_path) if resume and self.checkpoint_path.exists() else None
+        if self.state is not None:
+            check_resumable(self.state.config, config, self.checkpoint_path)
+        self.autocast = autocast(self.device, config.precision)
+        self.scaler = grad_scaler(self.device, config.precision)
+        self.start = 0
+        self.params: list[torch.nn.Parameter] = []
+
+    def begin(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """The optimiser of ``model``'s trainable parameters, both restored when resuming; writes ``OUT/config.json``."""
+        self.params = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        optimizer = make_optimizer(self.config, self.params)
+        if self.state is not None:
+            model.load_state_dict(self.state.model)
+            optimizer.load_state_dict(self.state.optimizer)
+            self.start = self.state.step
+        if self.main:
+            write_text(self.out / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
+        return optimizer
+
+    def loader(self, samples: Dataset) -> DataLoader:
+        """The batches of the steps still to run: this process's share of each global batch."""
+        return DataLoader(samples, batch_sampler=self.batches[self.start :], num_workers=self.config.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
+    def normalizer(self, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+        """The labelled pixels of the whole global batch per process: every process divides its summed
+        pixel losses by it, so N processes compute the loss of one."""
+        count = labelled_weight(labels, ignore_index)
+        if self.world_size > 1:
+            count = distributed.all_reduce_sum(count) / self.world_size
+        return count
+
+    def set_learning_rate(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set and return the schedule's learning rate of ``step``."""
+        lr = learning_rate(self.config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def optimise(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward, average the gradients over processes, step (with the fp16 gradient scaler where needed)."""
+        optimizer.zero_grad(set_to_none=False)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.world_size > 1:
+            distributed.average_gradients(self.params)
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def logs_at(self, done: int) -> bool:
+        """Whether this process writes a log row after ``done`` steps."""
+        return self.main and (done % self.config.log_every == 0 or done == self.config.iters)
+
+    def checkpoint(self, done: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   write_result: Callable[[], object]) -> None:
+        """Every ``checkpoint_every`` steps and at the end: the training state and the run's result
+        (``write_result``, e.g. the prompt file), written by the main process; every process waits."""
+        if done % self.config.checkpoint_every and done != self.config.iters:
+            return
+        if self.main:
+            save_training_state(self.checkpoint_path, model, optimizer, done, self.config.to_dict())
+            write_result()
+        distributed.barrier()

@@ -8,7 +8,6 @@ was never stopped; and N processes splitting a global batch see the same samples
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,27 +15,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from . import distributed
 from .build import build_mvpseg
-from .checkpoint import CheckpointError, load_training_state, save_prompt_checkpoint, save_training_state
+from .checkpoint import CheckpointError, save_prompt_checkpoint
 from .clip import ClipBundle, load_clip
 from .config import TRAIN_PRESETS, TrainConfig
 from .data import SegmentationDataset, build_dataset
 from .feature_cache import FeatureCache, build_feature_cache
-from .files import write_text
-from .losses import labelled_weight, total_loss
-from .runs import (
-    RunLog,
-    SamplePositions,
-    augmentation,
-    check_resumable,
-    learning_rate,
-    make_optimizer,
-    step_batches,
-)
-from .runtime import autocast, grad_scaler
+from .losses import total_loss
+from .runs import Run, RunLog, SamplePositions, augmentation
 
 __all__ = ["TrainConfig", "PRESETS", "preset", "train", "training_vocabulary"]
 
@@ -100,58 +88,39 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     Returns:
         Path of the final prompt checkpoint ``OUT/prompts.safetensors``.
     """
-    rank, world_size, device = distributed.init_distributed(config.device)
-    batches = step_batches(0, config.iters, config.batch_size, rank, world_size)
-    out = Path(config.out)
-    main = rank == 0
-    checkpoint_path = out / "checkpoint.safetensors"
-    state = load_training_state(checkpoint_path) if resume and checkpoint_path.exists() else None
-    if state is not None:
-        check_resumable(state.config, config, checkpoint_path)
-
+    run = Run(config, resume)
+    device, main = run.device, run.main
     dataset = build_dataset(config.dataset, config.data_root, config.split, seed=config.seed,
                             class_names_file=config.class_names_file, unseen_file=config.unseen_file)
+    if main and progress:
+        print(f"{dataset.describe()}; {len(dataset.info.class_names)} classes, {len(dataset.info.unseen)} unseen",
+              flush=True)
     names, label_map = training_vocabulary(dataset, config.transductive)
     # Transductive: the unseen names are shown but their pixels are unlabelled, so their presence is unknown.
     seen = set(dataset.info.seen_names)
     known_presence = torch.tensor([name in seen for name in names], device=device) if config.transductive else None
     clip = load_clip(config.clip, config.pretrained, device=device)
     model = build_mvpseg(clip, config.model, generator=torch.Generator().manual_seed(config.seed)).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(config, params)
-    start = 0
-    if state is not None:
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        start = state.step
-    if main:
-        write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    optimizer = run.begin(model)
 
     mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
-    context, scaler = autocast(device, config.precision), grad_scaler(device, config.precision)
     samples = SamplePositions(dataset, augmentation(config), label_map, config.seed)
     if config.feature_cache:
-        samples.cache = _feature_cache(config, samples, clip, lambda x: (x - mean) / std, device, context,
+        samples.cache = _feature_cache(config, samples, clip, lambda x: (x - mean) / std, device, run.autocast,
                                        progress and main)
-    loader = DataLoader(samples, batch_sampler=batches[start:], num_workers=config.num_workers,
-                        pin_memory=device.type == "cuda")
-    logger = RunLog(out, ("loss", "seg", "cls", "oc", "lr", "tau1", "tau2", "seconds"), start, enabled=main)
+    logger = RunLog(run.out, ("loss", "seg", "cls", "oc", "lr", "tau1", "tau2", "seconds"), run.start, enabled=main)
     extra = {"dataset": config.dataset, "trained_on": names, "transductive": config.transductive}
     from tqdm import tqdm
 
-    bar = tqdm(total=config.iters, initial=start, desc="train", unit="it", disable=not (progress and main))
+    bar = tqdm(total=config.iters, initial=run.start, desc="train", unit="it", disable=not (progress and main))
     tic = time.perf_counter()
     model.train()
-    for step, batch in enumerate(loader, start=start):
+    for step, batch in enumerate(run.loader(samples), start=run.start):
         labels = batch["label"].to(device, non_blocking=True)
-        lr = learning_rate(config, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        normalizer = labelled_weight(labels)
-        if world_size > 1:  # every process divides by the pixel count of the whole global batch
-            normalizer = distributed.all_reduce_sum(normalizer) / world_size
-        with context:
+        lr = run.set_learning_rate(optimizer, step)
+        normalizer = run.normalizer(labels)
+        with run.autocast:
             if "features" in batch:
                 output = model.segment_features(batch["features"].to(device, non_blocking=True).float(), names)
             else:
@@ -159,30 +128,19 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         mean_contexts = model.prompts.mean_contexts() if model.prompts is not None else None
         losses = total_loss(output, labels, mean_contexts, config.loss, seg_normalizer=normalizer,
                             known_presence=known_presence)
-        optimizer.zero_grad(set_to_none=False)
-        (scaler.scale(losses["loss"]) if scaler else losses["loss"]).backward()
-        if world_size > 1:
-            distributed.average_gradients(params)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        run.optimise(losses["loss"], optimizer)
         done = step + 1
-        if main and (done % config.log_every == 0 or done == config.iters):
+        if run.logs_at(done):
             values = {k: float(v.detach()) for k, v in losses.items()}
             values.update(lr=lr, tau1=float(model.head.tau1.detach()), tau2=float(model.head.tau2.detach()),
                           seconds=time.perf_counter() - tic)
             logger.log(done, values)
             bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
         bar.update(1)
-        if done % config.checkpoint_every == 0 or done == config.iters:
-            if main:
-                save_training_state(checkpoint_path, model, optimizer, done, config.to_dict())
-                save_prompt_checkpoint(out / "prompts.safetensors", model, extra={**extra, "iters": done})
-            distributed.barrier()
+        run.checkpoint(done, model, optimizer, lambda done=done: save_prompt_checkpoint(
+            run.out / "prompts.safetensors", model, extra={**extra, "iters": done}))
         if callback is not None:
             callback(done)
     bar.close()
     logger.close()
-    return out / "prompts.safetensors"
+    return run.out / "prompts.safetensors"

@@ -15,11 +15,12 @@ __all__ = ["add_parser", "run"]
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "eval", help="mIoU, mIoU(S), mIoU(U), hIoU on a dataset split",
-        description="Evaluate learned prompts (or, without --prompts, MaskCLIP's 85-template baseline) on a "
-                    "dataset split: intersection and union accumulated over the whole split, printed as a "
-                    "summary and a per-class table and written to DIR/metrics.json. Images are resized to "
-                    "the dataset's short side (Context 520, others 512) and segmented with sliding 512-px "
-                    "windows (stride 426). Under torchrun the images are shared out over the processes.",
+        description="Evaluate learned prompts (or, without --prompts, MaskCLIP's 85-template baseline; or an "
+                    "MVP-SEG+ student with --student) on a dataset split: intersection and union accumulated over "
+                    "the whole split, printed as a summary and a per-class table and written to DIR/metrics.json. "
+                    "Images are resized to the dataset's short side (Context 520, others 512) and segmented with "
+                    "sliding 512-px windows (stride 426); context60 follows MaskCLIP+ (long side 520, whole "
+                    "image). Under torchrun the images are shared out over the processes.",
     )
     parser.add_argument("--dataset", required=True, choices=("voc", "context", "context60", "coco-stuff", "custom"),
                         help="the dataset layout and label space")

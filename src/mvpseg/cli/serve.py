@@ -41,6 +41,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompts", metavar="CKPT",
                         help="learned prompts (.safetensors from mvpseg train); with no model option: the shipped "
                              "world prompts on the tiny CLIP; with --clip alone: MaskCLIP's 85 templates")
+    parser.add_argument("--student", metavar="CKPT",
+                        help="an MVP-SEG+ student (.safetensors from mvpseg transfer) instead of --prompts")
     add_clip_arguments(parser)
     add_inference_flags(parser)
     parser.set_defaults(run=run)
@@ -48,7 +50,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _default_model(args: argparse.Namespace) -> bool:
     """Whether no model option was given: then the shipped tiny CLIP and world prompts are served."""
-    return all(getattr(args, name, None) is None for name in ("clip", "pretrained", "clip_weights", "prompts"))
+    return all(getattr(args, name, None) is None
+               for name in ("clip", "pretrained", "clip_weights", "prompts", "student"))
 
 
 def load_segmenter(args: argparse.Namespace) -> Segmenter:
@@ -70,7 +73,7 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
         return Segmenter.from_pretrained(clip=TINY_CLIP_NAME, pretrained="mvpseg", prompts=WORLD_PROMPTS,
                                          device=args.device, config=inference_config(args, base=TINY_INFERENCE))
     return Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                     device=args.device, config=inference_config(args))
+                                     student=args.student, device=args.device, config=inference_config(args))
 
 
 def _check_port(host: str, port: int) -> None:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ..config import TRAIN_PRESETS, TrainConfig
 from .common import UsageError, add_clip_arguments, clip_source
 from .flags import add_config_flags, apply_overrides, overrides, read_config_file
 
-__all__ = ["add_parser", "add_run_flags", "run", "run_config"]
+__all__ = ["add_parser", "add_run_flags", "launch", "run", "run_config"]
 
 #: Fields whose flag is not named after the field (the flag names mvpseg has always had).
 RENAME = {"model.use_gpr": "gpr", "loss.seg": "seg-weight", "loss.cls": "cls-weight", "loss.oc": "oc-weight"}
@@ -83,15 +84,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    config = run_config(args, TrainConfig, TRAIN_PRESETS)
+def launch(loop: Callable[..., Path], config: Any, args: argparse.Namespace, what: str) -> int:
+    """Run a training loop (every process under torchrun), say where its result went, end the process group."""
     from ..distributed import cleanup, is_main_process
-    from ..train import train
 
     try:
-        path = train(config, resume=args.resume, progress=not args.quiet)
+        path = loop(config, resume=args.resume, progress=not args.quiet)
         if is_main_process() and not args.quiet:
-            print(f"prompts written to {path}", file=sys.stderr)
+            print(f"{what} written to {path}", file=sys.stderr)
     finally:
         cleanup()
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    config = run_config(args, TrainConfig, TRAIN_PRESETS)
+    from ..train import train
+
+    return launch(train, config, args, "prompts")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import EVAL_PRESETS, TRANSFER_PRESETS, TransferConfig
 from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
-from .train import RENAME, add_run_flags, run_config
+from .train import RENAME, add_run_flags, launch, run_config
 
 __all__ = ["add_parser", "run_pseudo_label", "run_transfer"]
 
@@ -57,16 +57,9 @@ def run_transfer(args: argparse.Namespace) -> int:
     config = run_config(args, TransferConfig, TRANSFER_PRESETS)
     if not config.prompts:
         raise UsageError("give --prompts CKPT: the prompt checkpoint (from mvpseg train) that teaches the student")
-    from ..distributed import cleanup, is_main_process
     from ..transfer import transfer
 
-    try:
-        path = transfer(config, resume=args.resume, progress=not args.quiet)
-        if is_main_process() and not args.quiet:
-            print(f"student written to {path}", file=sys.stderr)
-    finally:
-        cleanup()
-    return 0
+    return launch(transfer, config, args, "student")
 
 
 def run_pseudo_label(args: argparse.Namespace) -> int:

@@ -10,33 +10,19 @@ classes. The run machinery is :mod:`mvpseg.runs`': atomic checkpoints, bit-exact
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from .. import distributed
 from ..build import build_student, from_pretrained
-from ..checkpoint import load_training_state, save_student_checkpoint, save_training_state
+from ..checkpoint import save_student_checkpoint
 from ..config import InferenceConfig, TransferConfig
 from ..data import build_dataset
-from ..files import write_text
 from ..inference import Segmenter
-from ..losses import labelled_weight, segmentation_loss
-from ..runs import (
-    RunLog,
-    SamplePositions,
-    augmentation,
-    check_resumable,
-    learning_rate,
-    make_optimizer,
-    seeded_step,
-    step_batches,
-)
-from ..runtime import autocast, grad_scaler
+from ..losses import segmentation_loss
+from ..runs import Run, RunLog, SamplePositions, augmentation, seeded_step
 from .pseudo import VOID, assign_unseen, pseudo_label_dataset, teacher_scores, transfer_vocabulary
 from .student import BACKGROUND
 
@@ -63,106 +49,71 @@ def transfer(config: TransferConfig, resume: bool = False, progress: bool = True
         raise ValueError("give --prompts CKPT: the prompt checkpoint (from mvpseg train) that teaches the student")
     if not 0 < config.confidence < 1 and config.confidence != 0:
         raise ValueError(f"confidence must be in [0, 1), not {config.confidence}")
-    rank, world_size, device = distributed.init_distributed(config.device)
-    batches = step_batches(0, config.iters, config.batch_size, rank, world_size)
-    out, main = Path(config.out), rank == 0
-    checkpoint_path = out / "checkpoint.safetensors"
-    state = load_training_state(checkpoint_path) if resume and checkpoint_path.exists() else None
-    if state is not None:
-        check_resumable(state.config, config, checkpoint_path)
-
+    run = Run(config, resume)
+    device, main = run.device, run.main
     dataset = build_dataset(config.dataset, config.data_root, config.split, seed=config.seed,
                             class_names_file=config.class_names_file, unseen_file=config.unseen_file)
     names, label_map, unseen = transfer_vocabulary(dataset, config.label_void)
+    if main and progress:
+        print(f"{dataset.describe()}; {len(names)} classes, {len(unseen)} unseen", flush=True)
     offline = config.pseudo_labels is not None
     if offline:  # the teacher's labels, written once: read like ground truth (unseen pixels hold unseen classes)
         dataset = pseudo_label_dataset(dataset, config.pseudo_labels)
         label_map = dataset.label_lut.copy()
         label_map[label_map < 0] = dataset.info.ignore_index
-    if main and progress:
-        print(f"{dataset.info.name} {config.split}: {len(dataset)} training images, {len(names)} classes "
-              f"({len(unseen)} unseen)", flush=True)
     teacher = from_pretrained(config.clip, config.pretrained, config.prompts, device=device)
     clip = teacher.clip
     background = config.student.background if config.student.background is not None else BACKGROUND in names
     with seeded_step(config.seed, -1, 0, device):  # the student's random initialisation, from the seed alone
         student = build_student(teacher, config.student, background=background).to(device)
-    params = [parameter for parameter in student.parameters() if parameter.requires_grad]
-    optimizer = make_optimizer(config, params)
-    start = 0
-    if state is not None:
-        student.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        start = state.step
-    if main:
-        write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    optimizer = run.begin(student)
 
     mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
-    context, scaler = autocast(device, config.precision), grad_scaler(device, config.precision)
-    online = not offline and start < config.self_train_from
+    online = not offline and run.start < config.self_train_from
     # The teacher sees the student's crops whole, as inference sees a window.
     teacher_view = Segmenter(teacher, InferenceConfig(short_side=None, mode="whole", precision=config.precision),
                              device=device) if online else None
     samples = SamplePositions(dataset, augmentation(config), label_map, config.seed)
-    loader = DataLoader(samples, batch_sampler=batches[start:], num_workers=config.num_workers,
-                        pin_memory=device.type == "cuda")
-    log = RunLog(out, ("loss", "unseen_pixels", "lr", "tau1", "seconds"), start, enabled=main)
+    log = RunLog(run.out, ("loss", "unseen_pixels", "lr", "tau1", "seconds"), run.start, enabled=main)
     teacher_info = {"prompts": Path(config.prompts).name, "config": teacher.config.to_dict()}
     extra = {"dataset": config.dataset, "class_names": names, "unseen": [names[i] for i in unseen]}
     ignore = dataset.info.ignore_index
     from tqdm import tqdm
 
-    bar = tqdm(total=config.iters, initial=start, desc="transfer", unit="it", disable=not (progress and main))
+    bar = tqdm(total=config.iters, initial=run.start, desc="transfer", unit="it", disable=not (progress and main))
     tic = time.perf_counter()
     student.train()
-    for step, batch in enumerate(loader, start=start):
-        with seeded_step(config.seed, step, rank, device):
+    for step, batch in enumerate(run.loader(samples), start=run.start):
+        with seeded_step(config.seed, step, run.rank, device):
             labels = batch["label"].to(device, non_blocking=True)
             images = (batch["image"].to(device, non_blocking=True).float() / 255.0 - mean) / std
-            lr = learning_rate(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = run.set_learning_rate(optimizer, step)
             teaching = step < config.self_train_from
             if teaching and teacher_view is not None:
                 scores = teacher_scores(teacher_view.predict_torch(images, names), unseen, config.teacher_gpr)
                 labels = assign_unseen(labels, scores, unseen, config.confidence, ignore).clone()
-            with context:
+            with run.autocast:
                 output = student(images, names)
             if not teaching:  # self-training: the student's own best unseen class, from this very forward
                 with torch.no_grad():
                     labels = assign_unseen(labels, teacher_scores(output, unseen, False), unseen,
                                            config.confidence, ignore)
             labels = torch.where(labels >= VOID, torch.full_like(labels, ignore), labels)  # markers nobody filled
-            normalizer = labelled_weight(labels)
-            if world_size > 1:  # every process divides by the pixel count of the whole global batch
-                normalizer = distributed.all_reduce_sum(normalizer) / world_size
-            loss = segmentation_loss(output, labels, ignore, normalizer=normalizer)
-            optimizer.zero_grad(set_to_none=False)
-            (scaler.scale(loss) if scaler else loss).backward()
-            if world_size > 1:
-                distributed.average_gradients(params)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            loss = segmentation_loss(output, labels, ignore, normalizer=run.normalizer(labels, ignore))
+            run.optimise(loss, optimizer)
         done = step + 1
-        if main and (done % config.log_every == 0 or done == config.iters):
+        if run.logs_at(done):
             unseen_pixels = float(torch.isin(labels, torch.tensor(unseen, device=device)).float().mean()) if unseen else 0.0
             values = {"loss": float(loss.detach()), "unseen_pixels": unseen_pixels, "lr": lr,
                       "tau1": float(student.head.tau1.detach()), "seconds": time.perf_counter() - tic}
             log.log(done, values)
             bar.set_postfix(loss=f"{values['loss']:.4f}", phase="teacher" if teaching else "self")
         bar.update(1)
-        if done % config.checkpoint_every == 0 or done == config.iters:
-            if main:
-                save_training_state(checkpoint_path, student, optimizer, done, config.to_dict())
-                save_student_checkpoint(out / "student.safetensors", student, teacher_info,
-                                        extra={**extra, "iters": done})
-            distributed.barrier()
+        run.checkpoint(done, student, optimizer, lambda done=done: save_student_checkpoint(
+            run.out / "student.safetensors", student, teacher_info, extra={**extra, "iters": done}))
         if callback is not None:
             callback(done)
     bar.close()
     log.close()
-    return out / "student.safetensors"
+    return run.out / "student.safetensors"

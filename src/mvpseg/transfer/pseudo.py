@@ -173,4 +173,5 @@ def pseudo_label_dataset(dataset: SegmentationDataset, folder: str | os.PathLike
     lut = np.full(256, -1, dtype=np.int64)
     lut[: dataset.info.num_classes] = np.arange(dataset.info.num_classes)
     lut[dataset.info.ignore_index] = dataset.info.ignore_index
-    return SegmentationDataset(dataset.info, dataset.ids, dataset.image_paths, paths, lut, seed=dataset.seed)
+    return SegmentationDataset(dataset.info, dataset.ids, dataset.image_paths, paths, lut, seed=dataset.seed,
+                               split=dataset.split)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ..build import build_mvpseg, load_mvpseg, load_student
 from ..clip import ClipBundle, load_clip
@@ -73,19 +73,22 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _pictures(segmenter: Segmenter, dataset, out: Path, count: int, student: Segmenter | None = None) -> None:
-    """Overlays of a few val images (MVP-SEG | MVP-SEG+ when there is a student | ground truth) and one
-    image's per-prompt maps."""
+    """Overlays of a few val images, titled (MVP-SEG | MVP-SEG+ when there is a student | ground truth), and
+    one image's per-prompt maps."""
     names = list(dataset.info.class_names)
     for index in range(min(count, len(dataset))):
         image, label = dataset.load(index)
         panels = [overlay(image, model.predict(image, names).labels, names)
                   for model in ([segmenter, student] if student is not None else [segmenter])]
         panels.append(overlay(image, np.where(label == 255, 0, label), names))
+        titles = ["MVP-SEG", "MVP-SEG+", "ground truth"] if student is not None else ["MVP-SEG", "ground truth"]
         canvas = Image.new("RGB", (sum(panel.width for panel in panels) + 8 * (len(panels) - 1),
-                                   max(panel.height for panel in panels)), "white")
+                                   max(panel.height for panel in panels) + 16), "white")
+        draw = ImageDraw.Draw(canvas)
         left = 0
-        for panel in panels:
-            canvas.paste(panel, (left, 0))
+        for panel, title in zip(panels, titles):
+            draw.text((left + 2, 1), title, fill="black")
+            canvas.paste(panel, (left, 16))
             left += panel.width + 8
         canvas.save(out / f"overlay_{index}.png")
     # Per-prompt maps of the largest unseen thing (else any unseen class) in the first image that holds one.
