@@ -89,3 +89,13 @@ def test_format_v1_files_still_load(tiny_rn: mvpseg.ClipBundle, tiny_vit: mvpseg
     save_file(tensors, path, metadata={"mvpseg": json.dumps(metadata)})
     with pytest.raises(CheckpointError, match="upgrade mvpseg"):
         load_mvpseg(path, tiny_rn)
+
+
+def test_the_header_alone_can_be_read(tiny_rn: mvpseg.ClipBundle, tmp_path: Path) -> None:
+    path = save_prompt_checkpoint(tmp_path / "p.safetensors", _trained(tiny_rn))
+    tensors, metadata = read_prompt_checkpoint(path, with_tensors=False)
+    assert tensors == {} and metadata == read_prompt_checkpoint(path)[1]
+    other = tmp_path / "model.pt"
+    other.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="not an mvpseg prompt checkpoint"):
+        read_prompt_checkpoint(other, with_tensors=False)

@@ -195,7 +195,7 @@ def load_student(path: str | os.PathLike[str], clip: ClipBundle) -> Student:
 def checkpoint_clip(path: str | os.PathLike[str], kind: str = "prompts") -> tuple[str | None, str | None]:
     """The CLIP a prompt (or student) checkpoint was made with: (architecture, weights' tag or file name)."""
     reader = read_student_checkpoint if kind == "student" else read_prompt_checkpoint
-    learned_on = reader(path)[1]["clip"]
+    learned_on = reader(path, with_tensors=False)[1]["clip"]  # the header only: a student's weights are large
     return learned_on.get("name"), learned_on.get("pretrained")
 
 

@@ -61,15 +61,17 @@ def _write(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metad
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
-def _read(path: str | os.PathLike[str], kind: str, fmt: str, version: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of an mvpseg file of format ``fmt`` (up to ``version``), or one clear error."""
+def _read(path: str | os.PathLike[str], kind: str, fmt: str, version: int,
+          with_tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors (none unless ``with_tensors``: the header alone is read) and metadata of an mvpseg file of
+    format ``fmt`` (up to ``version``), or one clear error."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{kind} not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get("mvpseg")
-        tensors = load_file(str(path))
+        tensors = load_file(str(path)) if with_tensors else {}
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path} is not an mvpseg {kind} (a safetensors file is expected)") from error
     if raw is None:
@@ -132,7 +134,8 @@ def source_name(pretrained: str | None) -> str | None:
     return Path(pretrained).name if is_weights_file(pretrained) else pretrained
 
 
-def read_prompt_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_prompt_checkpoint(path: str | os.PathLike[str],
+                           with_tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a prompt checkpoint's tensors and metadata, with one clear error for a wrong file.
 
     Args:
@@ -143,7 +146,7 @@ def read_prompt_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torc
         ("name", "pretrained": the weights' tag or file name, "fingerprint", "token_width", "embed_dim";
         files of mvpseg 0.1 lack the source and the fingerprint), "mvpseg_version" and "extra".
     """
-    tensors, metadata = _read(path, "prompt checkpoint", PROMPTS_FORMAT, PROMPTS_VERSION)
+    tensors, metadata = _read(path, "prompt checkpoint", PROMPTS_FORMAT, PROMPTS_VERSION, with_tensors)
     clip = dict(metadata.get("clip") or {})
     if "clip_name" in metadata.get("config", {}):  # format v1 kept the CLIP's name in the model config
         clip.setdefault("name", metadata["config"].pop("clip_name"))
@@ -168,9 +171,11 @@ def save_student_checkpoint(path: str | os.PathLike[str], student: Student, teac
     return _write(path, _tensors(student), metadata)
 
 
-def read_student_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a student checkpoint's tensors and metadata ("config", "clip", "teacher", "extra", "mvpseg_version")."""
-    return _read(path, "student checkpoint", STUDENT_FORMAT, STUDENT_VERSION)
+def read_student_checkpoint(path: str | os.PathLike[str],
+                            with_tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a student checkpoint's tensors (none unless ``with_tensors``) and metadata ("config", "clip",
+    "teacher", "extra", "mvpseg_version")."""
+    return _read(path, "student checkpoint", STUDENT_FORMAT, STUDENT_VERSION, with_tensors)
 
 
 @dataclass
