@@ -210,11 +210,11 @@ def load_clip(
         )
     cache_dir = cache_dir or os.environ.get(CACHE_ENV) or None
     pretrained_str = source = None if pretrained is None else str(pretrained)
-    if name == TINY_CLIP_NAME and pretrained_str == "mvpseg":
-        pretrained_str = str(_ASSETS / f"{TINY_CLIP_NAME}.safetensors")
+    if name.startswith(TINY_CLIP_NAME) and pretrained_str == "mvpseg":
+        pretrained_str = str(_ASSETS / f"{name}.safetensors")
         if not Path(pretrained_str).is_file():
             raise ClipWeightsUnavailable(
-                f"the shipped weights of {TINY_CLIP_NAME!r} are missing from this installation "
+                f"the shipped weights of {name!r} are missing from this installation "
                 f"({pretrained_str}): reinstall mvpseg, or pretrain them with `python -m mvpseg.world.pretrain`"
             )
 

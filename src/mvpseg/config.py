@@ -19,6 +19,7 @@ __all__ = [
     "VIT_MODES",
     "PRECISIONS",
     "DemoConfig",
+    "DEMO_PRESETS",
     "EVAL_PRESETS",
     "InferenceConfig",
     "LossWeights",
@@ -236,11 +237,23 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Per-world presets of ``mvpseg demo``: the parts world is drawn at 256 px and seen by its own tiny CLIP
+#: (an 8x8 feature grid); its prompt rows train from two cached views per image (the views differ only by
+#: a flip at the world's one scale) so that the whole demo stays within 15 minutes on a 2-core CPU.
+DEMO_PRESETS: dict[str, dict[str, Any]] = {
+    "patterns": {"world": "patterns"},
+    "parts": {"world": "parts", "clip": "mvpseg-tiny-parts", "crop_size": 256, "short_side": 256,
+              "num_train": 1000, "cache_views": 2, "student_crop_size": 128, "student_iters": 300,
+              "student_self_train_from": 200},
+}
+
+
 @dataclass
 class DemoConfig:
     """``mvpseg demo``: the synthetic world, the shipped tiny CLIP, and the paper's ablation in miniature."""
 
     out: str = "demo-out"  # results, overlays, prompt maps and the generated world
+    world: Literal["patterns", "parts"] = "patterns"  # patterns: 128-px patterned blobs; parts: 256-px things made of parts
     seed: int = 0  # seeds the world, the prompts and the data order
     num_train: int = 1200  # world training images (prompts see only their seen classes)
     num_val: int = 150  # world validation images (zero-shot evaluation)
@@ -249,6 +262,7 @@ class DemoConfig:
     init_text: str | None = "a photo of a"  # phrase initialising the prompts; none: N(0, 0.02)
     seeds: int = 3  # prompt-training seeds per learned row (seed, seed + 1, ...), averaged
     iters: int = 250  # training steps per learned row
+    cache_views: int | None = None  # cached augmented views per training image (none: one per epoch)
     batch_size: int = 16  # training batch size
     lr: float = 0.01  # learning rate of the prompts
     optimizer: Literal["sgd", "adamw"] = "adamw"  # optimiser of the prompts

@@ -94,14 +94,17 @@ def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], a
     return canvas
 
 
-def prompt_map_grid(image: np.ndarray, maps: np.ndarray, titles: Sequence[str], cell: int = 160) -> Image.Image:
+def prompt_map_grid(image: np.ndarray, maps: np.ndarray, titles: Sequence[str], cell: int = 160,
+                    outline: np.ndarray | None = None) -> Image.Image:
     """A row of heat maps, one per prompt, next to the image ("different prompts look at different parts").
 
     Args:
         image: (H, W, 3) uint8 RGB.
-        maps: (P, h, w) float maps (any range; each is min-max scaled on its own).
+        maps: (P, h, w) float maps (any range; each is min-max scaled on its own), drawn cell by cell.
         titles: P captions.
         cell: side of each tile in pixels.
+        outline: optional (H, W) region ids (e.g. part masks) whose boundaries are drawn in white on
+            every tile.
 
     Returns:
         An RGB PIL image with P + 1 tiles.
@@ -113,6 +116,15 @@ def prompt_map_grid(image: np.ndarray, maps: np.ndarray, titles: Sequence[str], 
         scaled = (single - low) / max(high - low, 1e-8)
         heat = np.stack([scaled, 1 - np.abs(2 * scaled - 1), 1 - scaled], axis=-1)  # blue -> green -> red
         tiles.append(Image.fromarray((heat * 255).astype(np.uint8)).resize((cell, cell), Image.NEAREST))
+    if outline is not None:
+        regions = np.asarray(Image.fromarray(outline.astype(np.uint8)).resize((cell, cell), Image.NEAREST))
+        edge = np.zeros_like(regions, dtype=bool)
+        edge[1:] |= regions[1:] != regions[:-1]
+        edge[:, 1:] |= regions[:, 1:] != regions[:, :-1]
+        for index, tile in enumerate(tiles):
+            pixels = np.array(tile)
+            pixels[edge] = 255
+            tiles[index] = Image.fromarray(pixels)
     canvas = Image.new("RGB", (cell * len(tiles), cell + 18), "white")
     draw = ImageDraw.Draw(canvas)
     for column, (tile, title) in enumerate(zip(tiles, ["image", *titles])):

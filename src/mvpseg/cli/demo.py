@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import DemoConfig
+from ..config import DEMO_PRESETS, DemoConfig
 from .flags import add_config_flags, apply_overrides, overrides
 
 __all__ = ["add_parser", "run"]
@@ -18,9 +18,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Generate the synthetic world, train prompts on its seen classes with the tiny CLIP shipped "
                     "in mvpseg, evaluate zero-shot on its val split and print the ablation table (MaskCLIP "
                     "templates, 1 prompt, K prompts, + OCLoss, + GPR = MVP-SEG) with mIoU(S), mIoU(U), hIoU. "
-                    "Writes OUT/results.md, OUT/results.json, overlays and per-prompt maps. No network needed.",
+                    "Writes OUT/results.md, OUT/results.json, overlays and per-prompt maps. No network needed. "
+                    "--world parts runs it on things made of parts (256 px, an 8x8 feature grid), measures where "
+                    "each prompt looks and adds a row with GPR switched off at inference.",
     )
-    add_config_flags(parser, DemoConfig, title="demo")
+    add_config_flags(parser, DemoConfig, title="demo", presets=DEMO_PRESETS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(run=run)
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = apply_overrides(DemoConfig(), overrides(args))
+    given = overrides(args)
+    config = apply_overrides(DemoConfig(**DEMO_PRESETS[given.get("world", "patterns")]), given)
     rows = run_demo(config, progress=not args.quiet)
     print(format_results(rows))
     print(f"results in {Path(config.out) / 'results.md'}", file=sys.stderr)

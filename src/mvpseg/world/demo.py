@@ -40,6 +40,8 @@ from ..train import train
 from ..transfer import transfer, write_pseudo_labels
 from ..viz import overlay, prompt_map_grid
 from .layout import write_world
+from .registry import get_world
+from .views import measure_views, view_figures
 
 __all__ = ["DemoConfig", "ABLATION", "format_results", "row_train_config", "run_demo"]
 
@@ -54,14 +56,23 @@ ABLATION: list[tuple[str, dict[str, Any] | None, LossWeights | None]] = [
 ]
 _LABELS = {"templates": "MaskCLIP templates (no training)", "1-prompt": "1 learned prompt",
            "k-prompts": "{k} prompts", "k-prompts+ocloss": "{k} prompts + OCLoss",
-           "mvp-seg": "{k} prompts + OCLoss + GPR (MVP-SEG)", "mvp-seg+": "MVP-SEG+ (student taught by MVP-SEG)"}
+           "mvp-seg": "{k} prompts + OCLoss + GPR (MVP-SEG)", "gpr-off": "MVP-SEG, GPR switched off at inference",
+           "mvp-seg+": "MVP-SEG+ (student taught by MVP-SEG)"}
 
 
 def format_results(rows: list[dict[str, Any]]) -> str:
-    """The results as a Markdown table."""
-    lines = ["| method | mIoU(S) | mIoU(U) | hIoU |", "|---|---:|---:|---:|"]
+    """The results as a Markdown table; with part views (the parts world), their diversity too."""
+    views = any(row.get("views") for row in rows)
+    header = "| method | mIoU(S) | mIoU(U) | hIoU | mIoU(U) over seeds |" + (" part diversity (JS) |" if views else "")
+    lines = [header, "|---|---:|---:|---:|---:|" + ("---:|" if views else "")]
     for row in rows:
         cells = [f"{row[key]:.1f}" if row[key] is not None else "-" for key in ("miou_seen", "miou_unseen", "hiou")]
+        unseen = [run["miou_unseen"] for run in row["seeds"] if run["miou_unseen"] is not None]
+        cells.append(f"{min(unseen):.1f}-{max(unseen):.1f}" if len(unseen) > 1 else "-")
+        if views:
+            js = [run["views"]["summary"]["js"] for run in row["seeds"] if run.get("views")]
+            js = [value for value in js if value is not None]
+            cells.append(f"{np.mean(js):.3f} ({min(js):.3f}-{max(js):.3f})" if js else "-")
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -138,7 +149,7 @@ def row_train_config(config: DemoConfig, world: Path, name: str, seed: int, out:
         ratio_range=(1.0, 1.0),  # no rescaling: the tiny CLIP knows the world at one scale only
         seed=seed, num_workers=config.num_workers, precision=config.precision,
         checkpoint_every=config.iters, log_every=max(config.iters // 50, 1),
-        feature_cache=str(out / "feature-cache" / f"seed-{seed}"), cache_views=views)
+        feature_cache=str(out / "feature-cache" / f"seed-{seed}"), cache_views=config.cache_views or views)
 
 
 def _row(name: str, label: str, runs: list[dict[str, Any]], tic: float, progress: bool) -> dict[str, Any]:
@@ -147,6 +158,11 @@ def _row(name: str, label: str, runs: list[dict[str, Any]], tic: float, progress
     row: dict[str, Any] = {"name": name, "label": label}
     row.update({key: _mean([run[key] for run in runs]) for key in keys})
     row["per_class"] = {c: _mean([run["per_class"][c] for run in runs]) for c in runs[0]["per_class"]}
+    row["spread"] = {key: [min(values), max(values), float(np.std(values))] for key in keys
+                     if len(values := [run[key] for run in runs if run[key] is not None]) > 1}
+    if any(run.get("views") for run in runs):
+        row["views"] = {key: _mean([run["views"]["summary"][key] for run in runs])
+                        for key in runs[0]["views"]["summary"]}
     row["seeds"] = runs
     row["seconds"] = round(time.perf_counter() - tic, 1)
     if progress:
@@ -188,24 +204,43 @@ def _student(config: DemoConfig, world: Path, clip: ClipBundle, out: Path, progr
 def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Run the demo end to end and write ``results.md``, ``results.json`` and pictures to ``config.out``.
 
+    In the parts world (``config.world == "parts"``) every learned run also measures where its prompts look
+    (:mod:`mvpseg.world.views`: each prompt's share of each part, their diversity), a row evaluates the
+    MVP-SEG prompts with GPR switched off at inference, and ``views_*.png`` draw the prompts' maps of a few
+    unseen things with their parts outlined.
+
     Args:
         config: the demo's settings.
         progress: show progress bars.
 
     Returns:
         One dict per row: name, label, miou_seen, miou_unseen, hiou, miou, per_class (means over the
-        seeds of a learned row), seeds (each seed's figures) and seconds.
+        seeds of a learned row), spread ([min, max, std] over the seeds), views (parts world: the mean part
+        diversity), seeds (each seed's figures) and seconds.
     """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    world = write_world(out / "world", config.num_train, config.num_val, seed=config.seed, progress=progress)
+    world_module = get_world(config.world)
+    world = write_world(out / "world", config.num_train, config.num_val, seed=config.seed, progress=progress,
+                        world=config.world)
     val = build_dataset("custom", world, "val")
     clip = load_clip(config.clip, config.clip_weights)
     inference = InferenceConfig(short_side=config.short_side, mode="whole")
+    has_parts = hasattr(world_module, "PART_KINDS")
     rows: list[dict[str, Any]] = []
     keys = ("miou_seen", "miou_unseen", "hiou", "miou")
     shown: Segmenter | None = None  # MVP-SEG of the first seed: the pictures' model
+
+    def run_figures(segmenter: Segmenter, seed: int, learned: bool) -> dict[str, Any]:
+        metrics = evaluate(segmenter, val, progress=False)
+        run = {"seed": seed, **{key: metrics[key] for key in keys}, "per_class": metrics["per_class"]}
+        if has_parts and learned:
+            run["views"] = measure_views(segmenter, val, [world_module.thing_parts(c) for c in
+                                                          range(len(world_module.THING_CLASSES))],
+                                         [kind[0] for kind in world_module.PART_KINDS])
+        return run
+
     for name, overrides, _weights in ABLATION:
         tic = time.perf_counter()
         label = _LABELS[name].format(k=config.num_prompts)
@@ -220,11 +255,18 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
                     print(f"training: {label}, seed {seed}", flush=True)
                 model = load_mvpseg(train(train_config, progress=progress), clip)
             segmenter = Segmenter(model, inference, device="cpu")
-            metrics = evaluate(segmenter, val, progress=False)
-            runs.append({"seed": seed, **{key: metrics[key] for key in keys}, "per_class": metrics["per_class"]})
+            runs.append(run_figures(segmenter, seed, overrides is not None))
             if name == "mvp-seg" and offset == 0:
                 shown = segmenter
         rows.append(_row(name, label, runs, tic, progress))
+    if has_parts:  # the MVP-SEG prompts of every seed again, the fused map alone
+        tic = time.perf_counter()
+        runs = []
+        for seed in range(config.seed, config.seed + config.seeds):
+            model = load_mvpseg(out / "runs" / "mvp-seg" / f"seed-{seed}" / "prompts.safetensors", clip)
+            model.head.use_gpr = False
+            runs.append(run_figures(Segmenter(model, inference, device="cpu"), seed, True))
+        rows.append(_row("gpr-off", _LABELS["gpr-off"], runs, tic, progress))
     student = None
     if config.student_iters > 0:
         tic = time.perf_counter()
@@ -237,6 +279,8 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
         rows.append(_row("mvp-seg+", label, runs, tic, progress))
     if shown is not None:
         _pictures(shown, val, out, config.overlays, student)
+        if has_parts:
+            view_figures(shown, val, out, world_module, count=3)
     table = format_results(rows)
     run_info = {"config": asdict(config), "seconds": round(time.perf_counter() - start, 1),
                 "unseen": list(val.info.unseen_names), "torch_threads": torch.get_num_threads()}

@@ -32,7 +32,8 @@ from mvpseg.dense import dense_features
 from mvpseg.metrics import ConfusionMatrix
 from mvpseg.prompts import TEMPLATES, template_embeddings
 from mvpseg.world.pretrain import build_tiny_clip, model_name, to_model_input
-from mvpseg.world.scene import CLASS_NAMES, THING_CLASSES, UNSEEN_CLASSES, generate_scene, scene_rng
+from mvpseg.world.registry import get_world
+from mvpseg.world.scene import scene_rng
 
 __all__ = ["evaluate_tiny_clip", "load_tiny_clip", "presence_auc", "WORLD_TEMPLATES", "EVAL_SPLIT", "PROBE_SPLIT"]
 
@@ -68,7 +69,8 @@ def _iou(prediction: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndar
     return np.array([np.nan if value is None else value for value in matrix.iou()])
 
 
-def _scenes(seed: int, split: int, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _scenes(seed: int, split: int, count: int, size: int, world: str = "patterns") -> tuple[np.ndarray, np.ndarray]:
+    generate_scene = get_world(world).generate_scene
     scenes = [generate_scene(scene_rng(seed, split, i), size=size) for i in range(count)]
     return np.stack([s.image for s in scenes]), np.stack([s.label for s in scenes])
 
@@ -124,9 +126,10 @@ def evaluate_tiny_clip(
     num_images: int = 500,
     num_probe_images: int = 500,
     seed: int = 0,
-    image_size: int = 128,
+    image_size: int | None = None,
     templates: Sequence[str] = TEMPLATES,
     probe_steps: int = 300,
+    world: str = "patterns",
 ) -> dict:
     """Zero-shot (image and dense) and linear-probe quality of a CLIP on held-out world images.
 
@@ -136,18 +139,22 @@ def evaluate_tiny_clip(
         num_images: held-out evaluation images (drawn from ``scene_rng(seed, 3, i)``).
         num_probe_images: images to train the linear probe on (``scene_rng(seed, 4, i)``).
         seed: world seed of those images.
-        image_size: image side, pixels.
+        image_size: image side, pixels (default: the world's).
         templates: text templates averaged into class embeddings (default MaskCLIP's 85).
         probe_steps: Adam steps of the linear probe.
+        world: the world's name (:data:`mvpseg.world.registry.WORLDS`).
 
     Returns:
         ``{"classes": {name: {...}}, "summary": {...}}`` with per-class ``auc`` (things: presence
         AUC of the pooled embedding; stuff too), ``stuff_top1`` (stuff), ``dense_auc`` (presence AUC
         of averaged dense features), ``dense_iou`` and ``probe_iou`` (IoU in [0, 1]), and means.
     """
+    module = get_world(world)
+    CLASS_NAMES, UNSEEN_CLASSES = module.CLASS_NAMES, module.UNSEEN_CLASSES  # noqa: N806
+    image_size = image_size or module.IMAGE_SIZE
     num_classes = len(CLASS_NAMES)
-    num_things = len(THING_CLASSES)
-    images, labels = _scenes(seed, EVAL_SPLIT, num_images, image_size)
+    num_things = len(module.THING_CLASSES)
+    images, labels = _scenes(seed, EVAL_SPLIT, num_images, image_size, world)
     text = template_embeddings(clip, tokenizer, CLASS_NAMES, templates=templates)  # (C, D)
     pooled, dense = _features(clip, images)
     scores = (pooled @ text.t()).numpy()  # (N, C)
@@ -165,7 +172,7 @@ def evaluate_tiny_clip(
     both = thing_pixels & predicted_thing
     identity = float((prediction[both] == labels[both]).mean()) if both.any() else 0.0
 
-    probe_images, probe_labels = _scenes(seed, PROBE_SPLIT, num_probe_images, image_size)
+    probe_images, probe_labels = _scenes(seed, PROBE_SPLIT, num_probe_images, image_size, world)
     _, probe_dense = _features(clip, probe_images)
     weight, bias = _train_probe(probe_dense, probe_labels, num_classes, probe_steps, seed)
     probe_iou = _iou(_dense_prediction(dense, weight, bias, image_size), labels, num_classes)
@@ -227,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-images", type=int, default=500)
     parser.add_argument("--num-probe-images", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--world", default="patterns", help="the world: patterns or parts")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--world-templates", action="store_true", help="caption-style templates, not the 85")
     parser.add_argument("--json", default=None, help="also write the result here")
@@ -235,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     clip = load_tiny_clip(args.weights, args.model)
     tokenizer = open_clip.get_tokenizer(model_name(args.model))
     result = evaluate_tiny_clip(clip, tokenizer, num_images=args.num_images, num_probe_images=args.num_probe_images,
-                                seed=args.seed, templates=WORLD_TEMPLATES if args.world_templates else TEMPLATES)
+                                seed=args.seed, world=args.world, templates=WORLD_TEMPLATES if args.world_templates else TEMPLATES)
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

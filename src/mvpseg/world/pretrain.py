@@ -39,25 +39,19 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from mvpseg.files import atomic_write
-from mvpseg.world.scene import (
-    CLASS_NAMES,
-    THING_CLASSES,
-    caption,
-    generate_scene,
-    render,
-    sample_spec,
-    scene_rng,
-    twin_spec,
-)
+from mvpseg.world.registry import get_world
+from mvpseg.world.scene import scene_rng
 
-__all__ = ["PretrainConfig", "pretrain", "main", "TINY_CONFIG_PATH", "WEIGHTS_NAME", "build_tiny_clip"]
+__all__ = ["PretrainConfig", "pretrain", "main", "TINY_CONFIG_PATH", "WEIGHTS_NAME", "STATE_NAME", "build_tiny_clip",
+           "initial_state"]
 
 TINY_CONFIG_PATH = Path(__file__).parent / "assets" / "mvpseg-tiny.json"
 WEIGHTS_NAME = "mvpseg-tiny.safetensors"
+STATE_NAME = "pretrain_state.safetensors"  # the whole training state (weights, AdamW moments, step, RNG)
 PRETRAIN_SPLIT = 2  # scene_rng stream of pretraining images (train/val of the demo use 0 and 1)
 _MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 _STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
@@ -69,6 +63,8 @@ class PretrainConfig:
 
     out: str = "runs/tiny-clip"  # output directory
     model: str = "mvpseg-tiny"  # open_clip architecture name, or the path of a model config JSON
+    world: str = "patterns"  # the world of the images and captions: patterns (the first) or parts
+    init: str = ""  # start from these tiny-CLIP weights (safetensors; the attention pool's positions resized)
     steps: int = 6000  # optimisation steps
     batch_size: int = 128  # image-caption pairs per step
     lr: float = 1e-3  # peak AdamW learning rate
@@ -84,7 +80,8 @@ class PretrainConfig:
     threads: int = 1  # torch threads, and processes drawing the pool
     bf16: bool = False  # bf16 autocast: faster only on CPUs with AVX512-BF16 or AMX, far slower on AVX2
     log_every: int = 10  # CSV log interval, steps
-    save_every: int = 500  # also write the weights every this many steps (0: only at the end)
+    save_every: int = 500  # also write the weights and the training state every this many steps (0: only at the end)
+    resume: bool = True  # continue from the training state in --out when there is one
     progress: bool = True  # tqdm bar
 
 
@@ -111,33 +108,34 @@ def is_stuff_twin(seed: int, pair: int, fraction: float) -> bool:
     return fraction > 0 and np.random.default_rng(np.random.SeedSequence([seed, 3, pair])).random() < fraction
 
 
-def _draw_pool_chunk(job: tuple[int, int, int, int, int, float]) -> tuple[np.ndarray, np.ndarray]:
+def _draw_pool_chunk(job: tuple[int, int, int, int, int, float, str]) -> tuple[np.ndarray, np.ndarray]:
     """Scenes [start, stop) of the pool: (N, H, W, 3) uint8 images, (N, C) int32 class pixel counts.
 
     The first ``num_pairs`` pairs of the pool are twins (images 2k and 2k + 1 share a spec).
     """
-    seed, start, stop, size, num_pairs, stuff_twin_fraction = job
+    seed, start, stop, size, num_pairs, stuff_twin_fraction, world_name = job
+    world = get_world(world_name)
     images = np.empty((stop - start, size, size, 3), dtype=np.uint8)
-    counts = np.empty((stop - start, len(CLASS_NAMES)), dtype=np.int32)
+    counts = np.empty((stop - start, len(world.CLASS_NAMES)), dtype=np.int32)
     for offset, index in enumerate(range(start, stop)):
         if index < 2 * num_pairs:
             rng = scene_rng(seed, PRETRAIN_SPLIT, index // 2)
-            spec = sample_spec(rng, size=size)
+            spec = world.sample_spec(rng, size=size)
             if index % 2 == 1:
                 swap = "stuff" if is_stuff_twin(seed, index // 2, stuff_twin_fraction) else "thing"
-                spec = twin_spec(spec, rng, swap)
-            image, label = render(spec)
+                spec = world.twin_spec(spec, rng, swap)
+            image, label = world.render(spec)
         else:
-            scene = generate_scene(scene_rng(seed, PRETRAIN_SPLIT, index), size=size)
+            scene = world.generate_scene(scene_rng(seed, PRETRAIN_SPLIT, index), size=size)
             image, label = scene.image, scene.label
         images[offset] = image
-        counts[offset] = np.bincount(label.ravel(), minlength=len(CLASS_NAMES))
+        counts[offset] = np.bincount(label.ravel(), minlength=len(world.CLASS_NAMES))
     return images, counts
 
 
 def draw_pool(
     seed: int, size: int, num_images: int, twin_fraction: float, workers: int, progress: bool = True,
-    stuff_twin_fraction: float = 0.0,
+    stuff_twin_fraction: float = 0.0, world: str = "patterns",
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Draw the pretraining pool.
 
@@ -147,7 +145,7 @@ def draw_pool(
     """
     num_pairs = int(num_images * twin_fraction) // 2
     chunk = 256
-    jobs = [(seed, s, min(s + chunk, num_images), size, num_pairs, stuff_twin_fraction)
+    jobs = [(seed, s, min(s + chunk, num_images), size, num_pairs, stuff_twin_fraction, world)
             for s in range(0, num_images, chunk)]
     bar = tqdm(total=num_images, desc="drawing scenes", unit="img", disable=not progress)
     parts = []
@@ -167,11 +165,11 @@ def draw_pool(
 
 
 def _caption_from_counts(counts: np.ndarray, rng: np.random.Generator, stuff_probability: float = 0.5,
-                         stuff_only: bool = False) -> str:
+                         stuff_only: bool = False, world: str = "patterns") -> str:
     """A caption for an image known only by its class pixel counts (C,)."""
     # caption() only needs the class areas: a 1-D "label map" with the same histogram is equivalent
     label = np.repeat(np.arange(len(counts), dtype=np.uint8), counts)
-    return caption(label, rng, stuff_probability=stuff_probability, stuff_only=stuff_only)
+    return get_world(world).caption(label, rng, stuff_probability=stuff_probability, stuff_only=stuff_only)
 
 
 def _batch_indices(rng: np.random.Generator, batch_size: int, num_images: int, num_pairs: int,
@@ -225,17 +223,89 @@ def _lr_at(step: int, config: PretrainConfig) -> float:
     return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
 
 
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write safetensors bytes into our own atomic file (the user's normal permissions)."""
+    payload = save(tensors, metadata=metadata)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
+
+
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write an open_clip state dict as fp16 safetensors, atomically (:func:`mvpseg.files.atomic_write`)."""
     state = {
         k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
         for k, v in model.state_dict().items()
     }
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    _write_safetensors(path, state, metadata or {})
+
+
+def initial_state(model: torch.nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights of ``path`` (a tiny-CLIP safetensors file) shaped for ``model``.
+
+    The attention pool's positional embedding, ``(1 + g*g, W)``, is resized bicubically to the model's
+    grid, so weights pretrained at one image size start a model of another. Other shapes must match.
+    """
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    target = model.state_dict()
+    key = "visual.attnpool.positional_embedding"
+    if key in state and key in target and state[key].shape != target[key].shape:
+        positions = state[key]
+        side, new_side = math.isqrt(positions.shape[0] - 1), math.isqrt(target[key].shape[0] - 1)
+        grid = positions[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (g*g, W) -> (1, W, g, g)
+        grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).reshape(new_side * new_side, -1)  # (1, W, g', g') -> (g'*g', W)
+        state[key] = torch.cat([positions[:1], grid], dim=0)
+    wrong = [k for k in target if k in state and state[k].shape != target[k].shape]
+    if wrong or set(state) != set(target):
+        raise ValueError(f"{path} does not fit the model {sorted(set(target) ^ set(state))[:5]} {wrong[:5]}: "
+                         "start from weights of the same architecture")
+    return state
+
+
+def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                rng: np.random.Generator, running: float | None) -> None:
+    """The whole training state in one safetensors file: fp32 weights, AdamW's moments, step, RNG."""
+    tensors = {f"model.{k}": v.detach().float().contiguous() if v.is_floating_point() else v.detach().contiguous()
+               for k, v in model.state_dict().items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).contiguous()
+    metadata = {"step": str(step), "rng": json.dumps(rng.bit_generator.state),
+                "running": "" if running is None else repr(running)}
+    _write_safetensors(path, tensors, metadata)
+
+
+def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                rng: np.random.Generator) -> tuple[int, float | None]:
+    """Restore :func:`_save_state`'s file into the model, the optimiser and the RNG; returns (step, running)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    channels_last = hasattr(model.visual, "attnpool")
+    model.load_state_dict(model_state, strict=True)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer_state = optimizer.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer_state["state"] = state
+    optimizer.load_state_dict(optimizer_state)
+    rng.bit_generator.state = json.loads(metadata["rng"])
+    running = float(metadata["running"]) if metadata.get("running") else None
+    return int(metadata["step"]), running
 
 
 def pretrain(config: PretrainConfig) -> Path:
     """Pretrain the tiny CLIP; returns the path of the written weights.
+
+    Every ``save_every`` steps the weights and the whole training state are written (atomically); with
+    ``resume`` a run started again with the same settings continues from that state, drawing the same
+    batches as an uninterrupted run.
 
     Args:
         config: the settings (see :class:`PretrainConfig`).
@@ -245,18 +315,30 @@ def pretrain(config: PretrainConfig) -> Path:
     """
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    world = get_world(config.world)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_NAME
+    resuming = config.resume and state_path.is_file()
+    if resuming:
+        previous = json.loads((out / "pretrain_config.json").read_text())
+        changed = {k for k, v in dataclasses.asdict(config).items()
+                   if k not in ("out", "resume", "progress", "threads") and previous.get(k) != v}
+        if changed:
+            raise ValueError(f"{out} holds a run with other settings ({', '.join(sorted(changed))}): "
+                             "use the same settings, another --out, or --no-resume to start over")
     (out / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
     model = build_tiny_clip(config.model)
+    if config.init:
+        model.load_state_dict(initial_state(model, config.init), strict=True)
     tokenizer = open_clip.get_tokenizer(model_name(config.model))
     channels_last = hasattr(model.visual, "attnpool")  # ResNet towers: oneDNN convs run faster NHWC
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     images, counts, num_pairs = draw_pool(
         config.seed, config.image_size, config.pool, config.twin_fraction, config.threads, config.progress,
-        config.stuff_twin_fraction,
+        config.stuff_twin_fraction, config.world,
     )
     stuff_pairs = np.array([is_stuff_twin(config.seed, k, config.stuff_twin_fraction) for k in range(num_pairs)],
                            dtype=bool)
@@ -273,17 +355,31 @@ def pretrain(config: PretrainConfig) -> Path:
         return torch.stack([token_cache[c] for c in captions])  # (B, L)
 
     weights = out / WEIGHTS_NAME
-    metadata = {"model": model_name(config.model), "config": json.dumps(dataclasses.asdict(config))}
+    metadata = {"model": model_name(config.model), "world": config.world,
+                "config": json.dumps(dataclasses.asdict(config))}
     log_path = out / "pretrain_log.csv"
-    log_file = open(log_path, "w", newline="")
+    first_step, running, elapsed = 0, None, 0.0
+    header = ["step", "loss", "accuracy", "lr", "logit_scale", "seconds"]
+    if resuming:
+        first_step, running = _load_state(state_path, model, optimizer, rng)
+        # keep the log's rows of the steps already taken, and its clock
+        rows = list(csv.reader(log_path.open())) if log_path.is_file() else [header]
+        rows = [rows[0]] + [row for row in rows[1:] if int(row[0]) < first_step]
+        elapsed = float(rows[-1][5]) if len(rows) > 1 else 0.0
+        with log_path.open("w", newline="") as handle:
+            csv.writer(handle).writerows(rows)
+        print(f"resuming {out} at step {first_step} of {config.steps}", flush=True)
+    else:
+        with log_path.open("w", newline="") as handle:
+            csv.writer(handle).writerow(header)
+    log_file = open(log_path, "a", newline="")
     log = csv.writer(log_file)
-    log.writerow(["step", "loss", "accuracy", "lr", "logit_scale", "seconds"])
-    start = time.time()
+    start = time.time() - elapsed
     model.train()
-    bar = tqdm(range(config.steps), desc="pretraining", unit="step", disable=not config.progress)
-    running = None
+    bar = tqdm(range(first_step, config.steps), desc="pretraining", unit="step", disable=not config.progress,
+               initial=first_step, total=config.steps)
     # the curriculum's images: single scenes (no twins) whose only visible thing is large
-    visible_things = (counts[:, : len(THING_CLASSES)] >= 0.015 * counts[0].sum()).sum(axis=1)
+    visible_things = (counts[:, : len(world.THING_CLASSES)] >= 0.015 * counts[0].sum()).sum(axis=1)
     lone = np.flatnonzero(visible_things == 1)
     lone = lone[lone >= 2 * num_pairs] if (lone >= 2 * num_pairs).any() else lone
     for step in bar:
@@ -303,7 +399,8 @@ def pretrain(config: PretrainConfig) -> Path:
             stuff_probability = 0.0 if warming_up else (1.0 if stuff_twin else 0.5)
             # thing twins share their stuff: a stuff-only caption could not tell them apart
             stuff_only = (not twin or stuff_twin) and caption_rng.random() < config.stuff_only_fraction
-            captions.append(_caption_from_counts(counts[pool_index], caption_rng, stuff_probability, stuff_only))
+            captions.append(_caption_from_counts(counts[pool_index], caption_rng, stuff_probability, stuff_only,
+                                                 config.world))
         x = _augment(images[index], batch_rngs)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -331,6 +428,7 @@ def pretrain(config: PretrainConfig) -> Path:
             log_file.flush()
         if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
             save_weights(model, weights, metadata={**metadata, "step": str(step + 1)})
+            _save_state(state_path, model, optimizer, step + 1, rng, running)
     log_file.close()
     save_weights(model, weights, metadata={**metadata, "step": str(config.steps)})
     return weights

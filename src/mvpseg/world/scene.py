@@ -35,6 +35,7 @@ __all__ = [
     "twin_spec",
     "render",
     "caption",
+    "describe",
     "generate_scene",
     "scene_rng",
 ]
@@ -60,6 +61,8 @@ STUFF_CLASSES: tuple[str, ...] = ("grass", "water", "sand", "sky")
 CLASS_NAMES: tuple[str, ...] = THING_CLASSES + STUFF_CLASSES
 #: The fixed zero-shot split: names never used when training prompts (things and stuff both).
 UNSEEN_CLASSES: tuple[str, ...] = ("zigzag", "rings", "crosses", "sand")
+#: Image side, pixels, of this world (the tiny CLIP's input size).
+IMAGE_SIZE = 128
 #: Label value of pixels to ignore (the world labels every pixel, so it never appears in masks).
 IGNORE_INDEX = 255
 
@@ -108,12 +111,14 @@ class Scene:
         label: (H, W) uint8 class indices into :data:`CLASS_NAMES`.
         caption: a sentence naming what the image holds.
         spec: the spec it was drawn from.
+        parts: (H, W) uint8 part kind of every thing pixel, 255 elsewhere (the parts world), or None.
     """
 
     image: np.ndarray
     label: np.ndarray
     caption: str
     spec: SceneSpec
+    parts: np.ndarray | None = None  # (H, W) uint8 part kinds of thing pixels (parts world only), else None
 
 
 def scene_rng(seed: int, split: int, index: int) -> np.random.Generator:
@@ -437,24 +442,34 @@ def caption(
     Returns:
         The caption, e.g. ``"a photo of stripes and dots on grass."``.
     """
-    counts = np.bincount(label.ravel(), minlength=len(CLASS_NAMES))
+    return describe(label, rng, THING_CLASSES, STUFF_CLASSES, min_fraction, stuff_probability, stuff_only)
+
+
+def describe(
+    label: np.ndarray, rng: np.random.Generator, thing_names: tuple[str, ...], stuff_names: tuple[str, ...],
+    min_fraction: float = 0.015, stuff_probability: float = 0.5, stuff_only: bool = False,
+) -> str:
+    """:func:`caption` for any world: class ``c`` of ``label`` is ``thing_names[c]``, then the stuff names follow."""
+    num_things = len(thing_names)
+    names = thing_names + stuff_names
+    counts = np.bincount(label.ravel(), minlength=len(names))
     total = label.size
-    things = [c for c in np.argsort(-counts[:_NUM_THINGS]) if counts[c] >= min_fraction * total]
-    stuff = [c for c in np.argsort(-counts[_NUM_THINGS:]) + _NUM_THINGS if counts[c] >= 0.1 * total]
+    things = [c for c in np.argsort(-counts[:num_things]) if counts[c] >= min_fraction * total]
+    stuff = [c for c in np.argsort(-counts[num_things:]) + num_things if counts[c] >= 0.1 * total]
     if stuff_only and stuff:
         template = _STUFF_ONLY[int(rng.integers(len(_STUFF_ONLY)))]
-        return template.format(stuff=_join([CLASS_NAMES[c] for c in stuff]))
+        return template.format(stuff=_join([names[c] for c in stuff]))
     if rng.random() < 0.5:
         rng.shuffle(things)
-    thing_words = _join([CLASS_NAMES[c] for c in things]) if things else "nothing"
+    thing_words = _join([names[c] for c in things]) if things else "nothing"
     if stuff and rng.random() < stuff_probability:
         template = _WITH_STUFF[int(rng.integers(len(_WITH_STUFF)))]
-        return template.format(things=thing_words, stuff=_join([CLASS_NAMES[c] for c in stuff]))
+        return template.format(things=thing_words, stuff=_join([names[c] for c in stuff]))
     template = _THINGS_ONLY[int(rng.integers(len(_THINGS_ONLY)))]
     return template.format(things=thing_words)
 
 
-def generate_scene(rng: np.random.Generator, size: int = 128) -> Scene:
+def generate_scene(rng: np.random.Generator, size: int = IMAGE_SIZE) -> Scene:
     """Sample, draw and caption one scene.
 
     Args:

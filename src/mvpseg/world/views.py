@@ -1,0 +1,210 @@
+"""Where do the K prompts look? Each prompt's map over the parts of a thing, and how much the prompts differ.
+
+For a thing class ``c`` and segmentation prompt ``k``, the prompt's own segmentation probability
+``p_k(c | x) = softmax_c(K * tau1 * m_k(x))`` (its map read at the fused map's scale, upsampled to the
+label size) is summed over the pixels of each part ``j`` of the thing's instances in the val images:
+
+- **share** ``s_k(j) = sum_{x in part j} p_k(c|x) / sum_{x in thing} p_k(c|x)``: the share of the
+  prompt's map inside the thing that falls on part ``j`` (large parts take large shares);
+- **focus** ``f_k(j) ∝ mean_{x in part j} p_k(c|x)``: the same per pixel of each part (normalised over
+  parts), which says which part the prompt prefers whatever the parts' sizes.
+
+The **diversity** of a class is the mean pairwise Jensen-Shannon divergence (bits, in [0, 1]) between
+the prompts' share distributions, and **differ** the fraction of prompt pairs whose strongest part (by
+focus) differs. Identical prompts score 0 on both; prompts each wholly on a different part score 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["PartViews", "js_divergence", "prompt_probabilities", "view_diversity"]
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence of two distributions (1-D, summing to 1), in bits: 0 equal, 1 disjoint."""
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> float:
+        nonzero = a > 0
+        return float(np.sum(a[nonzero] * np.log2(a[nonzero] / m[nonzero])))
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+def view_diversity(sums: np.ndarray, areas: np.ndarray) -> dict[str, object]:
+    """Shares, focus, diversity and how often the strongest parts differ, for one thing class.
+
+    Args:
+        sums: (K, J) each prompt's probability summed over each part's pixels.
+        areas: (J,) pixels of each part.
+
+    Returns:
+        ``{"share": (K, J) list, "focus": (K, J) list, "js": float, "differ": float}``; ``js`` and
+        ``differ`` are None for fewer than two prompts or no pixels.
+    """
+    sums = np.asarray(sums, dtype=np.float64)
+    areas = np.asarray(areas, dtype=np.float64)
+    totals = sums.sum(axis=1, keepdims=True)
+    share = np.divide(sums, totals, out=np.zeros_like(sums), where=totals > 0)
+    per_pixel = np.divide(sums, areas[None, :], out=np.zeros_like(sums), where=areas[None, :] > 0)
+    norm = per_pixel.sum(axis=1, keepdims=True)
+    focus = np.divide(per_pixel, norm, out=np.zeros_like(per_pixel), where=norm > 0)
+    pairs = list(itertools.combinations(range(len(sums)), 2))
+    valid = pairs and bool((totals > 0).all())
+    js = float(np.mean([js_divergence(share[a], share[b]) for a, b in pairs])) if valid else None
+    strongest = focus.argmax(axis=1)
+    differ = float(np.mean([strongest[a] != strongest[b] for a, b in pairs])) if valid else None
+    return {"share": share.tolist(), "focus": focus.tolist(), "js": js, "differ": differ}
+
+
+@torch.no_grad()
+def prompt_probabilities(model: torch.nn.Module, images: torch.Tensor, class_names: Sequence[str],
+                         size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Each segmentation prompt's own class probabilities ``softmax_c(K tau1 m_k)``.
+
+    Args:
+        model: an :class:`mvpseg.MVPSeg` with learned prompts.
+        images: (B, 3, H, W) normalised with CLIP's mean and std.
+        class_names: C names.
+        size: (H', W') to upsample the logits to (bilinear) before the softmax; None keeps the grid.
+
+    Returns:
+        (B, K, C, H', W') float32 probabilities.
+    """
+    output = model(images, class_names)
+    maps = output.prompt_maps[:, 1:] if model.head.has_global else output.prompt_maps  # (B, K, C, h, w)
+    batch, prompts, classes, h, w = maps.shape
+    logits = (model.head.tau1 * prompts * maps.float()).reshape(batch * prompts, classes, h, w)  # -> (B*K, C, h, w)
+    if size is not None:
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return logits.softmax(dim=1).reshape(batch, prompts, classes, *logits.shape[-2:])  # -> (B, K, C, H', W')
+
+
+class PartViews:
+    """Accumulates each prompt's probability over the parts of every thing class, image after image.
+
+    Args:
+        num_prompts: K.
+        thing_parts: for each thing class index, the part kinds it is made of.
+    """
+
+    def __init__(self, num_prompts: int, thing_parts: Sequence[Sequence[int]]) -> None:
+        self.thing_parts = [tuple(parts) for parts in thing_parts]
+        self.sums = [np.zeros((num_prompts, len(parts))) for parts in self.thing_parts]
+        self.areas = [np.zeros(len(parts)) for parts in self.thing_parts]
+
+    def update(self, probabilities: np.ndarray, label: np.ndarray, parts: np.ndarray) -> None:
+        """Add one image: probabilities (K, C, H, W), class labels (H, W), part kinds (H, W)."""
+        for c, kinds in enumerate(self.thing_parts):
+            inside = label == c
+            if not inside.any():
+                continue
+            for j, kind in enumerate(kinds):
+                where = inside & (parts == kind)
+                count = int(where.sum())
+                if count:
+                    self.areas[c][j] += count
+                    self.sums[c][:, j] += probabilities[:, c][:, where].sum(axis=1)
+
+    def result(self, class_names: Sequence[str], part_names: Sequence[str],
+               unseen: Sequence[str]) -> dict[str, object]:
+        """Per thing class :func:`view_diversity` with its part names, and the means over things."""
+        classes: dict[str, dict[str, object]] = {}
+        for c, kinds in enumerate(self.thing_parts):
+            if self.areas[c].sum() == 0:
+                continue
+            entry = view_diversity(self.sums[c], self.areas[c])
+            entry["parts"] = [part_names[kind] for kind in kinds]
+            entry["unseen"] = class_names[c] in unseen
+            classes[class_names[c]] = entry
+
+        def mean(key: str, only_unseen: bool | None = None) -> float | None:
+            values = [e[key] for e in classes.values() if e[key] is not None
+                      and (only_unseen is None or e["unseen"] == only_unseen)]
+            return float(np.mean(values)) if values else None
+
+        summary = {"js": mean("js"), "js_seen": mean("js", False), "js_unseen": mean("js", True),
+                   "differ": mean("differ"), "differ_unseen": mean("differ", True)}
+        return {"classes": classes, "summary": summary}
+
+
+def _part_mask(dataset, index: int) -> np.ndarray:
+    """The part kinds (H, W) of sample ``index`` of a written parts world (ROOT/SegmentationPart/<id>.png)."""
+    from mvpseg.data import read_label
+
+    label_path = dataset.label_paths[index]
+    return read_label(label_path.parent.parent / "SegmentationPart" / label_path.name)
+
+
+def measure_views(segmenter, dataset, thing_parts: Sequence[Sequence[int]], part_names: Sequence[str],
+                  limit: int | None = None) -> dict[str, object]:
+    """:class:`PartViews` of a learned-prompt segmenter over a written parts world's split.
+
+    Args:
+        segmenter: an :class:`mvpseg.Segmenter` on an MVPSeg with learned prompts (whole-image mode at
+            the world's scale, as the demo evaluates).
+        dataset: the split (:func:`mvpseg.data.build_dataset` on a world written with part masks).
+        thing_parts: the part kinds of each thing class (:func:`mvpseg.world.parts.thing_parts`).
+        part_names: the part kinds' names.
+        limit: only the first ``limit`` images.
+
+    Returns:
+        :meth:`PartViews.result`.
+    """
+    model = segmenter.model
+    names = list(dataset.info.class_names)
+    views = PartViews(model.config.num_prompts, thing_parts)
+    for index in range(min(len(dataset), limit or len(dataset))):
+        image, label = dataset.load(index)
+        x = segmenter.resize(image)  # (1, 3, H', W') at the segmenter's scale, normalised
+        probabilities = prompt_probabilities(model, x, names, size=label.shape)[0].cpu().numpy()  # (K, C, H, W)
+        views.update(probabilities, label, _part_mask(dataset, index))
+    return views.result(names, part_names, [names[c] for c in dataset.info.unseen])
+
+
+def view_figures(segmenter, dataset, out, world, count: int = 3, min_fraction: float = 0.08) -> list:
+    """The paper's figure in miniature: for up to ``count`` unseen things (the first val image where each
+    covers at least ``min_fraction``), each segmentation prompt's probability of that thing, cell by cell
+    on the feature grid, with the thing's parts outlined. Writes ``out/views_<class>.png``.
+
+    Returns:
+        The written paths.
+    """
+    from pathlib import Path
+
+    from mvpseg.viz import prompt_map_grid
+
+    model = segmenter.model
+    names = list(dataset.info.class_names)
+    wanted = [c for c in dataset.info.unseen if c < len(world.THING_CLASSES)]
+    written = []
+    for index in range(len(dataset)):
+        if not wanted:
+            break
+        image, label = dataset.load(index)
+        areas = np.bincount(label.ravel(), minlength=len(names)) / label.size
+        hits = [c for c in wanted if areas[c] >= min_fraction]
+        if not hits:
+            continue
+        target = hits[0]
+        wanted.remove(target)
+        parts = _part_mask(dataset, index)
+        probabilities = prompt_probabilities(model, segmenter.resize(image), names)[0, :, target].cpu().numpy()
+        kinds = world.thing_parts(target)
+        thing = np.where(label == target, parts, 255)
+        views = PartViews(len(probabilities), [kinds if c == target else () for c in range(target + 1)])
+        full = prompt_probabilities(model, segmenter.resize(image), names, size=label.shape)[0].cpu().numpy()
+        views.update(full, label, parts)
+        focus = view_diversity(views.sums[target], views.areas[target])["focus"]
+        titles = [f"prompt {k + 1}: most on {world.PART_KINDS[kinds[int(np.argmax(f))]][0]}"
+                  for k, f in enumerate(focus)]
+        path = Path(out) / f"views_{names[target]}.png"
+        prompt_map_grid(image, probabilities, titles, cell=192, outline=thing).save(path)
+        written.append(path)
+    return written
