@@ -200,9 +200,7 @@ def twin_spec(spec: PartsSceneSpec, rng: np.random.Generator, swap: str = "thing
     change.
     """
     if swap == "stuff":
-        others = [s + _NUM_THINGS for s in range(len(STUFF_CLASSES)) if s + _NUM_THINGS not in spec.stuff]
-        new_stuff = tuple(int(s) for s in rng.choice(others, size=len(spec.stuff), replace=False))
-        return dataclasses.replace(spec, stuff=new_stuff)
+        return dataclasses.replace(spec, stuff=_base.other_stuff(spec.stuff, rng, _NUM_THINGS))
     if swap != "thing":
         raise ValueError(f"swap must be 'thing' or 'stuff', not {swap!r}")
     present = {t.label for t in spec.things}

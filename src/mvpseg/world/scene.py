@@ -210,6 +210,12 @@ def sample_spec(rng: np.random.Generator, size: int = 128) -> SceneSpec:
     )
 
 
+def other_stuff(stuff: tuple[int, ...], rng: np.random.Generator, num_things: int) -> tuple[int, ...]:
+    """As many stuff class indices as ``stuff`` holds, none of them in it (a stuff twin's background)."""
+    others = [s + num_things for s in range(len(STUFF_CLASSES)) if s + num_things not in stuff]
+    return tuple(int(s) for s in rng.choice(others, size=len(stuff), replace=False))
+
+
 def twin_spec(spec: SceneSpec, rng: np.random.Generator, swap: str = "thing") -> SceneSpec:
     """The same scene with one class changed (a hard negative).
 
@@ -221,9 +227,7 @@ def twin_spec(spec: SceneSpec, rng: np.random.Generator, swap: str = "thing") ->
             words tell the two apart.
     """
     if swap == "stuff":
-        others = [s + _NUM_THINGS for s in range(len(STUFF_CLASSES)) if s + _NUM_THINGS not in spec.stuff]
-        new_stuff = tuple(int(s) for s in rng.choice(others, size=len(spec.stuff), replace=False))
-        return dataclasses.replace(spec, stuff=new_stuff)
+        return dataclasses.replace(spec, stuff=other_stuff(spec.stuff, rng, _NUM_THINGS))
     if swap != "thing":
         raise ValueError(f"swap must be 'thing' or 'stuff', not {swap!r}")
     present = {t.label for t in spec.things}
