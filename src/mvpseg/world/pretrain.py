@@ -91,7 +91,7 @@ def build_tiny_clip(name: str = "mvpseg-tiny") -> torch.nn.Module:
         open_clip.add_model_config(name)
         name = Path(name).stem
     elif name not in open_clip.list_models():
-        open_clip.add_model_config(TINY_CONFIG_PATH)
+        open_clip.add_model_config(TINY_CONFIG_PATH.parent)  # the tiny CLIPs of every world
     return open_clip.create_model(name)
 
 
