@@ -202,7 +202,7 @@ def test_parts_demo_measures_views_and_gpr_off(tmp_path: Path) -> None:
     table = (out / "results.md").read_text()
     assert "MVP-SEG, GPR switched off at inference" in table and "part diversity" in table
     run = json.loads((out / "run_info.json").read_text())
-    assert run["config"]["world"] == "parts" and run["config"]["crop_size"] == 256
+    assert run["config"]["world"] == "parts" and run["config"]["short_side"] == 256
     assert (out / "world" / "SegmentationPart").is_dir()
 
 

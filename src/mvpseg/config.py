@@ -238,11 +238,12 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 #: Per-world presets of ``mvpseg demo``: the parts world is drawn at 256 px and seen by its own tiny CLIP
-#: (an 8x8 feature grid); its prompt rows train from two cached views per image (the views differ only by
-#: a flip at the world's one scale) so that the whole demo stays within 15 minutes on a 2-core CPU.
+#: (an 8x8 feature grid) at that one scale; its prompts train on random 128-px crops (the pixel loss at
+#: 256 px costs 4x more) from two cached views per image, so that the demo stays within 15 minutes on a
+#: 2-core CPU.
 DEMO_PRESETS: dict[str, dict[str, Any]] = {
     "patterns": {"world": "patterns"},
-    "parts": {"world": "parts", "clip": "mvpseg-tiny-parts", "crop_size": 256, "short_side": 256,
+    "parts": {"world": "parts", "clip": "mvpseg-tiny-parts", "crop_size": 128, "short_side": 256,
               "num_train": 1000, "cache_views": 2, "student_crop_size": 128, "student_iters": 300,
               "student_self_train_from": 200},
 }
@@ -266,8 +267,8 @@ class DemoConfig:
     batch_size: int = 16  # training batch size
     lr: float = 0.01  # learning rate of the prompts
     optimizer: Literal["sgd", "adamw"] = "adamw"  # optimiser of the prompts
-    crop_size: int = 128  # training crop: the world's image size, the scale the tiny CLIP was pretrained at
-    short_side: int = 128  # evaluation scale
+    crop_size: int = 128  # training crop (patterns: the whole 128-px image)
+    short_side: int = 128  # the world's image size: the scale the tiny CLIP was pretrained at, for training and evaluation
     clip: str = TINY_CLIP_NAME  # the CLIP architecture
     clip_weights: str | None = "mvpseg"  # tiny CLIP weights: mvpseg (the shipped ones), a file, or none (random)
     num_workers: int = 0  # data-loading processes during training

@@ -145,7 +145,7 @@ def row_train_config(config: DemoConfig, world: Path, name: str, seed: int, out:
         dataset="custom", data_root=str(world), clip=config.clip, pretrained=config.clip_weights,
         out=str(out / "runs" / name / f"seed-{seed}"), model=model_config, loss=weights or LossWeights(),
         iters=config.iters, batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer,
-        crop_size=config.crop_size, scale=(4 * config.crop_size, config.crop_size),
+        crop_size=config.crop_size, scale=(4 * config.short_side, config.short_side),  # the world at its one scale
         ratio_range=(1.0, 1.0),  # no rescaling: the tiny CLIP knows the world at one scale only
         seed=seed, num_workers=config.num_workers, precision=config.precision,
         checkpoint_every=config.iters, log_every=max(config.iters // 50, 1),
@@ -182,7 +182,7 @@ def student_transfer_config(config: DemoConfig, world: Path, out: Path) -> Trans
         clip=config.clip, pretrained=config.clip_weights, out=str(out / "runs" / "mvp-seg+" / f"seed-{config.seed}"),
         iters=config.student_iters, self_train_from=config.student_self_train_from,
         batch_size=config.student_batch_size, lr=config.student_lr, optimizer="adamw", weight_decay=1e-4,
-        schedule="poly", crop_size=config.student_crop_size, scale=(4 * config.crop_size, config.crop_size),
+        schedule="poly", crop_size=config.student_crop_size, scale=(4 * config.short_side, config.short_side),
         ratio_range=(1.0, 1.0),  # the world's one scale, as for the prompts
         seed=config.seed, num_workers=config.num_workers, precision=config.precision,
         checkpoint_every=config.student_iters, log_every=max(config.student_iters // 50, 1),
