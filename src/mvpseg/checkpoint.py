@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 
 from .config import to_dict
 from .files import atomic_write
@@ -56,9 +56,13 @@ class CheckpointError(ValueError):
 
 
 def _write(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
-    """Tensors and JSON metadata (under the key "mvpseg") to a safetensors file, atomically."""
+    """Tensors and JSON metadata (under the key "mvpseg") to a safetensors file, atomically.
+
+    The bytes go into atomic_write's own temporary file (``save_file`` of safetensors 0.8 would rename a
+    ``0600`` file of its own over it)."""
     header = {"mvpseg": json.dumps({**metadata, "mvpseg_version": __version__})}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    data = save(tensors, metadata=header)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _read(path: str | os.PathLike[str], kind: str, fmt: str, version: int,
