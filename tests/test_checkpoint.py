@@ -99,3 +99,30 @@ def test_the_header_alone_can_be_read(tiny_rn: mvpseg.ClipBundle, tmp_path: Path
     other.write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="not an mvpseg prompt checkpoint"):
         read_prompt_checkpoint(other, with_tensors=False)
+
+
+def _rewritten(path: Path, out: Path, drop: str | None = None, add: str | None = None) -> Path:
+    """A copy of a prompt checkpoint with one tensor left out or one unknown tensor added (same header)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys() if name != drop}
+    if add:
+        tensors[add] = torch.zeros(2)
+    save_file(tensors, out, metadata=header)
+    assert json.loads(header["mvpseg"])["format"] == "mvpseg-prompts"
+    return out
+
+
+@pytest.mark.parametrize("drop", ["head.gpr_offset", "prompts.contexts"])
+def test_a_checkpoint_missing_a_tensor_is_refused(tiny_rn: mvpseg.ClipBundle, tmp_path: Path, drop: str) -> None:
+    path = save_prompt_checkpoint(tmp_path / "p.safetensors", _trained(tiny_rn))
+    broken = _rewritten(path, tmp_path / "broken.safetensors", drop=drop)
+    with pytest.raises(CheckpointError, match=f"does not match the model its config describes \\(missing: {drop}"):
+        load_mvpseg(broken, tiny_rn)  # never a model with a random tensor in it
+    extra = _rewritten(path, tmp_path / "extra.safetensors", add="head.unknown")
+    with pytest.raises(CheckpointError, match="unexpected: head.unknown"):
+        load_mvpseg(extra, tiny_rn)

@@ -105,3 +105,21 @@ def test_serve_defaults_to_the_shipped_tiny_clip_and_world_prompts() -> None:
     accuracy = [(segmenter.predict(scene.image, list(CLASS_NAMES)).labels == scene.label).mean()
                 for scene in (generate_scene(scene_rng(7, 1, index)) for index in range(4))]
     assert np.mean(accuracy) > 0.6  # the world prompts segment unseen scenes of their world
+
+
+def test_the_share_panel_lists_only_classes_with_pixels(model: PageModel, tmp_path: Path) -> None:
+    pytest.importorskip("gradio")
+    from PIL import Image
+
+    from mvpseg.web import build_page
+
+    page = build_page(model, workdir=tmp_path / "work")
+    run = next(block.fn for block in page.fns.values() if block.name == "run")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(_image()).save(photo)
+    # A threshold of 1 sends every pixel to the background: the three classes have none.
+    outputs = run({"path": str(photo), "orig_name": "photo.png"}, "cat, dog, grass", "background", 1.0)
+    assert outputs[2] == {"background": 1.0}
+    outputs = run({"path": str(photo), "orig_name": "photo.png"}, "cat, dog, grass", "", 0.0)
+    result = model.segment(photo, "cat, dog, grass")
+    assert outputs[2] == {name: share for name, share in result.shares.items() if share > 0}

@@ -86,7 +86,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                           '"cat,tv monitor|television,grass" (the first name is shown)')
     parser.add_argument("--classes-file", metavar="FILE",
                         help="one class per line, its synonyms separated by commas (SCLIP's class files); "
-                             "a file of one line reads like --classes")
+                             "a file of one line reads like --classes. With --classes too: the file's classes "
+                             "then --classes' (a class in both is an error)")
     parser.add_argument("--background", metavar="NAME",
                         help="a name for everything else (synonyms separated by |); becomes class 0")
     parser.add_argument("--background-threshold", type=float, metavar="P",
