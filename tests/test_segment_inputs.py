@@ -142,20 +142,20 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, argv: list[str], config_dir: str, port: int, log_dir: str) -> None:
-    from mvpseg import files
+    from mvpseg import outputs
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     open_clip.add_model_config(config_dir)
-    original = files.write_text
+    original = outputs.write_text
     written: list[str] = []
 
     def recording(path, text):  # every summary this process writes
         written.append(str(path))
         return original(path, text)
 
-    files.write_text = recording
+    outputs.write_text = recording
     status = main(argv)
     Path(log_dir, f"rank{rank}.json").write_text(json.dumps({"status": status, "written": written}))
 
