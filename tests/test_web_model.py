@@ -123,3 +123,26 @@ def test_the_share_panel_lists_only_classes_with_pixels(model: PageModel, tmp_pa
     outputs = run({"path": str(photo), "orig_name": "photo.png"}, "cat, dog, grass", "", 0.0)
     result = model.segment(photo, "cat, dog, grass")
     assert outputs[2] == {name: share for name, share in result.shares.items() if share > 0}
+
+
+def test_the_page_and_segment_agree_on_the_default_model(tmp_path: Path) -> None:
+    """The page's default model (the shipped world prompts) and ``mvpseg segment --prompts`` those prompts
+    segment at the scale the prompts were made for, so they give the same labels."""
+    from PIL import Image
+
+    from mvpseg.cli import build_parser, main
+    from mvpseg.cli.serve import load_segmenter
+    from mvpseg.world.prompts_asset import WORLD_PROMPTS
+    from mvpseg.world.scene import CLASS_NAMES, generate_scene, scene_rng
+
+    photo = tmp_path / "scene.png"
+    Image.fromarray(generate_scene(scene_rng(3, 1, 0)).image).resize((160, 144)).save(photo)
+    classes = ", ".join(CLASS_NAMES)
+    page = PageModel(load_segmenter(build_parser().parse_args(["serve", "--device", "cpu"]))).segment(photo, classes)
+    assert main(["segment", str(photo), "--prompts", str(WORLD_PROMPTS), "--classes", classes, "--out",
+                 str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "scene.png")), np.asarray(page.labels))
+    # A flag still overrides the checkpoint's settings.
+    assert main(["segment", str(photo), "--prompts", str(WORLD_PROMPTS), "--classes", classes, "--out",
+                 str(tmp_path / "slide"), "--device", "cpu", "--quiet", "--short-side", "512", "--mode", "slide"]) == 0
+    assert (np.asarray(Image.open(tmp_path / "slide" / "scene.png")) != np.asarray(page.labels)).any()

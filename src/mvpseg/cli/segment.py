@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..vocabulary import Vocabulary, parse_classes, read_classes_file
-from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
+from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_overrides
 from .inputs import ImageInputs, collect_images, parse_shard, read_input_list, shard
 
 __all__ = ["add_parser", "parse_class_list", "parse_vocabulary", "run"]
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
                                               student=args.student,
-                                              device=device, config=inference_config(args))
+                                              device=device, overrides=inference_overrides(args))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         if rank == 0:

@@ -9,17 +9,12 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
-from ..config import DemoConfig
-from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
+from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_overrides
 
 if TYPE_CHECKING:
     from ..inference import Segmenter
 
 __all__ = ["add_parser", "load_segmenter", "run"]
-
-#: Inference settings of the shipped tiny CLIP: the scale it was pretrained at, the whole image at once.
-TINY_INFERENCE = {"short_side": DemoConfig().short_side, "mode": "whole"}
-
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -56,7 +51,8 @@ def _default_model(args: argparse.Namespace) -> bool:
 
 def load_segmenter(args: argparse.Namespace) -> Segmenter:
     """The model the page segments with, loaded once: the model options' (as ``mvpseg segment`` reads them),
-    or with none of them the tiny CLIP shipped in mvpseg with its world prompts, at its own scale.
+    or with none of them the tiny CLIP shipped in mvpseg with its world prompts. Either way at the scale the
+    checkpoint was made for, unless inference flags say otherwise (as ``mvpseg segment`` does).
 
     Args:
         args: the parsed options of ``mvpseg serve``.
@@ -71,9 +67,9 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
         from ..world.prompts_asset import WORLD_PROMPTS
 
         return Segmenter.from_pretrained(clip=TINY_CLIP_NAME, pretrained="mvpseg", prompts=WORLD_PROMPTS,
-                                         device=args.device, config=inference_config(args, base=TINY_INFERENCE))
+                                         device=args.device, overrides=inference_overrides(args))
     return Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                     student=args.student, device=args.device, config=inference_config(args))
+                                     student=args.student, device=args.device, overrides=inference_overrides(args))
 
 
 def _check_port(host: str, port: int) -> None:
