@@ -80,7 +80,8 @@ def test_a_local_ray_cluster_segments_like_the_segmenter(tmp_path: Path) -> None
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         dataset = ray.data.from_items(image_rows([str(folder)]), override_num_blocks=2).map_batches(
-            SegmentBatch, batch_size=2, fn_constructor_kwargs=kwargs, concurrency=1, num_cpus=1)
+            SegmentBatch, batch_size=2, fn_constructor_kwargs=kwargs,
+            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
         rows = sorted(dataset.take_all(), key=lambda row: row["name"])
     finally:
         ray.shutdown()

@@ -13,7 +13,7 @@ names (:func:`image_rows` gives the rows of ``segment``'s arguments, with their 
         SegmentBatch, batch_size=8,
         fn_constructor_kwargs={"classes": ["cat", "dog", "grass"], "prompts": "prompts.safetensors",
                                "out": "out/", "skip_existing": True, "with_labels": False},
-        concurrency=4, num_gpus=1)                              # CPU actors: num_cpus=4 instead of num_gpus
+        compute=ray.data.ActorPoolStrategy(size=4), num_gpus=1)  # CPU actors: num_cpus=1 instead
     ds.write_parquet("shares/")                                 # or .take_all(), .iter_rows() ...
 
 ``ray.data.read_binary_files(..., include_paths=True)`` gives rows with "bytes" and "path" (the
