@@ -99,3 +99,60 @@ def test_the_header_alone_can_be_read(tiny_rn: mvpseg.ClipBundle, tmp_path: Path
     other.write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="not an mvpseg prompt checkpoint"):
         read_prompt_checkpoint(other, with_tensors=False)
+
+
+def _rewritten(path: Path, out: Path, drop: str | None = None, add: str | None = None) -> Path:
+    """A copy of a prompt checkpoint with one tensor left out or one unknown tensor added (same header)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys() if name != drop}
+    if add:
+        tensors[add] = torch.zeros(2)
+    save_file(tensors, out, metadata=header)
+    assert json.loads(header["mvpseg"])["format"] == "mvpseg-prompts"
+    return out
+
+
+@pytest.mark.parametrize("drop", ["head.gpr_offset", "prompts.contexts"])
+def test_a_checkpoint_missing_a_tensor_is_refused(tiny_rn: mvpseg.ClipBundle, tmp_path: Path, drop: str) -> None:
+    path = save_prompt_checkpoint(tmp_path / "p.safetensors", _trained(tiny_rn))
+    broken = _rewritten(path, tmp_path / "broken.safetensors", drop=drop)
+    with pytest.raises(CheckpointError, match=f"does not match the model its config describes \\(missing: {drop}"):
+        load_mvpseg(broken, tiny_rn)  # never a model with a random tensor in it
+    extra = _rewritten(path, tmp_path / "extra.safetensors", add="head.unknown")
+    with pytest.raises(CheckpointError, match="unexpected: head.unknown"):
+        load_mvpseg(extra, tiny_rn)
+
+
+def test_a_checkpoint_carries_the_inference_settings_it_was_made_for(tiny_rn: mvpseg.ClipBundle,
+                                                                    tmp_path: Path) -> None:
+    from mvpseg.checkpoint import set_inference_settings
+
+    model = _trained(tiny_rn)
+    path = save_prompt_checkpoint(tmp_path / "p.safetensors", model,
+                                  inference={"short_side": 96, "mode": "whole", "batch_size": 2})
+    assert read_prompt_checkpoint(path, with_tensors=False)[1]["inference"] == {"short_side": 96, "mode": "whole"}
+    loaded = load_mvpseg(path, tiny_rn)
+    segmenter = mvpseg.Segmenter(loaded, device="cpu")  # Python's default: the checkpoint's settings
+    assert (segmenter.config.short_side, segmenter.config.mode, segmenter.config.crop_size) == (96, "whole", 512)
+    assert mvpseg.Segmenter(loaded, mvpseg.InferenceConfig(), device="cpu").config.short_side == 512  # explicit wins
+    # A file without them: InferenceConfig's defaults; set_inference_settings adds them, tensors untouched.
+    plain = save_prompt_checkpoint(tmp_path / "plain.safetensors", model)
+    assert mvpseg.Segmenter(load_mvpseg(plain, tiny_rn), device="cpu").config.short_side == 512
+    before = read_prompt_checkpoint(plain)[0]
+    set_inference_settings(plain, {"long_side": 80, "mode": "whole"})
+    tensors, metadata = read_prompt_checkpoint(plain)
+    assert metadata["inference"] == {"long_side": 80, "mode": "whole"}
+    assert all(torch.equal(tensors[name], before[name]) for name in before) and set(tensors) == set(before)
+
+
+def test_the_shipped_world_prompts_carry_the_worlds_scale() -> None:
+    from mvpseg.config import DemoConfig
+    from mvpseg.world.prompts_asset import WORLD_PROMPTS
+
+    metadata = read_prompt_checkpoint(WORLD_PROMPTS, with_tensors=False)[1]
+    assert metadata["inference"] == {"short_side": DemoConfig().short_side, "mode": "whole"}

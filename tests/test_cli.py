@@ -224,3 +224,18 @@ def test_load_image_max_pixels_leaves_pillow_alone(tmp_path: Path, monkeypatch: 
     assert Image.MAX_IMAGE_PIXELS == 1000
     with pytest.raises(ImageReadError, match="6300 pixels, more than the limit of 6299"):
         load_image(image, max_pixels=6299)
+
+
+def test_classes_and_classes_file_together_give_both(weights: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog, puppy\n")
+    image = _photo(tmp_path / "a.png")
+    argv = ["segment", str(image), "--classes-file", str(names), *_common(weights, tmp_path / "out")]
+    assert main([*argv, "--classes", "grass|lawn, sky"]) == 0
+    assert json.loads((tmp_path / "out" / "a.json").read_text())["class_names"] == ["cat", "dog", "grass", "sky"]
+    capsys.readouterr()
+    assert main([*argv, "--classes", "sky, cat", "--out", str(tmp_path / "twice")]) == 2  # a class in both
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "duplicate class names: cat" in error
+    assert not (tmp_path / "twice").exists()

@@ -142,20 +142,20 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, argv: list[str], config_dir: str, port: int, log_dir: str) -> None:
-    from mvpseg import files
+    from mvpseg import outputs
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     open_clip.add_model_config(config_dir)
-    original = files.write_text
+    original = outputs.write_text
     written: list[str] = []
 
     def recording(path, text):  # every summary this process writes
         written.append(str(path))
         return original(path, text)
 
-    files.write_text = recording
+    outputs.write_text = recording
     status = main(argv)
     Path(log_dir, f"rank{rank}.json").write_text(json.dumps({"status": status, "written": written}))
 
@@ -174,3 +174,17 @@ def test_torchrun_splits_a_folder_over_the_processes(weights: Path, tmp_path: Pa
     assert written == [["a.json", "sub/a.json", "sub/c.json"], ["b.json"]]
     assert _outputs(out) == ["a.json", "b.json", "sub/a.json", "sub/c.json"]
     assert [report["status"] for report in reports] == [1, 1]  # the broken image fails the run on every rank
+
+
+def test_non_images_are_counted_over_every_folder_and_pattern(weights: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    photos = _folder(tmp_path)  # notes.txt, .DS_Store; sub/readme.md
+    other = tmp_path / "other"
+    _photo(other / "x.png")
+    (other / "table.csv").write_text("1,2\n")
+    pattern = str(photos / "**" / "*")  # matches notes.txt and sub/readme.md (not the hidden file)
+    arguments = [str(photos), str(other), pattern]
+    found = collect_images(arguments)
+    assert found.skipped == 2 + 1 + 2 and len(found.images) == 2 + 1 + 4
+    assert main(["segment", *arguments, "--classes", "cat,dog", *_common(weights, tmp_path / "out")]) == 0
+    assert "skipped 5 files that are not images" in capsys.readouterr().err

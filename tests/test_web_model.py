@@ -105,3 +105,150 @@ def test_serve_defaults_to_the_shipped_tiny_clip_and_world_prompts() -> None:
     accuracy = [(segmenter.predict(scene.image, list(CLASS_NAMES)).labels == scene.label).mean()
                 for scene in (generate_scene(scene_rng(7, 1, index)) for index in range(4))]
     assert np.mean(accuracy) > 0.6  # the world prompts segment unseen scenes of their world
+
+
+def test_the_share_panel_lists_only_classes_with_pixels(model: PageModel, tmp_path: Path) -> None:
+    pytest.importorskip("gradio")
+    from PIL import Image
+
+    from mvpseg.web import build_page
+
+    page = build_page(model, workdir=tmp_path / "work")
+    run = next(block.fn for block in page.fns.values() if block.name == "run")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(_image()).save(photo)
+    # A threshold of 1 sends every pixel to the background: the three classes have none.
+    outputs = run({"path": str(photo), "orig_name": "photo.png"}, "cat, dog, grass", "background", 1.0)
+    assert outputs[2] == {"background": 1.0}
+    outputs = run({"path": str(photo), "orig_name": "photo.png"}, "cat, dog, grass", "", 0.0)
+    result = model.segment(photo, "cat, dog, grass")
+    assert outputs[2] == {name: share for name, share in result.shares.items() if share > 0}
+
+
+def test_the_page_and_segment_agree_on_the_default_model(tmp_path: Path) -> None:
+    """The page's default model (the shipped world prompts) and ``mvpseg segment --prompts`` those prompts
+    segment at the scale the prompts were made for, so they give the same labels."""
+    from PIL import Image
+
+    from mvpseg.cli import build_parser, main
+    from mvpseg.cli.serve import load_segmenter
+    from mvpseg.world.prompts_asset import WORLD_PROMPTS
+    from mvpseg.world.scene import CLASS_NAMES, generate_scene, scene_rng
+
+    photo = tmp_path / "scene.png"
+    Image.fromarray(generate_scene(scene_rng(3, 1, 0)).image).resize((160, 144)).save(photo)
+    classes = ", ".join(CLASS_NAMES)
+    page = PageModel(load_segmenter(build_parser().parse_args(["serve", "--device", "cpu"]))).segment(photo, classes)
+    assert main(["segment", str(photo), "--prompts", str(WORLD_PROMPTS), "--classes", classes, "--out",
+                 str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "scene.png")), np.asarray(page.labels))
+    # A flag still overrides the checkpoint's settings.
+    assert main(["segment", str(photo), "--prompts", str(WORLD_PROMPTS), "--classes", classes, "--out",
+                 str(tmp_path / "slide"), "--device", "cpu", "--quiet", "--short-side", "512", "--mode", "slide"]) == 0
+    assert (np.asarray(Image.open(tmp_path / "slide" / "scene.png")) != np.asarray(page.labels)).any()
+
+
+def test_gradio_rewrites_a_pil_answer_in_place_so_the_page_hands_it_files(model: PageModel, tmp_path: Path) -> None:
+    """Why the page writes its pictures itself: gradio writes a PIL answer to a file named by its content,
+    in place (same inode), so an identical answer rewrites a file another client may be downloading."""
+    pytest.importorskip("gradio")
+    from gradio.processing_utils import save_pil_to_cache
+    from PIL import Image
+
+    from mvpseg.web import build_page
+
+    picture = Image.fromarray(_image())
+    first = Path(save_pil_to_cache(picture, str(tmp_path / "cache"), format="png"))
+    inode = first.stat().st_ino
+    assert Path(save_pil_to_cache(picture, str(tmp_path / "cache"), format="png")) == first
+    assert first.stat().st_ino == inode  # rewritten in place: a reader can meet it truncated
+    page = build_page(model, workdir=tmp_path / "work")
+    run = next(block.fn for block in page.fns.values() if block.name == "run")
+    photo = tmp_path / "photo.png"
+    picture.save(photo)
+    answers = [run({"path": str(photo), "orig_name": "photo.png"}, "cat, dog", "", 0.0) for _ in range(2)]
+    for index in (0, 5, 6):  # overlay, prompt maps, labels: files of the page's own, one per answer
+        paths = [Path(answer[index]) for answer in answers]
+        assert all(isinstance(answer[index], str) for answer in answers) and paths[0] != paths[1]
+        assert paths[0].read_bytes() == paths[1].read_bytes()
+        Image.open(paths[0]).load()
+
+
+def test_the_start_line_says_who_can_use_the_page() -> None:
+    from mvpseg.web import exposure
+
+    assert exposure("127.0.0.1", auth=False) == "this machine only"
+    assert exposure("localhost", auth=True) == "this machine only (password required)"
+    assert "ANYONE who can reach this machine" in exposure("0.0.0.0", auth=False)
+    assert "has a password" in exposure("0.0.0.0", auth=True)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--auth", "ann"], "--auth: write USER:PASSWORD"),
+    (["--auth", "ann:"], "--auth: write USER:PASSWORD"),
+    (["--auth-file", "missing.txt"], "--auth-file missing.txt: cannot read it"),
+])
+def test_bad_passwords_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("gradio")
+    import socket
+
+    from mvpseg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as taken:  # were the entry accepted, the taken port would stop serve (no hang)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", *argv, "--port", str(taken.getsockname()[1])]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error
+
+
+def test_concurrent_clients_all_get_the_right_answer_behind_a_password(model: PageModel, tmp_path: Path) -> None:
+    """Clients at once over loopback: each request waits its turn and gets the segmentation PageModel gives;
+    without the password nothing is answered."""
+    pytest.importorskip("gradio")
+    import socket
+    import threading
+
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from mvpseg.cli import build_parser
+    from mvpseg.cli.serve import read_auth
+    from mvpseg.web import build_page, launch
+
+    (tmp_path / "auth.txt").write_text("ann:s3cret\n")
+    auth = read_auth(build_parser().parse_args(["serve", "--auth-file", str(tmp_path / "auth.txt")]))
+    assert auth == [("ann", "s3cret")]
+    photo = tmp_path / "photo.png"
+    Image.fromarray(_image()).save(photo)
+    expected = np.asarray(model.segment(photo, "cat, dog, grass").labels)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    page = build_page(model, workdir=tmp_path / "work")
+    launch(page, port=port, auth=auth)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        import urllib.error
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # the API refuses a request without login
+            urllib.request.urlopen(url + "gradio_api/info", timeout=30)
+        results: list[bool] = []
+
+        def client(index: int) -> None:
+            session = Client(url, auth=("ann", "s3cret"), verbose=False, download_files=str(tmp_path / f"c{index}"))
+            for _ in range(2):
+                answer = session.predict(handle_file(str(photo)), "cat, dog, grass", "", 0.0, api_name="/run")
+                results.append(np.array_equal(np.asarray(Image.open(answer[6])), expected))
+
+        threads = [threading.Thread(target=client, args=(index,)) for index in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert results == [True] * 8
+    finally:
+        page.close()

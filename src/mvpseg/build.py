@@ -19,6 +19,7 @@ from torch import nn
 from .checkpoint import (
     CheckpointError,
     clip_signature,
+    inference_settings,
     is_weights_file,
     read_prompt_checkpoint,
     read_student_checkpoint,
@@ -94,6 +95,7 @@ def load_mvpseg(path: str | os.PathLike[str], clip: ClipBundle) -> MVPSeg:
     _check_clip(path, metadata["clip"], clip)
     model = build_mvpseg(clip, config)  # the contexts are then overwritten with the file's
     _load_tensors(path, model, tensors)
+    model.inference_settings = inference_settings(metadata.get("inference"))  # Segmenter's default scale
     return model.eval()
 
 
@@ -189,6 +191,7 @@ def load_student(path: str | os.PathLike[str], clip: ClipBundle) -> Student:
     teacher = build_mvpseg(clip, teacher_config, generator=torch.Generator())
     student = build_student(teacher, config, background=bool(config.background))
     _load_tensors(path, student, tensors)
+    student.inference_settings = inference_settings(metadata.get("inference"))  # Segmenter's default scale
     return student.eval()
 
 

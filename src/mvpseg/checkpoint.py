@@ -8,6 +8,11 @@
 - A **training state** (``mvpseg-train``) holds what ``--resume`` restores: the trained tensors, the
   optimiser's state, the step and the run's whole configuration.
 
+Prompt and student checkpoints may also carry the inference settings their model was made for
+(metadata "inference": the :class:`mvpseg.InferenceConfig` scale fields, :data:`INFERENCE_FIELDS`),
+so that the page, ``mvpseg segment`` and ``Segmenter`` use them by default (flags still override);
+:func:`set_inference_settings` adds them to an existing file.
+
 Nothing is pickled. Files are written atomically (:func:`mvpseg.files.atomic_write`). Building models
 from these files is :mod:`mvpseg.build`'s job.
 """
@@ -16,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 
 from .config import to_dict
 from .files import atomic_write
@@ -33,9 +39,11 @@ if TYPE_CHECKING:
     from .transfer.student import Student
 
 __all__ = [
+    "INFERENCE_FIELDS",
     "CheckpointError",
     "TrainingState",
     "clip_signature",
+    "inference_settings",
     "is_weights_file",
     "load_training_state",
     "read_prompt_checkpoint",
@@ -43,12 +51,15 @@ __all__ = [
     "save_prompt_checkpoint",
     "save_student_checkpoint",
     "save_training_state",
+    "set_inference_settings",
     "source_name",
 ]
 
 PROMPTS_FORMAT, PROMPTS_VERSION = "mvpseg-prompts", 2
 STUDENT_FORMAT, STUDENT_VERSION = "mvpseg-student", 1
 TRAIN_FORMAT, TRAIN_VERSION = "mvpseg-train", 1
+#: The :class:`mvpseg.InferenceConfig` fields a checkpoint records: the scale its model was made for.
+INFERENCE_FIELDS = ("short_side", "long_side", "mode", "crop_size", "stride")
 
 
 class CheckpointError(ValueError):
@@ -56,9 +67,13 @@ class CheckpointError(ValueError):
 
 
 def _write(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
-    """Tensors and JSON metadata (under the key "mvpseg") to a safetensors file, atomically."""
+    """Tensors and JSON metadata (under the key "mvpseg") to a safetensors file, atomically.
+
+    The bytes go into atomic_write's own temporary file (``save_file`` of safetensors 0.8 would rename a
+    ``0600`` file of its own over it)."""
     header = {"mvpseg": json.dumps({**metadata, "mvpseg_version": __version__})}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    data = save(tensors, metadata=header)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _read(path: str | os.PathLike[str], kind: str, fmt: str, version: int,
@@ -96,13 +111,21 @@ def clip_signature(clip_model: torch.nn.Module) -> dict[str, int]:
     }
 
 
-def save_prompt_checkpoint(path: str | os.PathLike[str], model: MVPSeg, extra: dict[str, Any] | None = None) -> Path:
+def inference_settings(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The inference settings among ``values`` (:data:`INFERENCE_FIELDS` only), e.g. a checkpoint's "inference"."""
+    return {name: values[name] for name in INFERENCE_FIELDS if name in (values or {})}
+
+
+def save_prompt_checkpoint(path: str | os.PathLike[str], model: MVPSeg, extra: dict[str, Any] | None = None,
+                           inference: Mapping[str, Any] | None = None) -> Path:
     """Write the trained tensors of ``model``, its config and its CLIP's identity to a safetensors file, atomically.
 
     Args:
         path: destination, conventionally ``*.safetensors``.
         model: an MVP-SEG model with learned prompts.
         extra: more JSON-serialisable metadata (dataset, class names trained on, iterations...).
+        inference: the inference settings the prompts were made for (InferenceConfig fields; only
+            :data:`INFERENCE_FIELDS` are kept), the default of whoever segments with them.
 
     Returns:
         The path written.
@@ -111,7 +134,34 @@ def save_prompt_checkpoint(path: str | os.PathLike[str], model: MVPSeg, extra: d
         raise ValueError("the template baseline has nothing trained to save")
     metadata = {"format": PROMPTS_FORMAT, "format_version": PROMPTS_VERSION, "config": model.config.to_dict(),
                 "clip": _clip_identity(model), "extra": extra or {}}
+    if inference_settings(inference):
+        metadata["inference"] = inference_settings(inference)
     return _write(path, _tensors(model), metadata)
+
+
+def set_inference_settings(path: str | os.PathLike[str], settings: Mapping[str, Any]) -> Path:
+    """Record in a prompt or student checkpoint the inference settings its model was made for, atomically.
+
+    The tensors are kept as they are; only the metadata changes (no retraining).
+
+    Args:
+        path: a prompt or student checkpoint.
+        settings: InferenceConfig fields (only :data:`INFERENCE_FIELDS` are kept; none: the record is removed).
+    """
+    path = Path(path)
+    for fmt, version, kind in ((PROMPTS_FORMAT, PROMPTS_VERSION, "prompt checkpoint"),
+                               (STUDENT_FORMAT, STUDENT_VERSION, "student checkpoint")):
+        try:
+            tensors, metadata = _read(path, kind, fmt, version)
+            break
+        except CheckpointError:
+            if fmt == STUDENT_FORMAT:
+                raise
+    metadata.pop("mvpseg_version", None)
+    metadata.pop("inference", None)
+    if inference_settings(settings):
+        metadata["inference"] = inference_settings(settings)
+    return _write(path, tensors, metadata)
 
 
 def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -144,7 +194,8 @@ def read_prompt_checkpoint(path: str | os.PathLike[str],
     Returns:
         (tensors, metadata); metadata holds "config" (:class:`mvpseg.MVPSegConfig` fields), "clip"
         ("name", "pretrained": the weights' tag or file name, "fingerprint", "token_width", "embed_dim";
-        files of mvpseg 0.1 lack the source and the fingerprint), "mvpseg_version" and "extra".
+        files of mvpseg 0.1 lack the source and the fingerprint), "mvpseg_version", "extra" and, when
+        recorded, "inference" (the settings the prompts were made for).
     """
     tensors, metadata = _read(path, "prompt checkpoint", PROMPTS_FORMAT, PROMPTS_VERSION, with_tensors)
     clip = dict(metadata.get("clip") or {})
@@ -157,7 +208,7 @@ def read_prompt_checkpoint(path: str | os.PathLike[str],
 
 
 def save_student_checkpoint(path: str | os.PathLike[str], student: Student, teacher: dict[str, Any],
-                            extra: dict[str, Any] | None = None) -> Path:
+                            extra: dict[str, Any] | None = None, inference: Mapping[str, Any] | None = None) -> Path:
     """Write an MVP-SEG+ student (network, frozen prompts, config, CLIP, teacher) to a safetensors file, atomically.
 
     Args:
@@ -165,9 +216,12 @@ def save_student_checkpoint(path: str | os.PathLike[str], student: Student, teac
         student: the student.
         teacher: what taught it: {"prompts": file name, "config": the prompts' MVPSegConfig fields}.
         extra: more JSON-serialisable metadata (dataset, vocabulary, iterations...).
+        inference: the inference settings it was made for (as :func:`save_prompt_checkpoint`).
     """
     metadata = {"format": STUDENT_FORMAT, "format_version": STUDENT_VERSION, "config": to_dict(student.config),
                 "clip": _clip_identity(student), "teacher": teacher, "extra": extra or {}}
+    if inference_settings(inference):
+        metadata["inference"] = inference_settings(inference)
     return _write(path, _tensors(student), metadata)
 
 

@@ -9,14 +9,19 @@ degrades to the single-process answer, so callers never need to branch.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
+    "PeerFailure",
+    "PeerWatch",
     "all_reduce_sum",
     "average_gradients",
     "barrier",
@@ -149,3 +154,113 @@ def cleanup() -> None:
     """Destroy the process group if one is initialised (call once, at the end of the run)."""
     if is_distributed():
         dist.destroy_process_group()
+
+
+class PeerFailure(RuntimeError):
+    """Another process of the group failed (an exception, or it was killed): this one should stop too."""
+
+
+_WATCHES = itertools.count()  # every process creates its watches in the same order: the same key prefixes
+
+
+class PeerWatch:
+    """No hang when a process of the group fails: every other process learns it within seconds.
+
+    Collectives wait for every process; a process that died never arrives, and the others would wait
+    for torch's timeout (tens of minutes). Instead, each process beats a counter in the process group's
+    key-value store from a thread; one that fails with an exception says so (:meth:`fail`), and one
+    whose counter stops for ``dead_after_s`` seconds (killed, out of memory) is taken as dead. The
+    main thread calls :meth:`check` between pieces of work and ends with :meth:`sum_when_done`
+    instead of a collective; both raise :class:`PeerFailure` once a peer failed. Running alone,
+    everything here is a no-op. Use it as a context manager (the thread stops on exit).
+
+    Args:
+        interval_s: seconds between beats (and checks of the others).
+        dead_after_s: seconds without a beat after which a process is taken as dead.
+    """
+
+    def __init__(self, interval_s: float = 0.5, dead_after_s: float = 10.0) -> None:
+        self.interval_s, self.dead_after_s = interval_s, dead_after_s
+        self.active = is_distributed()
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        if not self.active:
+            return
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        # The default group's store (private in torch, stable since 1.x): torchrun's agent hosts it, or rank 0.
+        self.store = dist.distributed_c10d._get_default_store()
+        self.prefix = f"mvpseg-watch/{next(_WATCHES)}"
+        self._thread = threading.Thread(target=self._beat, name="mvpseg-peer-watch", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> PeerWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _beat(self) -> None:
+        seen = {rank: (0, time.monotonic()) for rank in range(self.world_size) if rank != self.rank}
+        while not self._stop.is_set():
+            try:
+                self.store.add(f"{self.prefix}/beat/{self.rank}", 1)
+                if self.store.add(f"{self.prefix}/failed", 0):  # add 0: read without waiting for the key
+                    failed = self.store.get(f"{self.prefix}/failed_rank").decode()
+                    self.failure = f"process {failed} of {self.world_size} failed"
+                    return
+                now = time.monotonic()
+                for rank, (count, since) in seen.items():
+                    current = self.store.add(f"{self.prefix}/beat/{rank}", 0)
+                    if current != count:
+                        seen[rank] = (current, now)
+                    elif now - since > self.dead_after_s:
+                        self.failure = f"process {rank} of {self.world_size} stopped answering (killed?)"
+                        return
+            except Exception as error:  # the store's host is gone: the group is broken
+                if not self._stop.is_set():
+                    self.failure = f"lost contact with the other processes ({type(error).__name__})"
+                return
+            self._stop.wait(self.interval_s)
+
+    def check(self) -> None:
+        """Raise :class:`PeerFailure` when another process has failed."""
+        if self.failure is not None:
+            raise PeerFailure(self.failure)
+
+    def fail(self) -> None:
+        """Tell the others that this process failed (call before re-raising its exception)."""
+        if self.active:
+            try:
+                self.store.set(f"{self.prefix}/failed_rank", str(self.rank))
+                self.store.add(f"{self.prefix}/failed", 1)
+            except Exception:  # the store is gone: the others find out by themselves
+                pass
+
+    def sum_when_done(self, values: Sequence[int]) -> list[int]:
+        """Wait for every process to finish its work and sum their ``values`` (the final counts).
+
+        Raises:
+            PeerFailure: a process failed while the others waited.
+        """
+        if not self.active:
+            return list(values)
+        self.store.set(f"{self.prefix}/values/{self.rank}", ",".join(str(int(value)) for value in values))
+        self.store.add(f"{self.prefix}/finished", 1)
+        while self.store.add(f"{self.prefix}/finished", 0) < self.world_size:
+            self.check()
+            time.sleep(min(self.interval_s, 0.05))
+        rows = [self.store.get(f"{self.prefix}/values/{rank}").decode().split(",") for rank in range(self.world_size)]
+        total = [sum(int(row[index]) for row in rows) for index in range(len(values))]
+        self._stop.set()
+        # A store hosted by rank 0 must outlive the others' last reads: rank 0 leaves last.
+        self.store.add(f"{self.prefix}/left", 1)
+        deadline = time.monotonic() + 30.0
+        while self.rank == 0 and self.store.add(f"{self.prefix}/left", 0) < self.world_size:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        return total
+
+    def close(self) -> None:
+        """Stop the thread (it exits within ``interval_s``)."""
+        self._stop.set()

@@ -3,13 +3,16 @@
 Every file mvpseg writes (checkpoints, label maps, overlays, metrics, configs) goes through
 :func:`atomic_write`: written to a temporary sibling, flushed to disk, then renamed onto the final
 name, so a crash, a kill or a power loss never leaves an empty or partial file that looks finished.
-Files get the permissions any new file of the user gets (``0o666`` less the umask).
+Files get the permissions any new file of the user gets (``0o666`` less the umask), even when the
+writer replaces the temporary file with its own (safetensors 0.8 renames a ``0600`` file of its making
+over the path it is given): the mode the kernel gave the temporary file is put back before the rename.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,9 +48,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     # Created by the kernel with mode 0o666 filtered by the umask: the user's normal permissions.
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = stat.S_IMODE(os.fstat(descriptor).st_mode)
+    os.close(descriptor)
     try:
         write(str(tmp))
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # the writer replaced our file with one of its own
+            os.chmod(tmp, mode)
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -12,10 +12,12 @@ in :mod:`mvpseg.dense`, label upsampling in :mod:`mvpseg.upsample`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,14 +82,15 @@ class Segmenter:
 
     Args:
         model: an :class:`MVPSeg` (it carries its CLIP).
-        config: how images are resized and windowed.
+        config: how images are resized and windowed; default the settings the model's checkpoint was
+            made for (``model.inference_settings``, set by the loaders) over InferenceConfig's defaults.
         device: where to run; default CUDA when available.
     """
 
     def __init__(self, model: MVPSeg, config: InferenceConfig | None = None,
                  device: str | torch.device | None = None) -> None:
         self.device = default_device(device)
-        self.config = config or InferenceConfig()
+        self.config = config or InferenceConfig(**getattr(model, "inference_settings", {}))
         self.clip = model.clip
         self.clip.model.to(self.device)
         self.model = model.to(self.device).eval()
@@ -107,6 +110,7 @@ class Segmenter:
         device: str | torch.device | None = None,
         config: InferenceConfig | None = None,
         student: str | os.PathLike[str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> Segmenter:
         """Load CLIP and, optionally, learned prompts or an MVP-SEG+ student.
 
@@ -116,15 +120,19 @@ class Segmenter:
                 weights the prompt checkpoint was learned on when it names a tag, else "openai".
             prompts: a prompt checkpoint; None uses MaskCLIP's 85 templates.
             device: where to run; default CUDA when available.
-            config: inference options.
+            config: inference options; default the settings the checkpoint was made for (when it
+                records them) over InferenceConfig's defaults.
             student: a student checkpoint from ``mvpseg transfer`` instead of prompts (it holds its own).
+            overrides: InferenceConfig fields laid over ``config`` (or the checkpoint's settings): what
+                a user typed (``{"short_side": 512}``).
 
         Returns:
             A ready :class:`Segmenter`.
         """
         target = default_device(device)
         model = build.from_pretrained(clip, pretrained, prompts, device=target, student=student)
-        return cls(model, config=config, device=target)
+        base = config or InferenceConfig(**getattr(model, "inference_settings", {}))
+        return cls(model, config=dataclasses.replace(base, **(overrides or {})), device=target)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of ``config.precision`` on this device (:mod:`mvpseg.runtime`)."""

@@ -8,16 +8,26 @@ whatever the environment says (``Blocks(analytics_enabled=False)``: no version c
 report), the theme uses the system's fonts and the page loads nothing from another host, uploads are
 capped in the browser and by the server, and an upload that is not an image gets one message while
 the server keeps serving. The model is loaded once, before the page starts.
+
+Under load: requests wait in one bounded queue and are segmented one at a time (one model); every
+picture an answer shows is written by the page itself, atomically, under a name no other answer
+uses, and handed to gradio as a file. (Handed a PIL image, gradio writes it to a file named by its
+content, in place: two identical answers, e.g. two people pressing the same example, rewrote the
+file while the first was being downloaded, and that download came out truncated.)
 """
 
 from __future__ import annotations
 
 import html
+import ipaddress
 import re
 import shutil
+import socket
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from .files import atomic_write
 from .image import ImageInput, ImageReadError, load_image
 from .viz import colorize, overlay, prompt_map_grid
 from .vocabulary import Vocabulary, parse_class_lines, parse_classes
@@ -35,13 +46,20 @@ if TYPE_CHECKING:
 
     from .inference import Segmenter
 
-__all__ = ["PageInputError", "PageModel", "PageResult", "PromptMaps", "build_page", "serve", "write_examples"]
+__all__ = ["PageInputError", "PageModel", "PageResult", "PromptMaps", "build_page", "exposure", "launch", "serve",
+           "write_examples"]
 
 #: Fonts of the page's theme: the system's, so that no font is fetched from anywhere.
 SYSTEM_SANS = ["ui-sans-serif", "system-ui", "DejaVu Sans", "sans-serif"]
 SYSTEM_MONO = ["ui-monospace", "DejaVu Sans Mono", "monospace"]
 NOT_AN_IMAGE = "The uploaded file is not a readable image: upload a photo (PNG, JPEG, WebP, ...)."
 _THUMBNAIL = 320  # longest side of the photo kept for redrawing the prompt maps
+#: Requests waiting for the model at most; more are refused with gradio's "queue is full" message.
+QUEUE_SIZE = 64
+#: Answers whose files are kept on disk (gradio copies each into its cache when it sends the answer).
+KEPT_ANSWERS = 256
+#: Seconds a browser session's prompt maps are kept after its last use.
+SESSION_SECONDS = 1800
 
 
 class PageInputError(ValueError):
@@ -218,6 +236,31 @@ def _safe_stem(name: str | None) -> str:
     return stem or "photo"
 
 
+class _AnswerFiles:
+    """The files of the page's answers: each answer in a folder of its own, written atomically; only the
+    last :data:`KEPT_ANSWERS` answers' folders are kept, so the disk use is bounded."""
+
+    def __init__(self, root: Path, keep: int = KEPT_ANSWERS) -> None:
+        self.root, self.keep = root, keep
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.folders: deque[Path] = deque()
+        self.lock = threading.Lock()
+
+    def folder(self) -> Path:
+        """A new folder for one answer (the oldest beyond ``keep`` are removed)."""
+        folder = Path(tempfile.mkdtemp(dir=self.root))
+        with self.lock:
+            self.folders.append(folder)
+            while len(self.folders) > self.keep:
+                shutil.rmtree(self.folders.popleft(), ignore_errors=True)
+        return folder
+
+    @staticmethod
+    def png(folder: Path, name: str, picture: Image.Image) -> str:
+        """Write ``picture`` as ``folder/name`` atomically; returns the path as gradio takes it."""
+        return str(atomic_write(folder / name, lambda tmp: picture.save(tmp, format="PNG")))
+
+
 def build_page(model: PageModel, examples: Sequence[str | Path] = (), default_classes: str = "",
                workdir: str | Path | None = None) -> gradio.Blocks:
     """The page: photo, classes, background and threshold in; overlay, shares, GPR scores, prompt maps and
@@ -234,8 +277,7 @@ def build_page(model: PageModel, examples: Sequence[str | Path] = (), default_cl
     """
     import gradio as gr
 
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="mvpseg-web-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    answers = _AnswerFiles(Path(workdir or tempfile.mkdtemp(prefix="mvpseg-web-")))
 
     def run(payload: Any, classes: str, background: str, threshold: float) -> tuple[Any, ...]:
         # preprocess=False: the photo arrives as the upload's file data, read here so that a file that is
@@ -247,23 +289,26 @@ def build_page(model: PageModel, examples: Sequence[str | Path] = (), default_cl
             result = model.segment(path, classes, background, threshold)
         except PageInputError as error:
             raise gr.Error(html.escape(str(error)), print_exception=False) from None
-        folder = Path(tempfile.mkdtemp(dir=workdir))
-        labels_path = folder / f"{_safe_stem(payload.get('orig_name') if isinstance(payload, dict) else path)}_labels.png"
-        result.labels.save(labels_path, format="PNG")
+        folder = answers.folder()
+        stem = _safe_stem(payload.get("orig_name") if isinstance(payload, dict) else path)
         height, width = result.size
         status = (f"{width} x {height} pixels, {len(result.class_names)} classes, "
                   f"segmented in {result.seconds:.2f} s")
         maps = result.prompt_maps
         present = {name: share for name, share in result.shares.items() if share > 0}
-        return (result.overlay, status, present,
+        return (answers.png(folder, f"{stem}_overlay.png", result.overlay), status, present,
                 gr.Label(value=result.presence, visible=result.presence is not None),
-                gr.Dropdown(choices=result.class_names, value=maps.largest), maps.picture(),
-                str(labels_path), maps)
+                gr.Dropdown(choices=result.class_names, value=maps.largest),
+                answers.png(folder, f"{stem}_maps.png", maps.picture()),
+                answers.png(folder, f"{stem}_labels.png", result.labels), maps)
 
-    def redraw(maps: PromptMaps | None, class_name: str) -> Image.Image | None:
-        return None if maps is None else maps.picture(class_name)
+    def redraw(maps: PromptMaps | None, class_name: str) -> str | None:
+        if maps is None:
+            return None
+        return answers.png(answers.folder(), "maps.png", maps.picture(class_name))
 
-    with gr.Blocks(title="mvpseg", analytics_enabled=False) as page:
+    # delete_cache: gradio's copies of the answers, older than an hour, removed every 10 minutes.
+    with gr.Blocks(title="mvpseg", analytics_enabled=False, delete_cache=(600, 3600)) as page:
         gr.Markdown("## mvpseg: segment any photo with any words\n"
                     "Upload or drop a photo, type class names (commas between classes, `|` between a class's "
                     "synonyms, e.g. `tv monitor|television, cat`; or one class per line, its synonyms after "
@@ -291,15 +336,53 @@ def build_page(model: PageModel, examples: Sequence[str | Path] = (), default_cl
                 maps = gr.Image(label="Prompt maps", type="pil", format="png", interactive=False,
                                 buttons=["download", "fullscreen"], elem_id="maps")
                 labels = gr.File(label="Label PNG (pixel value = class index)", elem_id="labels")
-        state = gr.State()
+        state = gr.State(time_to_live=SESSION_SECONDS)  # a session's prompt maps, dropped when idle
         button.click(run, inputs=[image, classes, background, threshold],
                      outputs=[shown, status, shares, presence, map_class, maps, labels, state], preprocess=False)
         map_class.input(redraw, inputs=[state, map_class], outputs=[maps])
     return page
 
 
+def exposure(host: str, auth: bool) -> str:
+    """Who can use a page served on ``host``, in words for the start line.
+
+    Args:
+        host: the address listened on.
+        auth: whether a user name and password are required.
+    """
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+        local = all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses)
+    except (OSError, ValueError):
+        local = False
+    if local:
+        return "this machine only" + (" (password required)" if auth else "")
+    if auth:
+        return "open to the network: anyone who can reach this machine and has a password"
+    return ("open to the network: ANYONE who can reach this machine can use it, with no password "
+            "(--auth-file FILE requires one)")
+
+
+def launch(page: gradio.Blocks, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 20.0,
+           auth: Sequence[tuple[str, str]] = (), allowed_paths: Sequence[str | Path] = ()) -> None:
+    """Start serving a built page in the background (``page.close()`` stops it), as ``mvpseg serve`` does.
+
+    One model: one segmentation at a time; the other requests wait in a queue of :data:`QUEUE_SIZE`.
+    """
+    import gradio as gr
+
+    page.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    page.launch(
+        server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True, quiet=True,
+        max_file_size=int(max_upload_mb * 1024 * 1024), auth=list(auth) or None,
+        theme=gr.themes.Default(font=SYSTEM_SANS, font_mono=SYSTEM_MONO),  # no web fonts
+        ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
+        footer_links=[], show_error=False, allowed_paths=[str(path) for path in allowed_paths],
+    )
+
+
 def serve(segmenter: Segmenter, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 20.0,
-          examples: int = 4) -> None:
+          examples: int = 4, auth: Sequence[tuple[str, str]] = ()) -> None:
     """Serve the page until interrupted (Ctrl+C).
 
     Args:
@@ -308,25 +391,18 @@ def serve(segmenter: Segmenter, host: str = "127.0.0.1", port: int = 7860, max_u
         port: the port.
         max_upload_mb: the largest upload, in MiB (refused in the browser, and by the server).
         examples: world scenes offered as examples.
+        auth: (user, password) pairs; when given, the page asks for one of them.
     """
-    import gradio as gr
-
     from .world.scene import CLASS_NAMES
 
     workdir = Path(tempfile.mkdtemp(prefix="mvpseg-serve-"))
     try:
         paths = write_examples(workdir / "examples", examples)
         page = build_page(PageModel(segmenter), paths, default_classes=", ".join(CLASS_NAMES),
-                          workdir=workdir / "labels")
-        page.queue(default_concurrency_limit=1, max_size=64)  # one model: one segmentation at a time
-        page.launch(
-            server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True, quiet=True,
-            max_file_size=int(max_upload_mb * 1024 * 1024),
-            theme=gr.themes.Default(font=SYSTEM_SANS, font_mono=SYSTEM_MONO),  # no web fonts
-            ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
-            footer_links=[], show_error=False, allowed_paths=[str(workdir / "examples")],
-        )
-        print(f"mvpseg: serving on {page.local_url} (Ctrl+C stops)", file=sys.stderr, flush=True)
+                          workdir=workdir / "answers")
+        launch(page, host, port, max_upload_mb, auth, allowed_paths=[workdir / "examples"])
+        print(f"mvpseg: serving on {page.local_url}, {exposure(host, bool(auth))} (Ctrl+C stops)",
+              file=sys.stderr, flush=True)
         page.block_thread()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -11,7 +11,8 @@ from .flags import add_config_flags, apply_overrides, overrides
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["UsageError", "add_clip_arguments", "add_inference_flags", "clip_source", "inference_config"]
+__all__ = ["UsageError", "add_clip_arguments", "add_inference_flags", "clip_source", "inference_config",
+           "inference_overrides"]
 
 
 class UsageError(Exception):
@@ -62,3 +63,8 @@ def add_inference_flags(parser: argparse.ArgumentParser, presets: Mapping[str, M
 def inference_config(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> InferenceConfig:
     """The InferenceConfig of the given inference flags laid over ``base`` (a preset's fields)."""
     return apply_overrides(InferenceConfig(**(base or {})), overrides(args))
+
+
+def inference_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The inference fields typed on the command line, to lay over the settings a checkpoint was made for."""
+    return {name: value for name, value in overrides(args).items() if name in InferenceConfig.__dataclass_fields__}

@@ -1,5 +1,6 @@
-"""The images a command is given: files, folders (``--recursive``: with their subfolders) and quoted
-shell-style patterns, each with a unique output name, and split over ``torchrun`` processes.
+"""The images a command is given: files, folders (``--recursive``: with their subfolders), quoted
+shell-style patterns and lists of paths (``--input-list``), each with a unique output name, split into
+a scheduler's shards (``--shard i/N``) and over ``torchrun`` processes.
 
 Imports the standard library only.
 """
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["IMAGE_SUFFIXES", "ImageInputs", "InputImage", "collect_images", "shard"]
+__all__ = ["IMAGE_SUFFIXES", "ImageInputs", "InputImage", "collect_images", "parse_shard", "read_input_list",
+           "shard"]
 
 #: File name endings taken for images inside folders and among pattern matches (case-insensitive).
 IMAGE_SUFFIXES = frozenset({
@@ -66,32 +69,74 @@ def _folder_files(folder: Path, recursive: bool) -> list[Path]:
     return sorted(files, key=lambda path: path.relative_to(folder).as_posix())
 
 
-def _unique(name: str, used: set[str]) -> str:
-    """``name``, or ``name-2``, ``name-3``, ... when it is taken (and records it as taken)."""
-    candidate, number = name, 2
-    while candidate in used:
-        candidate, number = f"{name}-{number}", number + 1
-    used.add(candidate)
-    return candidate
+class _Names:
+    """Output names handed out so far: ``name``, or ``name-2``, ``name-3``, ... when it is taken."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+        self.next_number: dict[str, int] = {}  # where to resume counting: a million "image" stems stay linear
+
+    def unique(self, name: str) -> str:
+        candidate, number = name, self.next_number.get(name, 2)
+        if candidate in self.used:
+            candidate = f"{name}-{number}"
+            while candidate in self.used:
+                number += 1
+                candidate = f"{name}-{number}"
+            self.next_number[name] = number + 1
+        self.used.add(candidate)
+        return candidate
 
 
-def collect_images(arguments: Sequence[str], recursive: bool = False) -> ImageInputs:
+def read_input_list(source: str) -> list[str]:
+    """The paths of an input list: one per line (blank lines skipped, no other syntax: a path may hold
+    spaces or ``#``); ``-`` reads standard input.
+
+    Raises:
+        FileNotFoundError: the list file does not exist.
+    """
+    if source == "-":
+        lines: Iterable[str] = sys.stdin
+        return [line.rstrip("\r\n") for line in lines if line.strip()]
+    with open(source, encoding="utf-8") as handle:
+        return [line.rstrip("\r\n") for line in handle if line.strip()]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` as (i, N), 0 <= i < N (a scheduler's job array: ``--shard $SLURM_ARRAY_TASK_ID/N``).
+
+    Raises:
+        ValueError: not of that form, or i outside 0..N-1.
+    """
+    index, _, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise ValueError(f"--shard takes i/N (e.g. 0/4: the first of 4 shards), not {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text}: i counts from 0 to N-1 (the shards of 4 are 0/4, 1/4, 2/4 and 3/4)")
+    return i, n
+
+
+def collect_images(arguments: Sequence[str], recursive: bool = False, listed: Sequence[str] = ()) -> ImageInputs:
     """Expand image arguments: a file is taken as it is (read errors are the caller's to report), a folder
     gives its images, and an argument that is no existing path but holds ``*``, ``?`` or ``[`` is a
-    pattern (``**`` crosses folders) giving the images it matches.
+    pattern (``**`` crosses folders) giving the images it matches. Listed paths (``--input-list``) are
+    files taken as they are, after the arguments.
 
     Output names are deterministic: the file's stem, or inside a folder its relative path without
-    suffix; a name already taken gets ``-2``, ``-3``, ... in argument order.
+    suffix; a name already taken gets ``-2``, ``-3``, ... in argument order, then list order.
 
     Args:
         arguments: the command line's image arguments.
         recursive: take the images in folders' subfolders too.
+        listed: paths read from input lists.
 
     Returns:
         The images, the count of skipped non-image files, and a line per argument that gave nothing.
     """
     found = ImageInputs()
-    used: set[str] = set()
+    names = _Names()
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
@@ -101,7 +146,7 @@ def collect_images(arguments: Sequence[str], recursive: bool = False) -> ImageIn
             if not images:
                 found.problems.append(f"{path}: no images in this folder"
                                       + ("" if recursive else " (--recursive takes its subfolders too)"))
-            found.images += [InputImage(file, _unique(file.relative_to(path).with_suffix("").as_posix(), used))
+            found.images += [InputImage(file, names.unique(file.relative_to(path).with_suffix("").as_posix()))
                              for file in images]
         elif not path.exists() and _GLOB_CHARACTERS & set(argument):
             files = [Path(match) for match in sorted(glob.glob(argument, recursive=True)) if Path(match).is_file()]
@@ -109,9 +154,10 @@ def collect_images(arguments: Sequence[str], recursive: bool = False) -> ImageIn
             found.skipped += len(files) - len(images)
             if not images:
                 found.problems.append(f"{argument}: no image matches this pattern")
-            found.images += [InputImage(file, _unique(file.stem, used)) for file in images]
+            found.images += [InputImage(file, names.unique(file.stem)) for file in images]
         else:
-            found.images.append(InputImage(path, _unique(path.stem, used)))
+            found.images.append(InputImage(path, names.unique(path.stem)))
+    found.images += [InputImage(Path(entry), names.unique(Path(entry).stem)) for entry in listed]
     return found
 
 

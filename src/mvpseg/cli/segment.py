@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
 from pathlib import Path
 
 from ..vocabulary import Vocabulary, parse_classes, read_classes_file
-from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
-from .inputs import ImageInputs, collect_images, shard
+from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_overrides
+from .inputs import ImageInputs, collect_images, parse_shard, read_input_list, shard
 
 __all__ = ["add_parser", "parse_class_list", "parse_vocabulary", "run"]
 
@@ -78,15 +78,25 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "STEM.json (each class's pixel share). Unreadable images are reported and skipped; "
                     "the exit status is then 1.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
+    parser.add_argument("images", nargs="*", metavar="IMAGE",
                         help="image files (JPEG, PNG, ...), folders of images, or quoted patterns such as "
                              "'photos/*.jpg' or 'photos/**/*.png'")
     parser.add_argument("--recursive", action="store_true", help="take the images in folders' subfolders too")
+    parser.add_argument("--input-list", action="append", metavar="FILE",
+                        help="a file of image paths, one per line, taken after the IMAGE arguments; - reads "
+                             "standard input (e.g. find photos -name '*.jpg' | mvpseg segment --input-list - ...)")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="segment shard I of N (I from 0): images I, I+N, I+2N, ... of the whole list, under "
+                             "the names the whole run gives them, so that N jobs write exactly its outputs")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="skip an image whose three outputs are already in --out, whole, for the same image "
+                             "and classes (a killed run, started again with it, continues where it stopped)")
     parser.add_argument("--classes", help='comma-separated classes, a class\'s synonyms separated by |, e.g. '
                                           '"cat,tv monitor|television,grass" (the first name is shown)')
     parser.add_argument("--classes-file", metavar="FILE",
                         help="one class per line, its synonyms separated by commas (SCLIP's class files); "
-                             "a file of one line reads like --classes")
+                             "a file of one line reads like --classes. With --classes too: the file's classes "
+                             "then --classes' (a class in both is an error)")
     parser.add_argument("--background", metavar="NAME",
                         help="a name for everything else (synonyms separated by |); becomes class 0")
     parser.add_argument("--background-threshold", type=float, metavar="P",
@@ -96,7 +106,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--student", metavar="CKPT",
                         help="an MVP-SEG+ student (.safetensors from mvpseg transfer) instead of --prompts")
     parser.add_argument("--out", default="mvpseg-out", metavar="DIR", help="output folder (default: mvpseg-out)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     parser.add_argument("--max-pixels", type=int, metavar="N",
                         help="read images of up to N pixels (width x height); default: Pillow's guard against "
                              "decompression bombs, about 179 million. Raise it only for large images you trust")
@@ -124,64 +134,92 @@ def _report_inputs(inputs: ImageInputs, quiet: bool) -> None:
         print(f"mvpseg: skipped {inputs.skipped} {what}", file=sys.stderr)
 
 
+def _images(args: argparse.Namespace) -> ImageInputs:
+    """The images of the IMAGE arguments and the --input-list files (one line per bad list, exit 2)."""
+    listed: list[str] = []
+    for source in args.input_list or []:
+        try:
+            listed += read_input_list(source)
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not a text file"
+            raise UsageError(f"--input-list {source}: cannot read it ({reason}): give a text file of image "
+                             f"paths, one per line") from error
+    if not args.images and not listed:
+        raise UsageError("no images: give IMAGE files, folders or patterns, or --input-list FILE"
+                         if not args.input_list else "the --input-list holds no path: one image path per line")
+    return collect_images(args.images, recursive=args.recursive, listed=listed)
+
+
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from .. import distributed
-    from ..files import atomic_write, write_text
     from ..image import ImageReadError, load_image
     from ..inference import Segmenter
-    from ..viz import colorize, overlay
+    from ..outputs import outputs_done, write_outputs
 
     classes, background = parse_vocabulary(args)
     check_background_threshold(args.background_threshold, args.background)
     if args.max_pixels is not None and args.max_pixels < 1:
         raise UsageError(f"--max-pixels must be a positive number of pixels, not {args.max_pixels}")
-    inputs = collect_images(args.images, recursive=args.recursive)
+    try:
+        shard_index, shard_count = parse_shard(args.shard) if args.shard else (0, 1)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    inputs = _images(args)
     if not inputs.images:
         _report_inputs(inputs, args.quiet)
         return 1
+    class_names = Vocabulary.of(classes, background, warn=False).display_names
     # Under torchrun every process lists the same inputs and takes its share (rank r of W: r, r + W, ...).
     ours = not distributed.is_distributed()  # a process group of the caller's is left as it is
     rank, world_size, device = distributed.init_distributed(args.device)
+    watch = distributed.PeerWatch()  # a failed process stops the others within seconds
     try:
         segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
                                               student=args.student,
-                                              device=device, config=inference_config(args))
+                                              device=device, overrides=inference_overrides(args))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         if rank == 0:
             _report_inputs(inputs, args.quiet)
-        mine = shard(inputs.images, rank, world_size)
-        failures = 0
-        for item in tqdm(mine, desc="segment", unit="image", disable=len(mine) < 2 or args.quiet or rank > 0):
-            path, stem = item.path, item.name
+        ours_in_shard = shard(inputs.images, shard_index, shard_count)  # names stay those of the whole list
+        mine = shard(ours_in_shard, rank, world_size)
+        done = skipped = failures = 0
+        start = time.perf_counter()
+        bar = tqdm(total=len(mine), desc="segment", unit="image", disable=len(mine) < 2 or args.quiet or rank > 0)
+        for item in mine:
+            watch.check()
+            bar.update()
+            if args.skip_existing and outputs_done(out, item.name, item.path, class_names):
+                skipped += 1
+                continue
             try:
-                array = load_image(path, max_pixels=args.max_pixels)
+                array = load_image(item.path, max_pixels=args.max_pixels)
                 prediction = segmenter.predict(array, classes, background=background,
                                                background_threshold=args.background_threshold)
             except ImageReadError as error:
                 tqdm.write(f"mvpseg: error: {error}", file=sys.stderr)
                 failures += 1
                 continue
-            label_image = colorize(prediction.labels)
-            atomic_write(out / f"{stem}.png", lambda tmp, image=label_image: image.save(tmp, format="PNG"))
-            picture = overlay(array, prediction.labels, prediction.class_names)
-            atomic_write(out / f"{stem}_overlay.png", lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
-            summary = {
-                "image": str(path),
-                "size": list(prediction.labels.shape),
-                "class_names": prediction.class_names,
-                "pixel_share": prediction.class_shares(),
-            }
-            if prediction.presence is not None:
-                summary["presence"] = dict(zip(prediction.class_names, map(float, prediction.presence)))
-            write_text(out / f"{stem}.json", json.dumps(summary, indent=2))
-        failures, total = (int(count) for count in distributed.all_reduce_sum(torch.tensor([failures, len(mine)])))
+            write_outputs(out, item.name, item.path, array, prediction)
+            done += 1
+        bar.close()
+        done, skipped, failures = watch.sum_when_done([done, skipped, failures])
+        seconds = time.perf_counter() - start
         if rank == 0 and not args.quiet:
-            print(f"segmented {total - failures} of {total} images into {out}", file=sys.stderr)
+            total = done + skipped + failures
+            print(f"segmented {done} of {total} images into {out} ({skipped} skipped: already done; {failures} "
+                  f"failed) in {seconds:.1f} s, {done / max(seconds, 1e-9):.2f} images/s", file=sys.stderr)
         return 1 if failures or inputs.problems else 0
+    except distributed.PeerFailure as error:
+        print(f"mvpseg: error: {error}: process {rank} stops too; every output written is whole (start the same "
+              f"command again with --skip-existing to go on)", file=sys.stderr)
+        return 1
+    except BaseException:
+        watch.fail()
+        raise
     finally:
+        watch.close()
         if ours:
             distributed.cleanup()

@@ -7,19 +7,15 @@ import importlib.util
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import DemoConfig
-from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
+from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_overrides
 
 if TYPE_CHECKING:
     from ..inference import Segmenter
 
-__all__ = ["add_parser", "load_segmenter", "run"]
-
-#: Inference settings of the shipped tiny CLIP: the scale it was pretrained at, the whole image at once.
-TINY_INFERENCE = {"short_side": DemoConfig().short_side, "mode": "whole"}
-
+__all__ = ["add_parser", "load_segmenter", "read_auth", "run"]
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -32,7 +28,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens the page "
-                             "to the network, to anyone who can reach this machine)")
+                             "to the network, to anyone who can reach this machine: see --auth-file)")
+    parser.add_argument("--auth-file", metavar="FILE",
+                        help="require a user name and password: FILE holds lines USER:PASSWORD (keep it private)")
+    parser.add_argument("--auth", metavar="USER:PASSWORD",
+                        help="require this user name and password (visible to other users of this machine in its "
+                             "process list: prefer --auth-file)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
                         help="largest photo accepted, in MiB (default: 20)")
@@ -56,7 +57,8 @@ def _default_model(args: argparse.Namespace) -> bool:
 
 def load_segmenter(args: argparse.Namespace) -> Segmenter:
     """The model the page segments with, loaded once: the model options' (as ``mvpseg segment`` reads them),
-    or with none of them the tiny CLIP shipped in mvpseg with its world prompts, at its own scale.
+    or with none of them the tiny CLIP shipped in mvpseg with its world prompts. Either way at the scale the
+    checkpoint was made for, unless inference flags say otherwise (as ``mvpseg segment`` does).
 
     Args:
         args: the parsed options of ``mvpseg serve``.
@@ -71,9 +73,9 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
         from ..world.prompts_asset import WORLD_PROMPTS
 
         return Segmenter.from_pretrained(clip=TINY_CLIP_NAME, pretrained="mvpseg", prompts=WORLD_PROMPTS,
-                                         device=args.device, config=inference_config(args, base=TINY_INFERENCE))
+                                         device=args.device, overrides=inference_overrides(args))
     return Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                     student=args.student, device=args.device, config=inference_config(args))
+                                     student=args.student, device=args.device, overrides=inference_overrides(args))
 
 
 def _check_port(host: str, port: int) -> None:
@@ -91,6 +93,26 @@ def _check_port(host: str, port: int) -> None:
             raise UsageError(f"cannot listen on {host}:{port} ({error.strerror}): choose another --port") from error
 
 
+def read_auth(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (user, password) pairs of --auth and --auth-file (one line per bad entry, exit 2)."""
+    entries: list[tuple[str, str]] = []
+    lines = [("--auth", args.auth)] if args.auth else []
+    if args.auth_file:
+        try:
+            text = Path(args.auth_file).read_text(encoding="utf-8")
+        except OSError as error:
+            raise UsageError(f"--auth-file {args.auth_file}: cannot read it ({error.strerror})") from error
+        lines += [(f"--auth-file {args.auth_file}", line) for line in text.splitlines() if line.strip()]
+        if not text.strip():
+            raise UsageError(f"--auth-file {args.auth_file} is empty: write USER:PASSWORD lines")
+    for source, line in lines:
+        user, colon, password = line.strip().partition(":")
+        if not colon or not user or not password:
+            raise UsageError(f"{source}: write USER:PASSWORD (a user name, a colon, a password that is not empty)")
+        entries.append((user, password))
+    return entries
+
+
 def web_installed() -> bool:
     """Whether the web extra (gradio) is installed."""
     return importlib.util.find_spec("gradio") is not None
@@ -105,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-upload-mb must be between 0 and 10000, not {args.max_upload_mb}")
     if args.examples < 0:
         raise UsageError(f"--examples must be 0 or more, not {args.examples}")
+    auth = read_auth(args)
     _check_port(args.host, args.port)
     segmenter = load_segmenter(args)
     from ..web import serve
@@ -114,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     saved = {name: os.environ.get(name) for name in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY")}
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:
-        serve(segmenter, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, examples=args.examples)
+        serve(segmenter, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, examples=args.examples,
+              auth=auth)
     finally:
         for name, value in saved.items():
             if value is None:
