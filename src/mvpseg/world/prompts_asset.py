@@ -34,6 +34,7 @@ def train_world_prompts(work: str | Path, dest: str | Path = WORLD_PROMPTS, conf
     Returns:
         ``dest``.
     """
+    from ..checkpoint import set_inference_settings
     from ..train import train
     from .demo import row_train_config
     from .layout import write_world
@@ -44,6 +45,8 @@ def train_world_prompts(work: str | Path, dest: str | Path = WORLD_PROMPTS, conf
     prompts = train(row_train_config(config, world, "mvp-seg", config.seed, work), progress=progress)
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(prompts, dest)
+    # the scale the prompts were made for, so that the page, segment and Python agree by default
+    set_inference_settings(dest, {"short_side": config.short_side, "mode": "whole"})
     return Path(dest)
 
 
