@@ -284,7 +284,7 @@ class StudentConfig:
 class TransferConfig(RunConfig):
     """One MVP-SEG+ run (``mvpseg transfer``): the learned prompts teach a student network on a dataset."""
 
-    prompts: str = ""  # the teacher: a prompt checkpoint from mvpseg train (required)
+    prompts: str = ""  # the teacher: a prompt checkpoint from mvpseg train, a model folder or a Hub id org/name (required)
     clip: str | None = None  # open_clip architecture (none: the one the prompts were learned on)
     pretrained: str | None = "auto"  # CLIP weights: a tag or file; auto: those the prompts were learned on, else openai
     out: str = "runs/mvpseg-plus"  # run folder: student.safetensors, checkpoint, config and logs

@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -114,10 +115,11 @@ class Segmenter:
             clip: open_clip architecture; default the checkpoint's, else "RN50".
             pretrained: open_clip tag, local weights file, or None for random weights; "auto": the
                 weights the prompt checkpoint was learned on when it names a tag, else "openai".
-            prompts: a prompt checkpoint; None uses MaskCLIP's 85 templates.
+            prompts: a prompt checkpoint: a file, a model folder or a Hugging Face Hub id (``org/name[@revision]``;
+                :mod:`mvpseg.hub`); None uses MaskCLIP's 85 templates.
             device: where to run; default CUDA when available.
             config: inference options.
-            student: a student checkpoint from ``mvpseg transfer`` instead of prompts (it holds its own).
+            student: a student checkpoint from ``mvpseg transfer`` (file, folder or Hub id) instead of prompts.
 
         Returns:
             A ready :class:`Segmenter`.
@@ -125,6 +127,13 @@ class Segmenter:
         target = default_device(device)
         model = build.from_pretrained(clip, pretrained, prompts, device=target, student=student)
         return cls(model, config=config, device=target)
+
+    def save_pretrained(self, folder: str | os.PathLike[str], metrics: str | os.PathLike[str] | None = None,
+                        repo: str | None = None) -> Path:
+        """Write this model's checkpoint, config.json and model card to ``folder`` (:func:`mvpseg.publish.save_pretrained`)."""
+        from .publish import save_pretrained  # a leaf
+
+        return save_pretrained(self.model, folder, metrics=metrics, repo=repo)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of ``config.precision`` on this device (:mod:`mvpseg.runtime`)."""

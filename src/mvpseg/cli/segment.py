@@ -92,9 +92,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--background-threshold", type=float, metavar="P",
                         help="pixels whose best class score is below P (0-1) become --background")
     parser.add_argument("--prompts", metavar="CKPT",
-                        help="learned prompts (.safetensors from mvpseg train); default: MaskCLIP's 85 templates")
+                        help="learned prompts (.safetensors from mvpseg train, a model folder, or a Hub id org/name[@rev]); default: MaskCLIP's 85 templates")
     parser.add_argument("--student", metavar="CKPT",
-                        help="an MVP-SEG+ student (.safetensors from mvpseg transfer) instead of --prompts")
+                        help="an MVP-SEG+ student (.safetensors from mvpseg transfer, a model folder, or a Hugging Face Hub id org/name[@rev]) instead of --prompts")
     parser.add_argument("--out", default="mvpseg-out", metavar="DIR", help="output folder (default: mvpseg-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("--max-pixels", type=int, metavar="N",
