@@ -128,6 +128,18 @@ class Segmenter:
         model = build.from_pretrained(clip, pretrained, prompts, device=target, student=student)
         return cls(model, config=config, device=target)
 
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike[str], prompts: str | os.PathLike[str] | None = None,
+                  student: str | os.PathLike[str] | None = None, config: InferenceConfig | None = None,
+                  clip: str | None = None, pretrained: str | os.PathLike[str] | None = "auto") -> Segmenter:
+        """A Segmenter whose windows run through onnxruntime (:class:`mvpseg.export.OnnxSegmenter`; the
+        ``export`` extra). ``prompts``/``student``: the checkpoint whose text embeddings feed an open-vocabulary
+        file (default: the one it was exported from); unused when its classes are baked in."""
+        from .export import OnnxSegmenter  # a leaf
+
+        return OnnxSegmenter.load(path, prompts=prompts, student=student, clip=clip, pretrained=pretrained,
+                                  config=config)
+
     def save_pretrained(self, folder: str | os.PathLike[str], metrics: str | os.PathLike[str] | None = None,
                         repo: str | None = None) -> Path:
         """Write this model's checkpoint, config.json and model card to ``folder`` (:func:`mvpseg.publish.save_pretrained`)."""
@@ -239,6 +251,10 @@ class Segmenter:
         """(B, D, h, w) L2-normalised dense features of normalised crops (B, 3, H, W), with the inference tower."""
         return self.model.features(crops, tower=self.tower)
 
+    def window_maps(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, P, C, h, w) float32 cosine maps of normalised crops (B, 3, H, W) against text (P, C, D)."""
+        return self.model.cosine_maps(self.features(crops), text).float()
+
     def predict_torch(self, images: torch.Tensor, class_names: Sequence[ClassNames] | Vocabulary) -> MVPSegOutput:
         """Segment already resized, normalised images.
 
@@ -262,7 +278,7 @@ class Segmenter:
         counts = torch.zeros(1, 1, 1, *grid, device=self.device)
         with torch.inference_mode(), self.autocast():
             for group, crops in self.window_batches(padded):  # crops: (G*B, 3, h', w')
-                maps = self.model.cosine_maps(self.features(crops), text).float()  # (G*B, P, C, h', w')
+                maps = self.window_maps(crops, text)  # (G*B, P, C, h', w')
                 for index, (y0, y1, x0, x1) in enumerate(group):
                     cells = (..., slice(y0 // step, y1 // step), slice(x0 // step, x1 // step))
                     canvas[cells] += maps[index * batch : (index + 1) * batch]

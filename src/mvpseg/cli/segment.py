@@ -95,6 +95,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="learned prompts (.safetensors from mvpseg train, a model folder, or a Hub id org/name[@rev]); default: MaskCLIP's 85 templates")
     parser.add_argument("--student", metavar="CKPT",
                         help="an MVP-SEG+ student (.safetensors from mvpseg transfer, a model folder, or a Hugging Face Hub id org/name[@rev]) instead of --prompts")
+    parser.add_argument("--onnx", metavar="FILE",
+                        help="run the windows through this file of mvpseg export with onnxruntime (CPU); --prompts/"
+                             "--student then give its class embeddings (default: the checkpoint it was exported from)")
     parser.add_argument("--out", default="mvpseg-out", metavar="DIR", help="output folder (default: mvpseg-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("--max-pixels", type=int, metavar="N",
@@ -146,9 +149,13 @@ def run(args: argparse.Namespace) -> int:
     ours = not distributed.is_distributed()  # a process group of the caller's is left as it is
     rank, world_size, device = distributed.init_distributed(args.device)
     try:
-        segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                              student=args.student,
-                                              device=device, config=inference_config(args))
+        if args.onnx:
+            segmenter = Segmenter.from_onnx(args.onnx, prompts=args.prompts, student=args.student, clip=args.clip,
+                                            pretrained=clip_source(args), config=inference_config(args))
+        else:
+            segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
+                                                  student=args.student,
+                                                  device=device, config=inference_config(args))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         if rank == 0:
