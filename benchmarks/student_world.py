@@ -1,0 +1,84 @@
+"""World accuracy of the MVP-SEG+ student at output stride 8 against 16: a short run of the demo's student.
+
+The demo's MVP-SEG+ row (``mvpseg.world.demo.student_transfer_config``: DeepLabv2 on the tiny CLIP's
+own trunk, AdamW, pseudo-labels written once, then self-training) is trained twice from the same
+teacher, seed and data, once with the backbone at output stride 8 (the demo's) and once at 16, and
+each student is evaluated on the world's val split (mIoU(S), mIoU(U), hIoU, as the demo). The teacher
+is the shipped world prompts (the demo's MVP-SEG row, first seed, on the world of seed 0). Shorter
+than the demo: fewer world images and steps (``--num-train``, ``--num-val``, ``--iters``).
+
+    python benchmarks/student_world.py [--num-train 600] [--num-val 100] [--iters 300] [--work /tmp/world]
+
+Writes ``benchmarks/results_student_world.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mvpseg.build import load_mvpseg, load_student
+from mvpseg.clip import load_clip
+from mvpseg.config import DemoConfig, InferenceConfig
+from mvpseg.data import build_dataset
+from mvpseg.evaluate import evaluate
+from mvpseg.inference import Segmenter
+from mvpseg.transfer import transfer, write_pseudo_labels
+from mvpseg.world.demo import student_transfer_config
+from mvpseg.world.layout import write_world
+from mvpseg.world.prompts_asset import WORLD_PROMPTS
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-train", type=int, default=600)
+    parser.add_argument("--num-val", type=int, default=100)
+    parser.add_argument("--iters", type=int, default=300, help="student steps (self-training from 3/4 of them)")
+    parser.add_argument("--work", default="/tmp/mvpseg-student-world")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=str(HERE / "results_student_world.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    demo = DemoConfig(num_train=args.num_train, num_val=args.num_val, student_iters=args.iters,
+                      student_self_train_from=args.iters * 3 // 4, out=args.work)
+    work = Path(args.work)
+    world = write_world(work / "world", demo.num_train, demo.num_val, seed=demo.seed, progress=False)
+    clip = load_clip(demo.clip, demo.clip_weights)
+    inference = InferenceConfig(short_side=demo.short_side, mode="whole")
+    base = student_transfer_config(demo, world, work)
+    base = dataclasses.replace(base, prompts=str(WORLD_PROMPTS))
+    teacher = Segmenter(load_mvpseg(base.prompts, clip), inference, device="cpu")
+    val = build_dataset("custom", world, "val")
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "teacher": WORLD_PROMPTS.name,
+                               "num_train": demo.num_train, "num_val": demo.num_val, "iters": demo.student_iters,
+                               "self_train_from": demo.student_self_train_from, "threads": torch.get_num_threads(),
+                               "student": dataclasses.asdict(base.student), "rows": {}}
+    metrics = evaluate(teacher, val, progress=False)
+    results["rows"]["teacher (MVP-SEG)"] = {key: metrics[key] for key in ("miou_seen", "miou_unseen", "hiou", "miou")}
+    write_pseudo_labels(teacher, build_dataset("custom", world, "train"), base.pseudo_labels, progress=False)
+    for stride in (8, 16):
+        config = dataclasses.replace(base, out=str(work / f"os{stride}"),
+                                     student=dataclasses.replace(base.student, output_stride=stride))
+        tic = time.perf_counter()
+        student = load_student(transfer(config, progress=False), clip)
+        seconds = time.perf_counter() - tic
+        metrics = evaluate(Segmenter(student, inference, device="cpu"), val, progress=False)
+        row = {key: metrics[key] for key in ("miou_seen", "miou_unseen", "hiou", "miou")}
+        results["rows"][f"student, output stride {stride}"] = {**row, "train_seconds": round(seconds, 1),
+                                                               "map_stride": student.stride}
+        print(f"output stride {stride}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
