@@ -5,8 +5,8 @@ Layers, top to bottom: :meth:`Segmenter.predict` (paths, PIL or NumPy in, NumPy 
 then :class:`mvpseg.MVPSeg` itself. The steps in between are public, so that benchmarks and tools
 can run or time each one: :meth:`~Segmenter.resize`, :meth:`~Segmenter.window_boxes`,
 :meth:`~Segmenter.window_batches`, :meth:`~Segmenter.features`, :meth:`~Segmenter.window_maps`,
-:meth:`~Segmenter.text_embeddings`, :meth:`~Segmenter.upsample`. The heavy parts live elsewhere: dense features and the inference tower
-in :mod:`mvpseg.dense`, label upsampling in :mod:`mvpseg.upsample`.
+:meth:`~Segmenter.text_embeddings`, :meth:`~Segmenter.upsample`. The heavy parts live elsewhere: dense
+features and the inference tower in :mod:`mvpseg.dense`, label upsampling in :mod:`mvpseg.upsample`.
 """
 
 from __future__ import annotations
