@@ -290,6 +290,22 @@ def students_section(students: dict[str, Any] | None) -> list[str]:
                      f"{figures['parameters'] / 1e6:.1f} M | {cells} | "
                      + (f"{_s(step['step_seconds'])} ({step['batch_size']} x {step['crop']})" if step else "not measured")
                      + " |")
+    return lines + [""] + student_world_section(students.get("world"))
+
+
+def student_world_section(world: dict[str, Any] | None) -> list[str]:
+    """World accuracy of the demo's student at output stride 8 and 16 (benchmarks/student_world.py)."""
+    if not world:
+        return []
+    student = world["student"]
+    lines = [f"World accuracy (`python benchmarks/student_world.py`, {world['date']}): the demo's MVP-SEG+ student "
+             f"({student['arch']} on the tiny CLIP's trunk, {student['head_channels']} channels) taught by the shipped "
+             f"world prompts, {world['num_train']} training images, {world['iters']} steps (self-training from "
+             f"{world['self_train_from']}), evaluated on {world['num_val']} val images, at output stride 8 and 16.", "",
+             "| model | mIoU(S) | mIoU(U) | hIoU | mIoU |", "|---|---:|---:|---:|---:|"]
+    for name, row in world["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[key]:.1f}" for key in ("miou_seen", "miou_unseen", "hiou", "miou"))
+                     + " |")
     return lines + [""]
 
 

@@ -8,8 +8,10 @@ is the shipped world prompts (the demo's MVP-SEG row, first seed, on the world o
 than the demo: fewer world images and steps (``--num-train``, ``--num-val``, ``--iters``).
 
     python benchmarks/student_world.py [--num-train 600] [--num-val 100] [--iters 300] [--work /tmp/world]
+        [--strides 8,16] [--reuse]
 
-Writes ``benchmarks/results_student_world.json``.
+Writes ``benchmarks/results_student_world.json`` (rows of other strides already there are kept, so the two
+strides may run as two processes; ``--reuse`` evaluates a finished student of the work folder again).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/mvpseg-student-world")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(HERE / "results_student_world.json"))
+    parser.add_argument("--strides", default="8,16", help="the output strides to train and compare")
+    parser.add_argument("--reuse", action="store_true", help="evaluate WORK/osN/student.safetensors when it exists")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,16 +69,24 @@ def main() -> None:
     metrics = evaluate(teacher, val, progress=False)
     results["rows"]["teacher (MVP-SEG)"] = {key: metrics[key] for key in ("miou_seen", "miou_unseen", "hiou", "miou")}
     write_pseudo_labels(teacher, build_dataset("custom", world, "train"), base.pseudo_labels, progress=False)
-    for stride in (8, 16):
+    previous = Path(args.out)
+    if previous.is_file():
+        kept = json.loads(previous.read_text())
+        if {key: kept.get(key) for key in ("num_train", "num_val", "iters")} == \
+                {key: results[key] for key in ("num_train", "num_val", "iters")}:
+            results["rows"] = {**kept["rows"], **results["rows"]}
+    for stride in map(int, args.strides.split(",")):
         config = dataclasses.replace(base, out=str(work / f"os{stride}"),
                                      student=dataclasses.replace(base.student, output_stride=stride))
         tic = time.perf_counter()
-        student = load_student(transfer(config, progress=False), clip)
+        finished = Path(config.out) / "student.safetensors"
+        student = load_student(finished if args.reuse and finished.is_file() else transfer(config, progress=False), clip)
         seconds = time.perf_counter() - tic
         metrics = evaluate(Segmenter(student, inference, device="cpu"), val, progress=False)
         row = {key: metrics[key] for key in ("miou_seen", "miou_unseen", "hiou", "miou")}
-        results["rows"][f"student, output stride {stride}"] = {**row, "train_seconds": round(seconds, 1),
-                                                               "map_stride": student.stride}
+        results["rows"][f"student, output stride {stride}"] = {
+            **row, "map_stride": student.stride, "threads": torch.get_num_threads(),
+            "train_seconds": None if args.reuse and finished.is_file() else round(seconds, 1)}
         print(f"output stride {stride}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
