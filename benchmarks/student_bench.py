@@ -179,13 +179,19 @@ def run(settings: Settings, section: Section, presets: list[str] | None = None,
 
 
 def write(settings: Settings, section: Section, path: Path | None = None, presets: list[str] | None = None,
-          training: bool = True) -> dict[str, Any]:
+          training: bool = True, merge: bool = False) -> dict[str, Any]:
     """Measure, and write the figures with the machine, date and mode to ``path`` (default beside this file)."""
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "mode": "quick" if settings.quick else "full",
                "machine": machine(settings.device), **run(settings, section, presets, training)}
     results["sections"] = section.records
     suffix = "" if settings.device.type == "cpu" else f"_{settings.device.type}"
     path = path or HERE / f"results_students{suffix}.json"
+    if merge and path.is_file():  # keep the presets measured earlier (each has its own MVP-SEG rounds)
+        earlier = json.loads(path.read_text())
+        kept = {name: {"date": earlier["date"], **figures} for name, figures in earlier.get("students", {}).items()
+                if name not in results["students"] and "predict_vs_mvpseg" in figures
+                and isinstance(figures["predict_vs_mvpseg"], dict)}
+        results["students"] = {**kept, **results["students"]}
     path.write_text(json.dumps(results, indent=2, default=float) + "\n")
     return results
 
@@ -198,10 +204,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results_students[_cuda].json)")
     parser.add_argument("--training", action="store_true", help="also time a training step of each preset (slow)")
     parser.add_argument("--presets", default=None, help=f"comma-separated presets (default: all of {', '.join(STUDENT_PRESETS)})")
+    parser.add_argument("--merge", action="store_true", help="keep the other presets of the results file")
     args = parser.parse_args()
     settings = Settings.create(args.device, args.quick, args.threads)
     presets = args.presets.split(",") if args.presets else None
-    results = write(settings, Section(), Path(args.out) if args.out else None, presets, args.training)
+    results = write(settings, Section(), Path(args.out) if args.out else None, presets, args.training, args.merge)
     print(json.dumps(results, indent=2, default=float))
 
 

@@ -55,7 +55,12 @@ def main() -> None:
     demo = DemoConfig(num_train=args.num_train, num_val=args.num_val, student_iters=args.iters,
                       student_self_train_from=args.iters * 3 // 4, out=args.work)
     work = Path(args.work)
-    world = write_world(work / "world", demo.num_train, demo.num_val, seed=demo.seed, progress=False)
+    strides = list(map(int, args.strides.split(",")))
+    finished = [work / f"os{stride}" / "student.safetensors" for stride in strides]
+    reusing = args.reuse and all(path.is_file() for path in finished) and (work / "world").is_dir()
+    # Reusing finished students needs only the written world's val split: no world, no pseudo-labels again.
+    world = work / "world" if reusing else write_world(work / "world", demo.num_train, demo.num_val,
+                                                        seed=demo.seed, progress=False)
     clip = load_clip(demo.clip, demo.clip_weights)
     inference = InferenceConfig(short_side=demo.short_side, mode="whole")
     base = student_transfer_config(demo, world, work)
@@ -68,14 +73,15 @@ def main() -> None:
                                "student": dataclasses.asdict(base.student), "rows": {}}
     metrics = evaluate(teacher, val, progress=False)
     results["rows"]["teacher (MVP-SEG)"] = {key: metrics[key] for key in ("miou_seen", "miou_unseen", "hiou", "miou")}
-    write_pseudo_labels(teacher, build_dataset("custom", world, "train"), base.pseudo_labels, progress=False)
+    if not reusing:
+        write_pseudo_labels(teacher, build_dataset("custom", world, "train"), base.pseudo_labels, progress=False)
     previous = Path(args.out)
     if previous.is_file():
         kept = json.loads(previous.read_text())
         if {key: kept.get(key) for key in ("num_train", "num_val", "iters")} == \
                 {key: results[key] for key in ("num_train", "num_val", "iters")}:
             results["rows"] = {**kept["rows"], **results["rows"]}
-    for stride in map(int, args.strides.split(",")):
+    for stride in strides:
         config = dataclasses.replace(base, out=str(work / f"os{stride}"),
                                      student=dataclasses.replace(base.student, output_stride=stride))
         tic = time.perf_counter()
