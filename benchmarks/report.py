@@ -290,6 +290,17 @@ def students_section(students: dict[str, Any] | None) -> list[str]:
                      f"{figures['parameters'] / 1e6:.1f} M | {cells} | "
                      + (f"{_s(step['step_seconds'])} ({step['batch_size']} x {step['crop']})" if step else "not measured")
                      + " |")
+    if machine["load_average_at_start"][0] > machine["cores"]:
+        lines += ["", f"The machine was busy (load {machine['load_average_at_start'][0]:.1f} on {machine['cores']} cores): "
+                      "every time above is inflated and the ratios are noisy; rerun on an idle machine."]
+    earlier = students.get("earlier")
+    if earlier:  # the paper's presets as measured by the former version of this script (PyTorch only)
+        lines += ["", f"The paper's presets, measured by this script's former version (commit {earlier['commit']}, "
+                      f"{earlier['date']}, load {earlier['load_average_at_start'][0]:.1f}; PyTorch only; MVP-SEG RN50: "
+                      f"{_s(earlier['mvpseg_predict_seconds'])}): "
+                  + "; ".join(f"{name} ({figures['arch']} {figures['backbone']}, output stride {figures['output_stride']}) "
+                              f"{_s(figures['predict_seconds'])}, {figures['predict_vs_mvpseg']:.2f}x MVP-SEG's, training step "
+                              f"{_s(figures['training_step_seconds'])}" for name, figures in earlier["students"].items()) + "."]
     return lines + [""] + student_world_section(students.get("world"))
 
 
