@@ -253,28 +253,70 @@ def before_after_section(results: dict[str, Any]) -> list[str]:
 
 
 def students_section(students: dict[str, Any] | None) -> list[str]:
-    """MVP-SEG+ students: training step and predict time against MVP-SEG's (benchmarks/student_bench.py)."""
+    """MVP-SEG+ student presets: predict time against MVP-SEG's, PyTorch and onnxruntime (benchmarks/student_bench.py)."""
     if not students:
         return []
     machine = students["machine"]
-    mvpseg_predict = students["mvpseg_predict"]["seconds"]
+    backends = students.get("backends", ["torch"])
+    teacher = students["mvpseg_predict"]
     lines = ["## MVP-SEG+ students", "",
              f"`python benchmarks/student_bench.py` ({students['mode']} mode, {students['date']}; {machine['cpu']}, "
              f"{machine['cores']} cores, {machine['threads']} torch threads, {machine['device']}, load "
-             f"{machine['load_average_at_start'][0]:.1f} at start). Students: ResNet-101 at output stride 8, random "
-             f"weights, taught by MVP-SEG on a random RN50. A training step: the teacher labels the unseen pixels of "
-             f"the crops (online), then the student's forward, backward and SGD step (data loading excluded). "
+             f"{machine['load_average_at_start'][0]:.1f} at start). Every preset of `mvpseg.config.STUDENT_PRESETS` "
+             f"(`mvpseg transfer --student-preset NAME`), random weights, taught by MVP-SEG on a random RN50. "
              f"`predict`: the {students['image'][0]}x{students['image'][1]} scene, {students['classes']} classes, "
-             f"short side 512, sliding 512-px windows; MVP-SEG's `predict` on the same image takes "
-             f"{_s(mvpseg_predict)}.", "",
-             "| student | trainable parameters | training step (batch x crop) | of which the teacher | predict | "
-             "predict / MVP-SEG's |", "|---|---:|---|---:|---:|---:|"]
-    for arch, figures in students["students"].items():
-        step = figures["training_step"]
-        lines.append(f"| {arch} (stride {figures['predict']['stride']}) | {figures['parameters'] / 1e6:.1f} M | "
-                     f"{_s(step['step_seconds'])} ({step['batch_size']} x {step['crop']}) | "
-                     f"{_s(step['teacher_seconds'])} | {_s(figures['predict']['seconds'])} | "
-                     f"{figures['predict_vs_mvpseg']:.2f} |")
+             f"short side 512, sliding 512-px windows, in PyTorch and through onnxruntime (`mvpseg export`, the "
+             f"same windows). MVP-SEG RN50's own `predict`: "
+             + ", ".join(f"{_s(teacher[b]['seconds'])} ({b})" for b in backends if b in teacher)
+             + ". Each preset's runs alternate with MVP-SEG's (PyTorch) in the same rounds; the ratio is the median "
+               "over rounds of the student's time over MVP-SEG's.", "",
+             "| preset | network | output stride (maps) | trainable parameters | "
+             + " | ".join(f"predict, {b} | / MVP-SEG" for b in backends) + " | training step (batch x crop) |",
+             "|---|---|---|---:|" + "---:|---:|" * len(backends) + "---|"]
+    for name, figures in students["students"].items():
+        predict = figures["predict"]
+        if "torch" not in predict:  # the former layout: one backend
+            predict = {"torch": predict}
+            ratios = {"torch": figures["predict_vs_mvpseg"]}
+        else:
+            ratios = figures["predict_vs_mvpseg"]
+        step = figures.get("training_step")
+        network = f"{figures.get('arch', name)} {figures.get('backbone', 'resnet101')}"
+        if figures.get("head_channels", 256) != 256:
+            network += f", {figures['head_channels']} channels"
+        cells = " | ".join(f"{_s(predict[b]['seconds'])} | {ratios[b]:.2f}" if b in predict else "- | -"
+                           for b in backends)
+        lines.append(f"| {name} | {network} | {figures.get('output_stride', 8)} ({figures.get('stride', predict['torch'].get('stride'))}) | "
+                     f"{figures['parameters'] / 1e6:.1f} M | {cells} | "
+                     + (f"{_s(step['step_seconds'])} ({step['batch_size']} x {step['crop']})" if step else "not measured")
+                     + " |")
+    if machine["load_average_at_start"][0] > machine["cores"]:
+        lines += ["", f"The machine was busy (load {machine['load_average_at_start'][0]:.1f} on {machine['cores']} cores): "
+                      "every time above is inflated and the ratios are noisy; rerun on an idle machine."]
+    earlier = students.get("earlier")
+    if earlier:  # the paper's presets as measured by the former version of this script (PyTorch only)
+        lines += ["", f"The paper's presets, measured by this script's former version (commit {earlier['commit']}, "
+                      f"{earlier['date']}, load {earlier['load_average_at_start'][0]:.1f}; PyTorch only; MVP-SEG RN50: "
+                      f"{_s(earlier['mvpseg_predict_seconds'])}): "
+                  + "; ".join(f"{name} ({figures['arch']} {figures['backbone']}, output stride {figures['output_stride']}) "
+                              f"{_s(figures['predict_seconds'])}, {figures['predict_vs_mvpseg']:.2f}x MVP-SEG's, training step "
+                              f"{_s(figures['training_step_seconds'])}" for name, figures in earlier["students"].items()) + "."]
+    return lines + [""] + student_world_section(students.get("world"))
+
+
+def student_world_section(world: dict[str, Any] | None) -> list[str]:
+    """World accuracy of the demo's student at output stride 8 and 16 (benchmarks/student_world.py)."""
+    if not world:
+        return []
+    student = world["student"]
+    lines = [f"World accuracy (`python benchmarks/student_world.py`, {world['date']}): the demo's MVP-SEG+ student "
+             f"({student['arch']} on the tiny CLIP's trunk, {student['head_channels']} channels) taught by the shipped "
+             f"world prompts, {world['num_train']} training images, {world['iters']} steps (self-training from "
+             f"{world['self_train_from']}), evaluated on {world['num_val']} val images, at output stride 8 and 16.", "",
+             "| model | mIoU(S) | mIoU(U) | hIoU | mIoU |", "|---|---:|---:|---:|---:|"]
+    for name, row in world["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[key]:.1f}" for key in ("miou_seen", "miou_unseen", "hiou", "miou"))
+                     + " |")
     return lines + [""]
 
 

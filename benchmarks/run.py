@@ -166,7 +166,13 @@ def notes(results: dict[str, Any]) -> list[str]:
 def students(suffix: str) -> dict[str, Any] | None:
     """The MVP-SEG+ student figures (benchmarks/student_bench.py), when they were measured."""
     path = REPOSITORY / "benchmarks" / f"results_students{suffix}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    figures = json.loads(path.read_text())
+    world = REPOSITORY / "benchmarks" / "results_student_world.json"  # benchmarks/student_world.py: accuracy
+    if world.is_file():
+        figures["world"] = json.loads(world.read_text())
+    return figures
 
 
 def require_plotting(no_plots: bool) -> None:

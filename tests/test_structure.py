@@ -120,7 +120,7 @@ def test_segment_inference_flags_map_onto_the_config() -> None:
 
 
 @pytest.mark.parametrize("command", [[], ["segment"], ["serve"], ["eval"], ["train"], ["transfer"], ["pseudo-label"],
-                                     ["demo"], ["prepare"]])
+                                     ["demo"], ["prepare"], ["push"], ["export"]])
 def test_help_imports_no_torch(command: list[str]) -> None:
     code = ("import sys\nfrom mvpseg.cli import main\ntry:\n    main([*sys.argv[1:], '--help'])\nexcept SystemExit:\n"
             "    pass\nassert 'torch' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)\n")

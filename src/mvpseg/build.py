@@ -202,6 +202,16 @@ def checkpoint_clip(path: str | os.PathLike[str], kind: str = "prompts") -> tupl
     return learned_on.get("name"), learned_on.get("pretrained")
 
 
+def _local_file(source: str | os.PathLike[str] | None, kind: str) -> str | os.PathLike[str] | None:
+    """A checkpoint source as a local file: an existing file as it is; a model folder or a Hub id through
+    :func:`mvpseg.hub.resolve` (the Hub's cache)."""
+    if source is None or Path(source).is_file():
+        return source
+    from .hub import resolve  # a leaf, imported only for folders and Hub ids
+
+    return resolve(source, kind)
+
+
 def from_pretrained(
     clip: str | None = None,
     pretrained: str | os.PathLike[str] | None = "auto",
@@ -215,9 +225,10 @@ def from_pretrained(
         clip: open_clip architecture; default the checkpoint's, else :data:`mvpseg.config.DEFAULT_CLIP`.
         pretrained: open_clip tag, local weights file, or None for random weights; "auto": the weights
             the checkpoint was learned on (a tag, or the shipped tiny CLIP's "mvpseg"), else "openai".
-        prompts: a prompt checkpoint; None uses MaskCLIP's 85 templates.
+        prompts: a prompt checkpoint: a file, a model folder, or a Hugging Face Hub id (``org/name[@revision]``,
+            :mod:`mvpseg.hub`); None uses MaskCLIP's 85 templates.
         device: where to load CLIP.
-        student: an MVP-SEG+ student checkpoint instead of prompts (it holds its prompts).
+        student: an MVP-SEG+ student checkpoint (file, folder or Hub id) instead of prompts (it holds its prompts).
 
     Returns:
         The model, in eval mode.
@@ -228,6 +239,7 @@ def from_pretrained(
     """
     if prompts is not None and student is not None:
         raise ValueError("give prompts or a student, not both (a student holds the prompts it was taught with)")
+    prompts, student = _local_file(prompts, "prompts"), _local_file(student, "student")
     source_file = student if student is not None else prompts
     learned_name, learned_source = (checkpoint_clip(source_file, "student" if student is not None else "prompts")
                                     if source_file is not None else (None, None))

@@ -30,6 +30,7 @@ __all__ = [
     "TransferConfig",
     "TRAIN_PRESETS",
     "TRANSFER_PRESETS",
+    "STUDENT_PRESETS",
     "from_dict",
     "to_dict",
 ]
@@ -299,7 +300,7 @@ class StudentConfig:
 class TransferConfig(RunConfig):
     """One MVP-SEG+ run (``mvpseg transfer``): the learned prompts teach a student network on a dataset."""
 
-    prompts: str = ""  # the teacher: a prompt checkpoint from mvpseg train (required)
+    prompts: str = ""  # the teacher: a prompt checkpoint from mvpseg train, a model folder or a Hub id org/name (required)
     clip: str | None = None  # open_clip architecture (none: the one the prompts were learned on)
     pretrained: str | None = "auto"  # CLIP weights: a tag or file; auto: those the prompts were learned on, else openai
     out: str = "runs/mvpseg-plus"  # run folder: student.safetensors, checkpoint, config and logs
@@ -314,6 +315,15 @@ class TransferConfig(RunConfig):
     label_void: bool = False  # also label void (ignore) pixels with the teacher's unseen classes (off: MaskCLIP+'s rule)
     confidence: float = 0.0  # pixels whose probability among the unseen classes is below this stay unlabelled (MaskCLIP+: 0)
 
+
+#: Named student networks (``mvpseg transfer --student-preset NAME``): MaskCLIP+'s two, and faster ones
+#: (predict times against MVP-SEG's in docs/benchmarks.md, benchmarks/student_bench.py).
+STUDENT_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"arch": "deeplabv2", "backbone": "resnet101", "output_stride": 8},  # MaskCLIP+ on VOC, COCO-Stuff
+    "paper-v3plus": {"arch": "deeplabv3plus", "backbone": "resnet101", "output_stride": 8},  # MaskCLIP+ on Context
+    "r50-v3plus-os16": {"arch": "deeplabv3plus", "backbone": "resnet50", "output_stride": 16},
+    "fast": {"arch": "deeplabv2", "backbone": "resnet50", "output_stride": 16, "head_channels": 128},
+}
 
 #: Per-dataset presets of ``mvpseg transfer``: MaskCLIP+'s schedules (SGD, poly; the teacher until 10% of
 #: the steps, then self-training), DeepLabv2 for VOC and COCO-Stuff, DeepLabv3+ for Context.

@@ -4,9 +4,9 @@ Layers, top to bottom: :meth:`Segmenter.predict` (paths, PIL or NumPy in, NumPy 
 :meth:`Segmenter.predict_torch` (a normalised tensor in, log-scores at feature resolution out),
 then :class:`mvpseg.MVPSeg` itself. The steps in between are public, so that benchmarks and tools
 can run or time each one: :meth:`~Segmenter.resize`, :meth:`~Segmenter.window_boxes`,
-:meth:`~Segmenter.window_batches`, :meth:`~Segmenter.features`, :meth:`~Segmenter.text_embeddings`,
-:meth:`~Segmenter.upsample`. The heavy parts live elsewhere: dense features and the inference tower
-in :mod:`mvpseg.dense`, label upsampling in :mod:`mvpseg.upsample`.
+:meth:`~Segmenter.window_batches`, :meth:`~Segmenter.features`, :meth:`~Segmenter.window_maps`,
+:meth:`~Segmenter.text_embeddings`, :meth:`~Segmenter.upsample`. The heavy parts live elsewhere: dense
+features and the inference tower in :mod:`mvpseg.dense`, label upsampling in :mod:`mvpseg.upsample`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,11 +119,13 @@ class Segmenter:
             clip: open_clip architecture; default the checkpoint's, else "RN50".
             pretrained: open_clip tag, local weights file, or None for random weights; "auto": the
                 weights the prompt checkpoint was learned on when it names a tag, else "openai".
-            prompts: a prompt checkpoint; None uses MaskCLIP's 85 templates.
+            prompts: a prompt checkpoint: a file, a model folder or a Hugging Face Hub id (``org/name[@revision]``;
+                :mod:`mvpseg.hub`); None uses MaskCLIP's 85 templates.
             device: where to run; default CUDA when available.
             config: inference options; default the settings the checkpoint was made for (when it
                 records them) over InferenceConfig's defaults.
-            student: a student checkpoint from ``mvpseg transfer`` instead of prompts (it holds its own).
+            student: a student checkpoint from ``mvpseg transfer`` (file, folder or Hub id) instead of prompts
+                (it holds its own).
             overrides: InferenceConfig fields laid over ``config`` (or the checkpoint's settings): what
                 a user typed (``{"short_side": 512}``).
 
@@ -133,6 +136,25 @@ class Segmenter:
         model = build.from_pretrained(clip, pretrained, prompts, device=target, student=student)
         base = config or InferenceConfig(**getattr(model, "inference_settings", {}))
         return cls(model, config=dataclasses.replace(base, **(overrides or {})), device=target)
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike[str], prompts: str | os.PathLike[str] | None = None,
+                  student: str | os.PathLike[str] | None = None, config: InferenceConfig | None = None,
+                  clip: str | None = None, pretrained: str | os.PathLike[str] | None = "auto") -> Segmenter:
+        """A Segmenter whose windows run through onnxruntime (:class:`mvpseg.export.OnnxSegmenter`; the
+        ``export`` extra). ``prompts``/``student``: the checkpoint whose text embeddings feed an open-vocabulary
+        file (default: the one it was exported from); unused when its classes are baked in."""
+        from .export import OnnxSegmenter  # a leaf
+
+        return OnnxSegmenter.load(path, prompts=prompts, student=student, clip=clip, pretrained=pretrained,
+                                  config=config)
+
+    def save_pretrained(self, folder: str | os.PathLike[str], metrics: str | os.PathLike[str] | None = None,
+                        repo: str | None = None) -> Path:
+        """Write this model's checkpoint, config.json and model card to ``folder`` (:func:`mvpseg.publish.save_pretrained`)."""
+        from .publish import save_pretrained  # a leaf
+
+        return save_pretrained(self.model, folder, metrics=metrics, repo=repo)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of ``config.precision`` on this device (:mod:`mvpseg.runtime`)."""
@@ -238,6 +260,10 @@ class Segmenter:
         """(B, D, h, w) L2-normalised dense features of normalised crops (B, 3, H, W), with the inference tower."""
         return self.model.features(crops, tower=self.tower)
 
+    def window_maps(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, P, C, h, w) float32 cosine maps of normalised crops (B, 3, H, W) against text (P, C, D)."""
+        return self.model.cosine_maps(self.features(crops), text).float()
+
     def predict_torch(self, images: torch.Tensor, class_names: Sequence[ClassNames] | Vocabulary) -> MVPSegOutput:
         """Segment already resized, normalised images.
 
@@ -261,7 +287,7 @@ class Segmenter:
         counts = torch.zeros(1, 1, 1, *grid, device=self.device)
         with torch.inference_mode(), self.autocast():
             for group, crops in self.window_batches(padded):  # crops: (G*B, 3, h', w')
-                maps = self.model.cosine_maps(self.features(crops), text).float()  # (G*B, P, C, h', w')
+                maps = self.window_maps(crops, text)  # (G*B, P, C, h', w')
                 for index, (y0, y1, x0, x1) in enumerate(group):
                     cells = (..., slice(y0 // step, y1 // step), slice(x0 // step, x1 // step))
                     canvas[cells] += maps[index * batch : (index + 1) * batch]

@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 
 from ..vocabulary import Vocabulary, parse_classes, read_classes_file
-from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_overrides
+from .common import (
+    UsageError,
+    add_clip_arguments,
+    add_inference_flags,
+    clip_source,
+    inference_config,
+    inference_overrides,
+)
 from .inputs import ImageInputs, collect_images, parse_shard, read_input_list, shard
 
 __all__ = ["add_parser", "parse_class_list", "parse_vocabulary", "run"]
@@ -102,9 +109,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--background-threshold", type=float, metavar="P",
                         help="pixels whose best class score is below P (0-1) become --background")
     parser.add_argument("--prompts", metavar="CKPT",
-                        help="learned prompts (.safetensors from mvpseg train); default: MaskCLIP's 85 templates")
+                        help="learned prompts (.safetensors from mvpseg train, a model folder, or a Hub id org/name[@rev]); default: MaskCLIP's 85 templates")
     parser.add_argument("--student", metavar="CKPT",
-                        help="an MVP-SEG+ student (.safetensors from mvpseg transfer) instead of --prompts")
+                        help="an MVP-SEG+ student (.safetensors from mvpseg transfer, a model folder, or a Hugging Face Hub id org/name[@rev]) instead of --prompts")
+    parser.add_argument("--onnx", metavar="FILE",
+                        help="run the windows through this file of mvpseg export with onnxruntime (CPU); --prompts/"
+                             "--student then give its class embeddings (default: the checkpoint it was exported from)")
     parser.add_argument("--out", default="mvpseg-out", metavar="DIR", help="output folder (default: mvpseg-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     parser.add_argument("--max-pixels", type=int, metavar="N",
@@ -176,9 +186,13 @@ def run(args: argparse.Namespace) -> int:
     rank, world_size, device = distributed.init_distributed(args.device)
     watch = distributed.PeerWatch()  # a failed process stops the others within seconds
     try:
-        segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                              student=args.student,
-                                              device=device, overrides=inference_overrides(args))
+        if args.onnx:
+            segmenter = Segmenter.from_onnx(args.onnx, prompts=args.prompts, student=args.student, clip=args.clip,
+                                            pretrained=clip_source(args), config=inference_config(args))
+        else:
+            segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
+                                                  student=args.student,
+                                                  device=device, overrides=inference_overrides(args))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         if rank == 0:

@@ -40,10 +40,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--examples", type=int, default=4, metavar="N",
                         help="scenes of the synthetic world offered as examples (default: 4)")
     parser.add_argument("--prompts", metavar="CKPT",
-                        help="learned prompts (.safetensors from mvpseg train); with no model option: the shipped "
+                        help="learned prompts (.safetensors from mvpseg train, a model folder, or a Hub id org/name[@rev]); with no model option: the shipped "
                              "world prompts on the tiny CLIP; with --clip alone: MaskCLIP's 85 templates")
     parser.add_argument("--student", metavar="CKPT",
-                        help="an MVP-SEG+ student (.safetensors from mvpseg transfer) instead of --prompts")
+                        help="an MVP-SEG+ student (.safetensors from mvpseg transfer, a model folder, or a Hugging Face Hub id org/name[@rev]) instead of --prompts")
     add_clip_arguments(parser)
     add_inference_flags(parser)
     parser.set_defaults(run=run)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import EVAL_PRESETS, TRANSFER_PRESETS, TransferConfig
+from ..config import EVAL_PRESETS, STUDENT_PRESETS, TRANSFER_PRESETS, TransferConfig
 from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
 from .train import RENAME, add_run_flags, launch, run_config
 
@@ -26,6 +26,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_run_flags(parser, TransferConfig, TRANSFER_PRESETS, rename=RENAME,
                   titles={"student": "the student network"})
+    parser.add_argument("--student-preset", choices=tuple(STUDENT_PRESETS), metavar="NAME",
+                        help=f"a named student network ({', '.join(STUDENT_PRESETS)}; fast: DeepLabv2 on ResNet-50 at "
+                             f"output stride 16), laid over the dataset's preset; the student flags given still win")
     parser.set_defaults(run=run_transfer)
 
     labels = commands.add_parser(
@@ -53,8 +56,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     labels.set_defaults(run=run_pseudo_label)
 
 
+def with_student_preset(config: TransferConfig, args: argparse.Namespace) -> TransferConfig:
+    """``config`` with the --student-preset's fields, under the student flags given on the command line."""
+    if not args.student_preset:
+        return config
+    from dataclasses import replace
+
+    from .flags import apply_overrides, overrides
+
+    given = {key[len("student."):]: value for key, value in overrides(args).items() if key.startswith("student.")}
+    student = replace(config.student, **STUDENT_PRESETS[args.student_preset])
+    return replace(config, student=apply_overrides(student, given))
+
+
 def run_transfer(args: argparse.Namespace) -> int:
     config = run_config(args, TransferConfig, TRANSFER_PRESETS)
+    config = with_student_preset(config, args)
     if not config.prompts:
         raise UsageError("give --prompts CKPT: the prompt checkpoint (from mvpseg train) that teaches the student")
     from ..transfer import transfer
