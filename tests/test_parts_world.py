@@ -208,9 +208,14 @@ def test_parts_demo_measures_views_and_gpr_off(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_full_parts_demo_with_the_shipped_parts_clip(tmp_path: Path) -> None:
-    """`mvpseg demo --world parts` as the README runs it; the signs the closing note reports."""
+    """`mvpseg demo --world parts` as the README runs it (about 10 minutes on 2 CPU cores): the signs that held on
+    world seeds 0-2. OCLoss's part diversity is reported, not asserted: it did not rise on any seed."""
     assert main(["demo", "--world", "parts", "--out", str(tmp_path), "--quiet"]) == 0
     rows = {row["name"]: row for row in json.loads((tmp_path / "results.json").read_text())}
-    assert rows["mvp-seg"]["miou_unseen"] > rows["templates"]["miou_unseen"]
     assert rows["k-prompts"]["miou_unseen"] > rows["1-prompt"]["miou_unseen"]
+    assert rows["mvp-seg"]["miou_unseen"] > rows["templates"]["miou_unseen"]
+    assert rows["k-prompts+ocloss"]["miou_unseen"] >= rows["k-prompts"]["miou_unseen"]
+    assert rows["mvp-seg"]["hiou"] > rows["gpr-off"]["hiou"]
     assert rows["mvp-seg+"]["hiou"] >= rows["mvp-seg"]["hiou"] + 10.0
+    assert all(0.0 <= rows[name]["views"]["js"] <= 1.0 for name in ("k-prompts", "k-prompts+ocloss", "mvp-seg"))
+    assert len(list(tmp_path.glob("views_*.png"))) == 3
