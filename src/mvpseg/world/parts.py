@@ -49,7 +49,7 @@ __all__ = [
 
 IMAGE_SIZE = 256
 
-#: Part kinds: (name, texture pattern of scene._pattern, superellipse exponent of its outline, edge wobble).
+#: Part kinds: (name, texture (a pattern of scene.pattern_mask), superellipse exponent of its outline, edge wobble).
 PART_KINDS: tuple[tuple[str, str, float, float], ...] = (
     ("dotted", "dots", 2.0, 0.00),
     ("striped", "stripes", 4.0, 0.00),
@@ -145,7 +145,7 @@ def _kind_colors(rng: np.random.Generator, kind: int) -> tuple[tuple[int, int, i
         a, b = rng.integers(0, 256, size=(2, 3))
         if signature:
             hue = kind / len(PART_KINDS) + rng.normal(0, 15 / 360)
-            a = _base._hsv_to_rgb(hue % 1.0, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
+            a = _base.hsv_to_rgb(hue % 1.0, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
         if abs(float(a @ luma - b @ luma)) > 60:
             return tuple(int(v) for v in a), tuple(int(v) for v in b)  # type: ignore[return-value]
 
@@ -260,7 +260,7 @@ def render_parts(spec: PartsSceneSpec) -> tuple[np.ndarray, np.ndarray, np.ndarr
         frac, amplitude, freq, phase = spec.horizon
         top = yy < frac * size + amplitude * np.sin(2 * np.pi * freq * xx / size + phase)
     for stuff, region in zip(spec.stuff, [top, ~top][: len(spec.stuff)]):
-        np.copyto(image, _base._stuff_texture(CLASS_NAMES[stuff], rng, yy, xx), where=region[..., None])
+        np.copyto(image, _base.stuff_texture(CLASS_NAMES[stuff], rng, yy, xx), where=region[..., None])
         label[region] = stuff
     for thing in spec.things:
         reach = 1.9 * thing.size * max(thing.aspect, 1.0) + 2  # layouts stay within 1.1 R of the centre
@@ -274,7 +274,7 @@ def render_parts(spec: PartsSceneSpec) -> tuple[np.ndarray, np.ndarray, np.ndarr
         theta = np.arctan2(by - thing.center[0], bx - thing.center[1])
         kinds = thing_parts(thing.label)
         for kind, mask in _part_regions(thing, by, bx):
-            foreground = _base._pattern(PART_KINDS[kind][1], u, v, thing.period, r, theta)
+            foreground = _base.pattern_mask(PART_KINDS[kind][1], u, v, thing.period, r, theta)
             fg, bg = (np.array(c, dtype=np.float32) for c in thing.colors[kinds.index(kind)])
             fill = bg + foreground[..., None].astype(np.float32) * (fg - bg)  # (h, w, 3)
             np.copyto(image[y0:y1, x0:x1], fill, where=mask[..., None])

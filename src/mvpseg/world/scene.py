@@ -36,6 +36,10 @@ __all__ = [
     "render",
     "caption",
     "describe",
+    "other_stuff",
+    "hsv_to_rgb",
+    "stuff_texture",
+    "pattern_mask",
     "generate_scene",
     "scene_rng",
 ]
@@ -129,7 +133,7 @@ def scene_rng(seed: int, split: int, index: int) -> np.random.Generator:
 # ----------------------------------------------------------------------------- sampling
 
 
-def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+def hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     """One HSV colour (all in [0, 1]) as an RGB float array in [0, 255]."""
     k = (np.array([5.0, 3.0, 1.0]) + h * 6) % 6
     return 255 * (v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1))
@@ -148,7 +152,7 @@ def _contrasting_colors(
         a, b = rng.integers(0, 256, size=(2, 3))
         if signature:
             hue = label / _NUM_THINGS + rng.normal(0, 15 / 360)
-            a = _hsv_to_rgb(hue % 1.0, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
+            a = hsv_to_rgb(hue % 1.0, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
         if abs(float(a @ luma - b @ luma)) > 60:
             return tuple(int(v) for v in a), tuple(int(v) for v in b)  # type: ignore[return-value]
 
@@ -248,7 +252,7 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: tuple[int, int]) -
     return np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.BICUBIC))
 
 
-def _stuff_texture(kind: str, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def stuff_texture(kind: str, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """(H, W, 3) float32 RGB texture of one stuff kind over the whole grid."""
     size = yy.shape[0]
     if kind == "grass":
@@ -277,7 +281,7 @@ def _stuff_texture(kind: str, rng: np.random.Generator, yy: np.ndarray, xx: np.n
     return (base * tone[..., None]).astype(np.float32)
 
 
-def _pattern(name: str, u: np.ndarray, v: np.ndarray, period: float, r: np.ndarray, theta: np.ndarray) -> np.ndarray:
+def pattern_mask(name: str, u: np.ndarray, v: np.ndarray, period: float, r: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """Boolean foreground of a thing's pattern at rotated coordinates (u, v), pixels; (r, theta) polar."""
     fu, fv = u / period, v / period  # coordinates in periods
     wu, wv = fu - np.floor(fu), fv - np.floor(fv)  # position inside the cell, [0, 1)
@@ -363,7 +367,7 @@ def render(spec: SceneSpec) -> tuple[np.ndarray, np.ndarray]:
         top = yy < boundary
     regions = [top, ~top][: len(spec.stuff)]
     for stuff, region in zip(spec.stuff, regions):
-        texture = _stuff_texture(CLASS_NAMES[stuff], rng, yy, xx)
+        texture = stuff_texture(CLASS_NAMES[stuff], rng, yy, xx)
         np.copyto(image, texture, where=region[..., None])
         label[region] = stuff
     for thing in spec.things:
@@ -378,7 +382,7 @@ def render(spec: SceneSpec) -> tuple[np.ndarray, np.ndarray]:
         cos, sin = np.float32(np.cos(thing.angle)), np.float32(np.sin(thing.angle))
         u = cos * bx + sin * by + np.float32(thing.offset[0])  # rotated pattern coordinates, pixels
         v = -sin * bx + cos * by + np.float32(thing.offset[1])
-        foreground = _pattern(THING_CLASSES[thing.label], u, v, thing.period, r, theta)
+        foreground = pattern_mask(THING_CLASSES[thing.label], u, v, thing.period, r, theta)
         fg_color, bg_color = (np.array(c, dtype=np.float32) for c in thing.colors)
         fill = bg_color + foreground[..., None].astype(np.float32) * (fg_color - bg_color)  # (h, w, 3)
         np.copyto(image[y0:y1, x0:x1], fill, where=inside[..., None])
