@@ -319,7 +319,7 @@ def test_the_student_renormalises_clip_pixels_for_an_imagenet_backbone(world: di
     for backbone, mean, std in (("resnet50", IMAGENET_MEAN, IMAGENET_STD), ("clip", clip.mean, clip.std)):
         student = build_student(teacher, StudentConfig(backbone=backbone, backbone_weights=None)).eval()
         seen = []
-        student.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        student.backbone.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[0]))
         with torch.no_grad():
             student.features(clip_normalised)
         expected = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
