@@ -76,7 +76,16 @@ def test_the_loss_sees_ground_truth_on_seen_pixels_and_the_teacher_then_the_stud
 
     scores, seen_by_loss = [], []
     real_scores, real_loss = loop.teacher_scores, loop.segmentation_loss
-    monkeypatch.setattr(loop, "teacher_scores", lambda *args: scores.append(real_scores(*args)) or scores[-1])
+
+    def recording(output, *args):
+        result = real_scores(output, *args)
+        if result.shape[-1] == 2:  # the teacher's 2 x 2 cells: unseen classes in a checkerboard, the borders matter
+            board = (torch.arange(2)[:, None] + torch.arange(2)[None]) % 2  # (2, 2)
+            result = torch.stack([board, 1 - board]).float().expand_as(result).log_softmax(dim=1)
+        scores.append(result)
+        return result
+
+    monkeypatch.setattr(loop, "teacher_scores", recording)
     monkeypatch.setattr(loop, "segmentation_loss",
                         lambda output, labels, *args, **kwargs: seen_by_loss.append(labels.clone())
                         or real_loss(output, labels, *args, **kwargs))
@@ -206,16 +215,18 @@ def test_two_gloo_processes_train_the_student_of_one(world: dict[str, Path], tmp
                                                      tiny_configs: Path) -> None:
     # The rule on the CPU: BatchNorms fixed (torch cannot synchronise them there), everything else equal.
     student = StudentConfig(backbone="clip", head="maskclip", freeze_bn="all")
-    one = transfer(_config(world, tmp_path / "one", iters=3, checkpoint_every=3, student=student), progress=False)
-    config = _config(world, tmp_path / "two", iters=3, checkpoint_every=3, student=student)
+    one = transfer(_config(world, tmp_path / "one", iters=3, checkpoint_every=3, lr=1.0, student=student),
+                   progress=False)
+    config = _config(world, tmp_path / "two", iters=3, checkpoint_every=3, lr=1.0, student=student)
     mp.start_processes(_transfer_worker, nprocs=2, join=True, start_method="fork",
                        args=(str(tmp_path / "rendezvous"), str(tiny_configs), config))
     expected, got = load_file(one), load_file(tmp_path / "two" / "student.safetensors")
+    initial = _initial_student(world, config).state_dict()
     assert set(expected) == set(got)
+    # Measured against how far training moved the weights: the two runs differ by rounding alone.
+    moved = max(float((expected[key].float() - initial[key].float()).abs().max()) for key in expected)
     worst = max(float((expected[key].float() - got[key].float()).abs().max()) for key in expected)
-    assert worst < 1e-5, worst
-    moved = _initial_student(world, config).state_dict()["decoder.branches.0.0.weight"]
-    assert not torch.allclose(moved, got["decoder.branches.0.0.weight"])  # the students did train
+    assert moved > 1e-4 and worst < 1e-3 * moved, (worst, moved)
 
 
 def test_every_step_and_every_process_draws_its_own_random_numbers(world: dict[str, Path]) -> None:
