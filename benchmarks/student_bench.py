@@ -118,7 +118,10 @@ def run(settings: Settings, section: Section) -> dict[str, Any]:
     result["students"] = {}
     for arch in ARCHS:
         torch.manual_seed(0)
-        student = build_student(teacher_model, StudentConfig(arch=arch, backbone="resnet101", output_stride=8))
+        # mvpseg's head with the backbone's BatchNorms fixed: the students results_students.json was measured on
+        student = build_student(teacher_model, StudentConfig(arch=arch, head="mvpseg", backbone="resnet101",
+                                                             backbone_weights=None, output_stride=8,
+                                                             freeze_bn="backbone"))
         student.to(device)
         figures: dict[str, Any] = {"arch": arch, "backbone": "resnet101", "output_stride": 8,
                                    "parameters": sum(p.numel() for p in student.parameters() if p.requires_grad)}

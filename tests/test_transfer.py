@@ -294,6 +294,7 @@ def test_transfer_eval_and_segment_from_the_command_line(setup: tuple[Path, Path
                  str(weights), "--out", str(tmp_path / "eval"), "--short-side", "64", "--quiet"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["setup"]["prompts"] == str(student) and metrics["miou_unseen"] is not None
+    assert metrics["setup"]["inference"]["mode"] == "whole"  # students: MaskCLIP+'s whole-image protocol
     image = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
     assert main(["segment", str(image), "--classes", "cat,dog", "--student", str(student), "--clip-weights",

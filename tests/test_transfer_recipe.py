@@ -421,6 +421,15 @@ def test_poly_schedule_ends_at_min_lr_and_self_training_starts_at_maskclip_plus_
     assert TransferConfig(iters=1000, self_train_from=300).self_training_step == 299
 
 
+def test_deterministic_algorithms_are_on_inside_the_run_and_as_the_host_had_them_after() -> None:
+    from mvpseg.runs import deterministic_algorithms
+
+    before = torch.are_deterministic_algorithms_enabled()
+    with deterministic_algorithms(True):
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert torch.are_deterministic_algorithms_enabled() == before and not torch.backends.cudnn.deterministic
+
+
 def test_mmseg_loss_normalisation_averages_over_every_pixel(world: dict[str, Path]) -> None:
     run = Run(_config(world, Path("unused")), resume=False)
     logits = torch.randn(2, 3, 4, 4)
