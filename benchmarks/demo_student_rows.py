@@ -41,28 +41,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="the world seed (DemoConfig.seed)")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--reuse", action="store_true",
+                        help="evaluate what an earlier (interrupted) run of this script left in --out: the world, "
+                             "the prompts and any finished student are read, not made again")
     parser.add_argument("--heads", nargs="+", default=["mvpseg"], choices=("mvpseg", "maskclip"),
                         help="student heads to train (mvpseg: the demo's)")
     args = parser.parse_args()
     config = DemoConfig(out=args.out, seed=args.seed)
     out = Path(args.out)
     tic = time.perf_counter()
-    world = write_world(out / "world", config.num_train, config.num_val, seed=config.seed, progress=False)
+    world = out / "world"
+    if not (args.reuse and (world / "unseen.txt").is_file()):
+        world = write_world(world, config.num_train, config.num_val, seed=config.seed, progress=False)
     val = build_dataset("custom", world, "val")
     clip = load_clip(config.clip, config.clip_weights)
     inference = InferenceConfig(short_side=config.short_side, mode="whole")
     rows = {}
-    prompts = train(row_train_config(config, world, "mvp-seg", config.seed, out), progress=False)
+    prompts = out / "runs" / "mvp-seg" / f"seed-{config.seed}" / "prompts.safetensors"
+    if not (args.reuse and prompts.is_file()):
+        prompts = train(row_train_config(config, world, "mvp-seg", config.seed, out), progress=False)
     teacher = load_mvpseg(prompts, clip)
     rows["mvp-seg"] = evaluate(Segmenter(teacher, inference, device="cpu"), val, progress=False)
     base = student_transfer_config(config, world, out)
-    write_pseudo_labels(Segmenter(teacher, inference, device="cpu"), build_dataset("custom", world, "train"),
-                        base.pseudo_labels, progress=False, teacher={"prompts_sha256": prompts_fingerprint(prompts)})
+    if not (args.reuse and (Path(base.pseudo_labels) / "meta.json").is_file()):
+        write_pseudo_labels(Segmenter(teacher, inference, device="cpu"), build_dataset("custom", world, "train"),
+                            base.pseudo_labels, progress=False,
+                            teacher={"prompts_sha256": prompts_fingerprint(prompts)})
     for head in args.heads:
         student = base.student if head == "mvpseg" else replace(base.student, head="maskclip", head_channels=None)
         run = replace(base, out=f"{base.out}-{head}", student=student)
         start = time.perf_counter()
-        model = load_student(transfer(run, progress=False), clip)
+        finished = Path(run.out) / "student.safetensors"
+        model = load_student(finished if args.reuse and finished.is_file() else transfer(run, progress=False), clip)
         rows[f"mvp-seg+ ({head} head)"] = evaluate(Segmenter(model, inference, device="cpu"), val, progress=False)
         rows[f"mvp-seg+ ({head} head)"]["train_seconds"] = round(time.perf_counter() - start, 1)
     results = {name: {key: metrics[key] for key in (*KEYS, "train_seconds") if key in metrics}
