@@ -147,7 +147,8 @@ def run(settings: Settings, section: Section, presets: list[str] | None = None,
     result["students"] = {}
     for name in presets or list(STUDENT_PRESETS):
         torch.manual_seed(0)
-        config = StudentConfig(**STUDENT_PRESETS[name])
+        # a random backbone: the predict time does not depend on the weights
+        config = StudentConfig(**{"backbone_weights": None, **STUDENT_PRESETS[name]})
         student = build_student(teacher_model, config).to(device)
         figures: dict[str, Any] = {**dataclasses.asdict(config), "stride": student.stride,
                                    "parameters": sum(p.numel() for p in student.parameters() if p.requires_grad)}

@@ -73,7 +73,8 @@ def test_world_prompts_parity_open_vocabulary(world: mvpseg.Segmenter, tmp_path:
 def test_random_student_parity(world: mvpseg.Segmenter, backbone: str, arch: str, output_stride: int,
                                tmp_path: Path) -> None:
     torch.manual_seed(0)
-    student = build_student(world.model, StudentConfig(arch=arch, backbone=backbone, output_stride=output_stride,
+    student = build_student(world.model, StudentConfig(arch=arch, head="mvpseg", backbone=backbone,
+                                                       backbone_weights=None, output_stride=output_stride,
                                                        head_channels=32)).eval()
     with torch.no_grad():  # BatchNorm statistics that are not the identity
         for module in student.modules():
@@ -90,7 +91,8 @@ def test_random_student_parity(world: mvpseg.Segmenter, backbone: str, arch: str
 
 def test_student_from_checkpoint_and_baked_classes(world: mvpseg.Segmenter, tmp_path: Path) -> None:
     torch.manual_seed(1)
-    student = build_student(world.model, StudentConfig(backbone="clip", output_stride=16, head_channels=16)).eval()
+    student = build_student(world.model, StudentConfig(head="mvpseg", backbone="clip", output_stride=16,
+                                                       head_channels=16)).eval()
     checkpoint = save_student_checkpoint(tmp_path / "student.safetensors", student, teacher={})
     config = mvpseg.InferenceConfig(short_side=None, crop_size=64, stride=32, precision="fp32")
     torch_seg = mvpseg.Segmenter.from_pretrained(student=checkpoint, device="cpu", config=config)

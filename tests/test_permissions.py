@@ -38,7 +38,7 @@ def _write_every_kind(folder: Path, clip: mvpseg.ClipBundle) -> None:
     model = mvpseg.build_mvpseg(clip, MVPSegConfig(num_prompts=2, num_context=2),
                                 generator=torch.Generator().manual_seed(0))
     prompts = save_prompt_checkpoint(folder / "out" / "prompts.safetensors", model)
-    student = build_student(model, StudentConfig(backbone="clip", head_channels=8))
+    student = build_student(model, StudentConfig(head="mvpseg", backbone="clip", head_channels=8))
     save_student_checkpoint(folder / "out" / "student.safetensors", student, teacher={"prompts": "p"})
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trained, lr=0.1, momentum=0.9)

@@ -14,7 +14,10 @@ from mvpseg.config import STUDENT_PRESETS, TRANSFER_PRESETS, StudentConfig, Tran
 def test_presets_are_student_configs(name: str) -> None:
     config = from_dict(StudentConfig, STUDENT_PRESETS[name], "student preset")
     assert config.output_stride in (8, 16)
-    assert STUDENT_PRESETS["paper"] == {"arch": "deeplabv2", "backbone": "resnet101", "output_stride": 8}
+    # the paper's presets are MaskCLIP+'s students; the faster ones use mvpseg's head
+    assert STUDENT_PRESETS["paper"] == {"arch": "deeplabv2", "head": "maskclip", "backbone": "resnet101-v1c",
+                                        "output_stride": 8}
+    assert StudentConfig(**STUDENT_PRESETS["paper"]) == StudentConfig(backbone_weights="")  # = the defaults
 
 
 def test_student_preset_flag_under_the_student_flags_given() -> None:
@@ -25,7 +28,8 @@ def test_student_preset_flag_under_the_student_flags_given() -> None:
 
     assert config().student.arch == "deeplabv3plus"  # the dataset's preset without the flag
     fast = config("--student-preset", "fast").student
-    assert (fast.arch, fast.backbone, fast.output_stride, fast.head_channels) == ("deeplabv2", "resnet50", 16, 128)
+    assert (fast.arch, fast.head, fast.backbone, fast.output_stride, fast.head_channels) == (
+        "deeplabv2", "mvpseg", "resnet50", 16, 128)
     assert config("--student-preset", "fast").lr == 0.004  # the rest of the dataset's preset stays
     wider = config("--student-preset", "fast", "--head-channels", "64").student
     assert (wider.backbone, wider.head_channels) == ("resnet50", 64)

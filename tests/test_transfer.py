@@ -24,7 +24,7 @@ from mvpseg.checkpoint import read_student_checkpoint, save_prompt_checkpoint
 from mvpseg.config import MVPSegConfig, StudentConfig, TransferConfig
 from mvpseg.data import build_dataset
 from mvpseg.transfer import UNSEEN, VOID, assign_unseen, transfer, write_pseudo_labels
-from mvpseg.transfer.pseudo import teacher_scores, transfer_vocabulary
+from mvpseg.transfer.pseudo import prompts_fingerprint, teacher_scores, transfer_vocabulary
 
 S, U = 3, 9  # a seen class and the "unseen" sentinel used in hand-made maps below
 
@@ -80,12 +80,14 @@ def teacher(tiny_rn: mvpseg.ClipBundle) -> mvpseg.MVPSeg:
                                generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("arch, output_stride, stride", [("deeplabv2", 8, 8), ("deeplabv2", 16, 16),
-                                                         ("deeplabv3plus", 8, 4), ("deeplabv3plus", 16, 4)])
-def test_student_maps_come_at_its_stride(teacher: mvpseg.MVPSeg, arch: str, output_stride: int, stride: int) -> None:
+@pytest.mark.parametrize("arch, head, output_stride, stride", [
+    ("deeplabv2", "mvpseg", 8, 8), ("deeplabv2", "maskclip", 16, 16), ("deeplabv3plus", "mvpseg", 8, 4),
+    ("deeplabv3plus", "maskclip", 16, 4), ("deeplabv3plus", "maskclip", 8, 4)])
+def test_student_maps_come_at_its_stride(teacher: mvpseg.MVPSeg, arch: str, head: str, output_stride: int,
+                                         stride: int) -> None:
     torch.manual_seed(0)
-    student = build_student(teacher, StudentConfig(arch=arch, backbone="clip", output_stride=output_stride,
-                                                   head_channels=16)).eval()
+    student = build_student(teacher, StudentConfig(arch=arch, head=head, backbone="clip", output_stride=output_stride,
+                                                   head_channels=16 if head == "mvpseg" else None)).eval()
     assert student.stride == stride
     with torch.no_grad():
         output = student(torch.randn(2, 3, 64, 96), ["cat", "dog", "grass"])
@@ -101,14 +103,14 @@ def test_torchvision_backbones_build_offline_from_a_local_file(teacher: mvpseg.M
     weights = tmp_path / "resnet50.pth"
     torch.save(reference.state_dict(), weights)
     student = build_student(teacher, StudentConfig(backbone="resnet50", backbone_weights=str(weights), output_stride=16,
-                                                   head_channels=8))
+                                                   head="mvpseg", head_channels=8))
     torch.testing.assert_close(student.backbone.stem[0].weight, reference.conv1.weight)
     assert student.stride == 16
     with torch.no_grad():
         assert student.eval()(torch.randn(1, 3, 64, 64), ["a"]).fused_logits.shape == (1, 1, 4, 4)
     bad = tmp_path / "bad.safetensors"
     save_file({"x": torch.zeros(1)}, bad)
-    with pytest.raises(ValueError, match="not a torchvision ResNet-50 checkpoint"):
+    with pytest.raises(ValueError, match="does not fit the resnet50 backbone.*resnet50-0676ba61.pth"):
         build_student(teacher, StudentConfig(backbone="resnet50", backbone_weights=str(bad)))
 
 
@@ -120,7 +122,8 @@ def test_a_clip_backbone_needs_a_resnet_clip(tiny_vit: mvpseg.ClipBundle) -> Non
 
 def test_a_student_answers_class_names_it_never_trained_on(teacher: mvpseg.MVPSeg) -> None:
     torch.manual_seed(0)
-    student = build_student(teacher, StudentConfig(backbone="clip", head_channels=16), background=True).eval()
+    student = build_student(teacher, StudentConfig(backbone="clip", head="mvpseg", head_channels=16),
+                            background=True).eval()
     names = ["a violet giraffe", "background", "the moon"]
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -155,7 +158,7 @@ def _config(setup: tuple[Path, Path, Path], out: Path, **overrides) -> TransferC
     values = dict(dataset="custom", data_root=str(root), prompts=str(prompts), clip="test-tiny-rn",
                   pretrained=str(weights), out=str(out), iters=6, self_train_from=3, batch_size=2, crop_size=32,
                   lr=0.01, num_workers=0, log_every=1, checkpoint_every=3,
-                  student=StudentConfig(backbone="clip", head_channels=8))
+                  student=StudentConfig(backbone="clip", head="mvpseg", head_channels=8, freeze_bn="backbone"))
     values.update(overrides)
     return TransferConfig(**values)
 
@@ -173,8 +176,9 @@ def test_transfer_trains_a_student_that_segments_like_a_segmenter(setup: tuple[P
 
     monkeypatch.setattr(loop, "teacher_scores", recording)
     path = transfer(_config(setup, tmp_path / "run"), progress=False)
-    # crop 32: the teacher's maps are 1 cell wide (stride 32), the student's 4 (stride 8)
-    assert graded == [1, 1, 1, 4, 4, 4]
+    # crop 32: the teacher's maps are 1 cell wide (stride 32), the student's 4 (stride 8); self_train_from=3
+    # counts steps from 1 as MaskCLIP+: the teacher labels steps 1 and 2
+    assert graded == [1, 1, 4, 4, 4, 4]
     tensors, metadata = read_student_checkpoint(path)
     assert metadata["teacher"]["prompts"] == "prompts.safetensors" and metadata["clip"]["name"] == "test-tiny-rn"
     assert metadata["extra"]["unseen"] == ["tree"] and metadata["config"]["backbone"] == "clip"
@@ -197,7 +201,7 @@ class _Killed(Exception):
 def test_a_killed_and_resumed_transfer_ends_bit_for_bit_like_an_uninterrupted_one(
         setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
     # DeepLabv3+ has dropout: each step's random draws must not depend on the interruption.
-    student = StudentConfig(arch="deeplabv3plus", backbone="clip", head_channels=8)
+    student = StudentConfig(arch="deeplabv3plus", head="mvpseg", backbone="clip", head_channels=8, freeze_bn="backbone")
     whole = transfer(_config(setup, tmp_path / "whole", student=student), progress=False)
 
     def kill_after_step_4(step: int) -> None:
@@ -221,7 +225,8 @@ def test_written_pseudo_labels_teach_like_the_online_teacher(setup: tuple[Path, 
                                                  device="cpu", config=mvpseg.InferenceConfig(short_side=None,
                                                                                              mode="whole"))
     dataset = build_dataset("custom", root, "train")
-    assert write_pseudo_labels(segmenter, dataset, tmp_path / "labels", progress=False) == 6
+    assert write_pseudo_labels(segmenter, dataset, tmp_path / "labels", progress=False,
+                               teacher={"prompts_sha256": prompts_fingerprint(prompts)}) == 6
     for index in range(len(dataset)):
         _, truth = dataset.load(index)
         written = np.asarray(Image.open(tmp_path / "labels" / f"{dataset.ids[index]}.png")).astype(np.int64)
@@ -280,7 +285,7 @@ def test_transfer_eval_and_segment_from_the_command_line(setup: tuple[Path, Path
     out = tmp_path / "run"
     assert main(["transfer", "--dataset", "custom", "--data-root", str(root), "--prompts", str(prompts),
                  "--clip-weights", str(weights), "--out", str(out), "--iters", "2", "--self-train-from", "1",
-                 "--batch-size", "2", "--crop-size", "32", "--backbone", "clip", "--head-channels", "8",
+                 "--batch-size", "2", "--crop-size", "32", "--backbone", "clip",
                  "--num-workers", "0", "--quiet"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["student"]["backbone"] == "clip" and saved["self_train_from"] == 1 and saved["clip"] is None
@@ -289,6 +294,7 @@ def test_transfer_eval_and_segment_from_the_command_line(setup: tuple[Path, Path
                  str(weights), "--out", str(tmp_path / "eval"), "--short-side", "64", "--quiet"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["setup"]["prompts"] == str(student) and metrics["miou_unseen"] is not None
+    assert metrics["setup"]["inference"]["mode"] == "whole"  # students: MaskCLIP+'s whole-image protocol
     image = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
     assert main(["segment", str(image), "--classes", "cat,dog", "--student", str(student), "--clip-weights",

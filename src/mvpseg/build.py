@@ -152,10 +152,11 @@ def build_student(teacher: MVPSeg, config: StudentConfig, background: bool = Fal
         background: learn an embedding for the class named "background".
 
     Returns:
-        A :class:`mvpseg.transfer.Student` on the teacher's device. Its random parts draw from torch's
-        global generator: seed it (or fork it) for a reproducible student.
+        A :class:`mvpseg.transfer.Student` on the teacher's device, its frozen parts frozen. Its random parts
+        draw from torch's global generator: seed it (or fork it) for a reproducible student. Its config
+        records a backbone weights file by its name alone (the weights are in the student).
     """
-    from .transfer.backbones import build_backbone
+    from .transfer.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
     from .transfer.student import Student, build_decoder
 
     if teacher.prompts is None:
@@ -163,15 +164,24 @@ def build_student(teacher: MVPSeg, config: StudentConfig, background: bool = Fal
     clip = teacher.clip
     embed_dim = clip_signature(clip.model)["embed_dim"]
     backbone = build_backbone(config.backbone, config.output_stride, config.backbone_weights, clip.model.visual)
-    decoder = build_decoder(config.arch, backbone.channels, config.head_channels, embed_dim, config.output_stride)
+    maskclip = config.head == "maskclip"
+    width = config.head_channels or (embed_dim if maskclip else 256)
+    decoder = build_decoder(config.arch, config.head, backbone.channels, width, embed_dim, config.output_stride)
     learned = teacher.prompts
     prompts = PromptLearner(clip.model, clip.tokenizer, num_prompts=learned.num_prompts,
                             num_context=learned.num_context, generator=torch.Generator())
     prompts.load_state_dict(learned.state_dict())
-    head = MVPHead(has_global=True, use_gpr=False, tau1=float(teacher.head.tau1.detach()), learnable=True)
+    # MaskCLIP+ scores by the plain product with the text embedding: over K prompts, 1/K times the summed maps.
+    tau1 = 1.0 / learned.num_prompts if maskclip else float(teacher.head.tau1.detach())
+    head = MVPHead(has_global=True, use_gpr=False, tau1=tau1, learnable=not maskclip)
+    head.log_tau2.requires_grad_(False)  # GPR's parts: unused by the student, never trained
+    head.gpr_offset.requires_grad_(False)
     embedding = nn.Parameter(torch.randn(embed_dim)) if background else None
-    student = Student(clip, prompts, backbone, decoder, head, dataclasses.replace(config, background=background),
-                      embedding)
+    weights = Path(config.backbone_weights).name if config.backbone_weights else config.backbone_weights
+    normalisation = None if config.backbone == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
+    student = Student(clip, prompts, backbone, decoder, head,
+                      dataclasses.replace(config, background=background, backbone_weights=weights), embedding,
+                      normalisation=normalisation)
     return student.to(clip.model.token_embedding.weight.device)
 
 
@@ -183,7 +193,9 @@ def load_student(path: str | os.PathLike[str], clip: ClipBundle) -> Student:
     """
     tensors, metadata = read_student_checkpoint(path)
     _check_clip(path, metadata["clip"], clip)
-    config = from_dict(StudentConfig, {**metadata["config"], "backbone_weights": None}, "student config")
+    # Students of mvpseg 0.x have no "head" (theirs was mvpseg's); the weights come from the checkpoint.
+    config = from_dict(StudentConfig, {"head": "mvpseg", **metadata["config"], "backbone_weights": None},
+                       "student config")
     contexts = tensors.get("prompts.contexts")
     if contexts is None:
         raise CheckpointError(f"{path} holds no prompts: not a complete student checkpoint")

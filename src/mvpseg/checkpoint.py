@@ -241,10 +241,11 @@ class TrainingState:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     config: dict[str, Any]
+    scaler: dict[str, Any] | None = None  # the fp16 gradient scaler's state, when the run has one
 
 
 def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        step: int, config: dict[str, Any]) -> Path:
+                        step: int, config: dict[str, Any], scaler: dict[str, Any] | None = None) -> Path:
     """Atomically write the trained tensors, the optimiser, the step and the run's config.
 
     Args:
@@ -253,6 +254,7 @@ def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, op
         optimizer: its optimiser.
         step: steps done.
         config: the run's configuration as plain JSON values.
+        scaler: the gradient scaler's ``state_dict()`` (fp16 on CUDA), or None.
     """
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     state = optimizer.state_dict()
@@ -264,7 +266,7 @@ def save_training_state(path: str | os.PathLike[str], model: torch.nn.Module, op
             else:
                 scalars.setdefault(str(index), {})[key] = value
     metadata = {"format": TRAIN_FORMAT, "format_version": TRAIN_VERSION, "step": step, "config": config,
-                "optimizer_groups": state["param_groups"], "optimizer_scalars": scalars}
+                "optimizer_groups": state["param_groups"], "optimizer_scalars": scalars, "scaler": scaler}
     return _write(path, tensors, metadata)
 
 
@@ -281,4 +283,4 @@ def load_training_state(path: str | os.PathLike[str]) -> TrainingState:
         optimizer_state.setdefault(int(index), {}).update(values)
     return TrainingState(step=int(metadata["step"]), model=model,
                          optimizer={"state": optimizer_state, "param_groups": metadata["optimizer_groups"]},
-                         config=metadata["config"])
+                         config=metadata["config"], scaler=metadata.get("scaler"))

@@ -21,6 +21,7 @@ __all__ = [
     "DemoConfig",
     "DEMO_PRESETS",
     "EVAL_PRESETS",
+    "STUDENT_EVAL_PRESETS",
     "InferenceConfig",
     "LossWeights",
     "MVPSegConfig",
@@ -172,6 +173,17 @@ EVAL_PRESETS: dict[str, dict[str, Any]] = {
     "context60": {"short_side": None, "long_side": 520, "mode": "whole", "crop_size": 512, "stride": 426},
 }
 
+#: Evaluation settings of an MVP-SEG+ student (``eval --student``), as MaskCLIP+ evaluates its students: the whole
+#: image at mmseg's ``img_scale=(2048, 512)`` keeping the ratio (short side 512 unless the long side would pass
+#: 2048), Context at ``img_scale=(520, 520)`` (long side 520).
+STUDENT_EVAL_PRESETS: dict[str, dict[str, Any]] = {
+    "voc": {"short_side": 512, "long_side": None, "mode": "whole"},
+    "context": {"short_side": None, "long_side": 520, "mode": "whole"},
+    "coco-stuff": {"short_side": 512, "long_side": None, "mode": "whole"},
+    "custom": {"short_side": 512, "long_side": None, "mode": "whole"},
+    "context60": {"short_side": None, "long_side": 520, "mode": "whole"},
+}
+
 
 @dataclass
 class RunConfig:
@@ -193,6 +205,7 @@ class RunConfig:
     weight_decay: float = 5e-4  # weight decay of the optimiser
     schedule: Literal["cosine", "poly", "constant"] = "cosine"  # learning-rate schedule (poly: power 0.9, as mmseg)
     warmup_iters: int = 0  # linear warm-up steps
+    min_lr: float = 0.0  # the learning rate the poly and cosine schedules end at (mmseg's min_lr)
     crop_size: int = 512  # training crop side (mmseg's pipeline: rescale, crop, flip, photometric)
     scale: tuple[int, int] = (2048, 512)  # mmseg img_scale (long, short side) before the random ratio
     ratio_range: tuple[float, float] = (0.5, 2.0)  # random rescaling range of the augmentation
@@ -207,6 +220,10 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+    def recorded(self) -> dict[str, Any]:
+        """The fields as a run records them (config.json, checkpoints): local weight files by their name alone."""
+        return self.to_dict()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Any:
@@ -285,15 +302,27 @@ class DemoConfig:
 
 @dataclass
 class StudentConfig:
-    """The student network of MVP-SEG+ (a DeepLab taught by the prompts). Stored in student checkpoints."""
+    """The student network of MVP-SEG+ (a DeepLab taught by the prompts). Stored in student checkpoints.
+
+    The defaults are MaskCLIP+'s student; mvpseg's own choices stay available as options.
+    """
 
     arch: Literal["deeplabv2", "deeplabv3plus"] = "deeplabv2"  # DeepLabv2 (ASPP 6/12/18/24; VOC, COCO-Stuff) or DeepLabv3+ (Context)
-    backbone: Literal["resnet101", "resnet50", "clip"] = "resnet101"  # torchvision ResNet, or a copy of the CLIP's own ResNet trunk
-    backbone_weights: str | None = None  # a local torchvision ImageNet checkpoint for a resnet backbone (none: random start)
+    head: Literal["maskclip", "mvpseg"] = "maskclip"  # maskclip: MaskCLIP+'s head (D wide, features scored by product); mvpseg: a 1x1 projection, normalised features, learned tau1
+    backbone: Literal["resnet101-v1c", "resnet50-v1c", "resnet101", "resnet50", "clip"] = "resnet101-v1c"  # mmseg ResNetV1c (deep stem, MaskCLIP+'s), torchvision ResNet, or a copy of the CLIP's own ResNet trunk
+    backbone_weights: str | None = ""  # ImageNet checkpoint (local file) of a resnet backbone; none: a random start (required for the resnets)
     output_stride: Literal[8, 16] = 8  # the backbone's output stride: its last stages dilated instead of strided
-    head_channels: int = 256  # width of the decoder's convolutions
-    freeze_bn: bool = True  # keep the backbone's BatchNorm statistics and scales fixed (small batches per process)
+    head_channels: int | None = None  # width of the decoder's convolutions (default: D with the maskclip head, 256 with mvpseg's)
+    freeze_bn: Literal["none", "backbone", "all"] = "none"  # BatchNorms kept fixed: none (MaskCLIP+: all train, synchronised), the backbone's, or all
     background: bool | None = None  # learn an embedding for a class named "background" (none: when the dataset has one)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.freeze_bn, bool):  # checkpoints of mvpseg 0.x stored a flag: True froze the backbone's
+            self.freeze_bn = "backbone" if self.freeze_bn else "none"
+        if self.freeze_bn not in ("none", "backbone", "all"):
+            raise ValueError(f"freeze_bn must be none, backbone or all, not {self.freeze_bn!r}")
+        if self.head not in ("maskclip", "mvpseg"):
+            raise ValueError(f"head must be maskclip or mvpseg, not {self.head!r}")
 
 
 @dataclass
@@ -305,33 +334,54 @@ class TransferConfig(RunConfig):
     pretrained: str | None = "auto"  # CLIP weights: a tag or file; auto: those the prompts were learned on, else openai
     out: str = "runs/mvpseg-plus"  # run folder: student.safetensors, checkpoint, config and logs
     iters: int = 20000  # optimisation steps (MaskCLIP+: VOC 20k, Context 40k, COCO-Stuff 80k)
-    self_train_from: int = 2000  # step from which the student's own argmax replaces the teacher's (MaskCLIP+: 10% of iters)
+    self_train_from: int | None = None  # step (counted from 1, as MaskCLIP+) from which the student's own argmax replaces the teacher's; none: iters / 10
     batch_size: int = 16  # global batch size (MaskCLIP+: 4 per GPU on 4 GPUs)
     lr: float = 0.01  # learning rate (MaskCLIP+: 0.01, Context 0.004)
     schedule: Literal["cosine", "poly", "constant"] = "poly"  # learning-rate schedule (poly: power 0.9, as mmseg)
+    min_lr: float = 1e-4  # the learning rate the poly and cosine schedules end at (MaskCLIP+: 1e-4)
+    deterministic: bool = False  # torch's deterministic algorithms where it has them (CUDA: slower; what resume then guarantees: docs/reproduce.md)
+    loss_norm: Literal["all", "labelled"] = "all"  # cross-entropy averaged over all pixels, ignored included (all: mmseg 0.x, MaskCLIP+) or over labelled pixels
     student: StudentConfig = field(default_factory=StudentConfig)
     pseudo_labels: str | None = None  # a folder of teacher labels from mvpseg pseudo-label; default: the teacher runs on each crop
     teacher_gpr: bool = False  # rank the teacher's unseen classes by its final map with GPR's class scores (off: the fused map)
     label_void: bool = False  # also label void (ignore) pixels with the teacher's unseen classes (off: MaskCLIP+'s rule)
-    confidence: float = 0.0  # pixels whose probability among the unseen classes is below this stay unlabelled (MaskCLIP+: 0)
+    unseen_min_probability: float = 0.0  # mvpseg's option: unseen pixels whose probability among the unseen classes is below this stay unlabelled (0: off, as MaskCLIP+)
+
+    def recorded(self) -> dict[str, Any]:
+        values = self.to_dict()
+        weights = values["student"]["backbone_weights"]
+        if weights:
+            values["student"]["backbone_weights"] = weights.replace("\\", "/").rsplit("/", 1)[-1]
+        return values
+
+    @property
+    def self_training_step(self) -> int:
+        """The first 0-based step of self-training: MaskCLIP+ counts steps from 1 and self-trains from count
+        ``self_train_from`` on (VOC: 2000, i.e. after 1,999 teacher steps)."""
+        start = self.self_train_from if self.self_train_from is not None else max(self.iters // 10, 1)
+        return max(start - 1, 0)
 
 
-#: Named student networks (``mvpseg transfer --student-preset NAME``): MaskCLIP+'s two, and faster ones
-#: (predict times against MVP-SEG's in docs/benchmarks.md, benchmarks/student_bench.py).
+#: Named student networks (``mvpseg transfer --student-preset NAME``): MaskCLIP+'s two, and faster ones with
+#: mvpseg's head (predict times against MVP-SEG's in docs/benchmarks.md, benchmarks/student_bench.py).
 STUDENT_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"arch": "deeplabv2", "backbone": "resnet101", "output_stride": 8},  # MaskCLIP+ on VOC, COCO-Stuff
-    "paper-v3plus": {"arch": "deeplabv3plus", "backbone": "resnet101", "output_stride": 8},  # MaskCLIP+ on Context
-    "r50-v3plus-os16": {"arch": "deeplabv3plus", "backbone": "resnet50", "output_stride": 16},
-    "fast": {"arch": "deeplabv2", "backbone": "resnet50", "output_stride": 16, "head_channels": 128},
+    # MaskCLIP+ on VOC and COCO-Stuff, and on Context: its D-wide heads on ResNetV1c-101
+    "paper": {"arch": "deeplabv2", "head": "maskclip", "backbone": "resnet101-v1c", "output_stride": 8},
+    "paper-v3plus": {"arch": "deeplabv3plus", "head": "maskclip", "backbone": "resnet101-v1c", "output_stride": 8},
+    "r50-v3plus-os16": {"arch": "deeplabv3plus", "head": "mvpseg", "backbone": "resnet50", "output_stride": 16},
+    "fast": {"arch": "deeplabv2", "head": "mvpseg", "backbone": "resnet50", "output_stride": 16, "head_channels": 128},
 }
 
-#: Per-dataset presets of ``mvpseg transfer``: MaskCLIP+'s schedules (SGD, poly; the teacher until 10% of
-#: the steps, then self-training), DeepLabv2 for VOC and COCO-Stuff, DeepLabv3+ for Context.
+#: Per-dataset presets of ``mvpseg transfer``: MaskCLIP+'s recipe (its configs/maskclip_plus/zero_shot/* and
+#: schedule_*k.py): SGD, poly to 1e-4, the teacher until 10% of the steps then self-training (``self_train_from``
+#: unset: it follows ``--iters``), the D-wide MaskCLIP+ heads (DeepLabv2 for VOC and COCO-Stuff, DeepLabv3+ for
+#: Context) on ResNetV1c-101, every BatchNorm trained, the loss averaged over all pixels. The fields not named
+#: here take TransferConfig's and StudentConfig's defaults, which are MaskCLIP+'s VOC values.
 TRANSFER_PRESETS: dict[str, dict[str, Any]] = {
-    "voc": {"dataset": "voc", "iters": 20000, "self_train_from": 2000, "crop_size": 512},
-    "context": {"dataset": "context", "iters": 40000, "self_train_from": 4000, "lr": 0.004, "weight_decay": 1e-4,
+    "voc": {"dataset": "voc", "iters": 20000, "crop_size": 512},
+    "context": {"dataset": "context", "iters": 40000, "lr": 0.004, "weight_decay": 1e-4,
                 "crop_size": 480, "scale": (2048, 520), "student": {"arch": "deeplabv3plus"}},
-    "coco-stuff": {"dataset": "coco-stuff", "iters": 80000, "self_train_from": 8000, "crop_size": 512},
-    "context60": {"dataset": "context60", "iters": 40000, "self_train_from": 4000, "lr": 0.004, "weight_decay": 1e-4,
+    "coco-stuff": {"dataset": "coco-stuff", "iters": 80000, "crop_size": 512},
+    "context60": {"dataset": "context60", "iters": 40000, "lr": 0.004, "weight_decay": 1e-4,
                   "crop_size": 480, "scale": (520, 520), "student": {"arch": "deeplabv3plus"}},
 }

@@ -1,9 +1,12 @@
 """The machinery every training run shares: sample positions, batches, schedules, optimisers, logs, resume.
 
 ``mvpseg train`` (prompts) and ``mvpseg transfer`` (the MVP-SEG+ student) run the same way: every
-random choice is a function of the seed and the sample's position (or the step), so a run killed
-after a checkpoint and resumed takes exactly the samples, and reaches exactly the weights, of a run
-that was never stopped; and N processes splitting a global batch see the samples of one process.
+random choice is a function of the seed and the sample's position (or the step and the process), so a
+run killed after a checkpoint and resumed takes exactly the samples and random draws of a run that was
+never stopped (on the CPU it reaches exactly the same weights; on CUDA see docs/reproduce.md); and N
+processes splitting a global batch see the samples of one process. They compute the loss of one
+process only where nothing else depends on the per-process batch: BatchNorms that train need
+synchronising (the transfer loop's rule, :mod:`mvpseg.transfer.loop`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "SamplePositions",
     "augmentation",
     "check_resumable",
+    "deterministic_algorithms",
     "learning_rate",
     "make_optimizer",
     "seeded_step",
@@ -47,10 +51,10 @@ __all__ = [
 RESUMABLE = {"out", "data_root", "num_workers", "checkpoint_every", "log_every", "device"}
 
 
-def augmentation(config: RunConfig) -> TrainAugmentation:
-    """The run's training augmentation (mmseg's pipeline) from its config."""
+def augmentation(config: RunConfig, pad_value: tuple[int, int, int] = (0, 0, 0)) -> TrainAugmentation:
+    """The run's training augmentation (mmseg's pipeline) from its config; crops padded with ``pad_value``."""
     return TrainAugmentation(crop_size=config.crop_size, scale=config.scale, ratio_range=config.ratio_range,
-                             cat_max_ratio=config.cat_max_ratio, photometric=config.photometric)
+                             cat_max_ratio=config.cat_max_ratio, photometric=config.photometric, pad_value=pad_value)
 
 
 class SamplePositions(Dataset):
@@ -105,6 +109,27 @@ def step_batches(start: int, iters: int, batch_size: int, rank: int, world_size:
 
 
 @contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """Run with torch's deterministic algorithms (and cuDNN's) when ``enabled``, the host's settings restored after.
+
+    ``warn_only``: operations torch has no deterministic version of (on CUDA, bilinear upsampling's
+    backward among them) warn and run as they are.
+    """
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+
+
+@contextlib.contextmanager
 def seeded_step(seed: int, step: int, rank: int, device: torch.device) -> Iterator[None]:
     """Run one step with torch's random generators seeded by (seed, step, rank), the host's restored after.
 
@@ -118,29 +143,40 @@ def seeded_step(seed: int, step: int, rank: int, device: torch.device) -> Iterat
 
 
 def learning_rate(config: RunConfig, step: int) -> float:
-    """The learning rate of ``step``: linear warm-up, then cosine, poly (power 0.9) or constant."""
+    """The learning rate of ``step``: linear warm-up, then cosine, poly or constant.
+
+    mmseg's rules (its ``PolyLrUpdaterHook`` and ``CosineAnnealing``): poly is
+    ``(lr - min_lr) * (1 - step / iters) ** 0.9 + min_lr``, cosine ends at ``min_lr`` the same way.
+    """
     if config.warmup_iters and step < config.warmup_iters:
         return config.lr * (step + 1) / config.warmup_iters
     progress = (step - config.warmup_iters) / max(config.iters - config.warmup_iters, 1)
+    span = config.lr - config.min_lr
     if config.schedule == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        return span * 0.5 * (1 + math.cos(math.pi * progress)) + config.min_lr
     if config.schedule == "poly":
-        return config.lr * (1 - progress) ** 0.9
+        return span * (1 - progress) ** 0.9 + config.min_lr
     return config.lr
 
 
-def make_optimizer(config: RunConfig, params: Sequence[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW over ``params``, with the run's learning rate and weight decay."""
+def make_optimizer(config: RunConfig, params: Sequence[torch.nn.Parameter],
+                   no_decay: Sequence[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW over ``params`` (with the run's weight decay) and ``no_decay`` (without)."""
+    groups = [{"params": list(params)}] + ([{"params": list(no_decay), "weight_decay": 0.0}] if no_decay else [])
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"optimizer must be sgd or adamw, not {config.optimizer!r}")
 
 
 def check_resumable(saved: dict[str, Any], config: RunConfig, path: Path) -> None:
-    """Refuse a checkpoint whose run differs from ``config`` in anything that changes the numbers."""
-    current = config.to_dict()
+    """Refuse a checkpoint whose run differs from ``config`` in anything that changes the numbers.
+
+    A field the checkpoint does not know (added to mvpseg after it was written) counts as its default.
+    """
+    current, defaults = config.recorded(), type(config)().recorded()
+    saved = {**{key: value for key, value in defaults.items() if key not in saved}, **saved}
     differing = sorted(key for key in set(saved) | set(current)
                        if key not in RESUMABLE and saved.get(key) != current.get(key))
     if differing:
@@ -221,16 +257,25 @@ class Run:
         self.start = 0
         self.params: list[torch.nn.Parameter] = []
 
-    def begin(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """The optimiser of ``model``'s trainable parameters, both restored when resuming; writes ``OUT/config.json``."""
-        self.params = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        optimizer = make_optimizer(self.config, self.params)
+    def begin(self, model: torch.nn.Module, no_decay: Callable[[str], bool] | None = None) -> torch.optim.Optimizer:
+        """The optimiser of ``model``'s trainable parameters, both restored when resuming; writes ``OUT/config.json``.
+
+        Call it once every frozen part is frozen: the optimiser holds exactly the parameters that then
+        require gradients. ``no_decay(name)`` picks parameters trained without weight decay.
+        """
+        named = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+        plain = [parameter for name, parameter in named if no_decay is None or not no_decay(name)]
+        exempt = [parameter for name, parameter in named if no_decay is not None and no_decay(name)]
+        self.params = plain + exempt
+        optimizer = make_optimizer(self.config, plain, exempt)
         if self.state is not None:
             model.load_state_dict(self.state.model)
             optimizer.load_state_dict(self.state.optimizer)
+            if self.scaler is not None and self.state.scaler:
+                self.scaler.load_state_dict(self.state.scaler)
             self.start = self.state.step
         if self.main:
-            write_text(self.out / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
+            write_text(self.out / "config.json", json.dumps(self.config.recorded(), indent=2) + "\n")
         return optimizer
 
     def loader(self, samples: Dataset) -> DataLoader:
@@ -238,9 +283,18 @@ class Run:
         return DataLoader(samples, batch_sampler=self.batches[self.start :], num_workers=self.config.num_workers,
                           pin_memory=self.device.type == "cuda")
 
-    def normalizer(self, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-        """The labelled pixels of the whole global batch per process: every process divides its summed
-        pixel losses by it, so N processes compute the loss of one."""
+    def normalizer(self, labels: torch.Tensor, ignore_index: int = 255, rule: str = "labelled") -> torch.Tensor:
+        """What every process divides its summed pixel losses by, so that the gradients averaged over N
+        processes are those of the loss of the whole global batch.
+
+        "labelled": the labelled pixels of the global batch per process (a mean over labelled pixels);
+        "all": this process's pixels, ignored ones included (mmseg 0.x's mean; every process has crops
+        of one size, so the average over processes is the mean over the global batch).
+        """
+        if rule == "all":
+            return torch.tensor(float(labels.numel()), device=labels.device)
+        if rule != "labelled":
+            raise ValueError(f"loss normalisation must be all or labelled, not {rule!r}")
         count = labelled_weight(labels, ignore_index)
         if self.world_size > 1:
             count = distributed.all_reduce_sum(count) / self.world_size
@@ -276,6 +330,7 @@ class Run:
         if done % self.config.checkpoint_every and done != self.config.iters:
             return
         if self.main:
-            save_training_state(self.checkpoint_path, model, optimizer, done, self.config.to_dict())
+            save_training_state(self.checkpoint_path, model, optimizer, done, self.config.recorded(),
+                                scaler=self.scaler.state_dict() if self.scaler is not None else None)
             write_result()
         distributed.barrier()

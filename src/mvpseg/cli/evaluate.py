@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import EVAL_PRESETS
+from ..config import EVAL_PRESETS, STUDENT_EVAL_PRESETS
 from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
 
 __all__ = ["add_parser", "run"]
@@ -20,7 +20,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "the whole split, printed as a summary and a per-class table and written to DIR/metrics.json. "
                     "Images are resized to the dataset's short side (Context 520, others 512) and segmented with "
                     "sliding 512-px windows (stride 426); context60 follows MaskCLIP+ (long side 520, whole "
-                    "image). Under torchrun the images are shared out over the processes.",
+                    "image). A --student is evaluated as MaskCLIP+ evaluates its students: the whole image, short "
+                    "side 512 (Context: long side 520). Under torchrun the images are shared out over the processes.",
     )
     parser.add_argument("--dataset", required=True, choices=("voc", "context", "context60", "coco-stuff", "custom"),
                         help="the dataset layout and label space")
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag}: file not found: {value}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be a positive number of images, not {args.limit}")
-    config = inference_config(args, base=EVAL_PRESETS[canonical_name(args.dataset)])
+    presets = STUDENT_EVAL_PRESETS if args.student else EVAL_PRESETS  # MaskCLIP+'s protocol for students
+    config = inference_config(args, base=presets[canonical_name(args.dataset)])
     # The data first: a wrong --data-root fails in one line before CLIP is loaded.
     dataset = build_dataset(args.dataset, args.data_root, args.split, class_names_file=args.class_names_file,
                             unseen_file=args.unseen_file)

@@ -52,7 +52,14 @@ def run_config(args: argparse.Namespace, cls: type, presets: Mapping[str, Mappin
         dataset = given.get("dataset")
         if dataset is None:
             raise UsageError(f"give --dataset ({', '.join(presets)} or custom) or --config RUN/config.json")
-        base = cls.from_dict(dict(presets.get(dataset, {"dataset": dataset})))
+        from ..data.classes import canonical_name
+
+        try:
+            key = canonical_name(dataset)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+        base = cls.from_dict(dict(presets.get(key, {"dataset": key})))  # an alias ("coco_stuff") keeps its preset
+        given["dataset"] = key
     if args.clip:
         given["clip"] = args.clip
     if args.pretrained is not None or args.clip_weights:

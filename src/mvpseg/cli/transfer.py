@@ -47,9 +47,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     labels.add_argument("--out", required=True, metavar="DIR", help="folder of the label maps")
     labels.add_argument("--teacher-gpr", action="store_true", help="rank unseen classes by the final map with GPR")
     labels.add_argument("--label-void", action="store_true", help="also label void pixels (off: MaskCLIP+'s rule)")
-    labels.add_argument("--confidence", type=float, default=0.0,
-                        help="leave pixels unlabelled whose probability among the unseen classes is below this "
-                             "(default: 0, MaskCLIP+'s)")
+    labels.add_argument("--unseen-min-probability", type=float, default=0.0,
+                        help="mvpseg's option: leave unseen pixels unlabelled whose probability among the unseen "
+                             "classes is below this (default: 0, off, as MaskCLIP+)")
     labels.add_argument("--quiet", action="store_true", help="no progress bar")
     add_clip_arguments(labels)
     add_inference_flags(labels, presets={name: values for name, values in EVAL_PRESETS.items() if name != "custom"})
@@ -85,9 +85,10 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
     from ..distributed import cleanup, init_distributed, is_main_process
     from ..inference import Segmenter
     from ..transfer import write_pseudo_labels
+    from ..transfer.pseudo import prompts_fingerprint
 
-    if not 0 <= args.confidence < 1:
-        raise UsageError(f"--confidence must be in [0, 1), not {args.confidence}")
+    if not 0 <= args.unseen_min_probability < 1:
+        raise UsageError(f"--unseen-min-probability must be in [0, 1), not {args.unseen_min_probability}")
     preset = EVAL_PRESETS.get(canonical_name(args.dataset), EVAL_PRESETS["custom"])
     dataset = build_dataset(args.dataset, args.data_root, args.split, class_names_file=args.class_names_file,
                             unseen_file=args.unseen_file)
@@ -96,9 +97,10 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
         segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
                                               device=device, config=inference_config(args, base=preset))
         teacher = {"prompts": Path(args.prompts).name, "clip": segmenter.clip.name,
-                   "fingerprint": segmenter.clip.fingerprint, "inference": vars(segmenter.config)}
+                   "fingerprint": segmenter.clip.fingerprint, "inference": vars(segmenter.config),
+                   "prompts_sha256": prompts_fingerprint(args.prompts)}
         write_pseudo_labels(segmenter, dataset, args.out, use_gpr=args.teacher_gpr, label_void=args.label_void,
-                            confidence=args.confidence, progress=not args.quiet, teacher=teacher)
+                            confidence=args.unseen_min_probability, progress=not args.quiet, teacher=teacher)
         if is_main_process() and not args.quiet:
             print(f"wrote pseudo-labels of {len(dataset)} images to {args.out}", file=sys.stderr)
     finally:

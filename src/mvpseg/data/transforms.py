@@ -76,7 +76,7 @@ class TrainAugmentation:
     """mmseg's training pipeline: random rescale, crop, flip, photometric distortion, pad.
 
     Output: image uint8 (3, crop_size, crop_size), label int64 (crop_size, crop_size); images
-    smaller than the crop are padded at the bottom/right with 0 (image) and ignore_index (label).
+    smaller than the crop are padded at the bottom/right with ``pad_value`` (image) and ignore_index (label).
     """
 
     crop_size: int = 512  # side of the square training crop
@@ -86,6 +86,7 @@ class TrainAugmentation:
     flip_prob: float = 0.5  # probability of a horizontal flip
     photometric: bool = True  # brightness / contrast / saturation / hue as PhotoMetricDistortion
     ignore_index: int = 255  # label value of padding; not counted by cat_max_ratio
+    pad_value: tuple[int, int, int] = (0, 0, 0)  # RGB of image padding (mmseg pads 0 after normalising: the mean colour)
 
     def __post_init__(self) -> None:
         if self.crop_size <= 0:
@@ -140,7 +141,8 @@ class TrainAugmentation:
             image = self._photometric(image, rng)
 
         # 5. Pad bottom/right to the crop size.
-        out_image = np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        out_image = np.empty((self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        out_image[...] = np.asarray(self.pad_value, dtype=np.uint8)
         out_label = np.full((self.crop_size, self.crop_size), self.ignore_index, dtype=np.int64)
         out_image[: image.shape[0], : image.shape[1]] = image
         out_label[: label.shape[0], : label.shape[1]] = label

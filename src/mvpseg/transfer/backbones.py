@@ -1,10 +1,14 @@
 """The student's backbone: a ResNet whose last stages are dilated (output stride 8 or 16).
 
-Two sources, both offline:
+Three sources, all offline:
 
 - ``resnet50`` / ``resnet101``: torchvision's ResNets, initialised from a local torchvision ImageNet
-  checkpoint when one is given (read with safetensors or ``torch.load(weights_only=True)``), else
-  randomly. torchvision's ``replace_stride_with_dilation`` makes the dilated stages.
+  checkpoint (read with safetensors or ``torch.load(weights_only=True)``), or randomly when the weights
+  are explicitly ``none``. torchvision's ``replace_stride_with_dilation`` makes the dilated stages.
+- ``resnet50-v1c`` / ``resnet101-v1c``: mmseg's ResNetV1c (MaskCLIP+'s backbone): the same trunk with a
+  deep stem (three 3x3 convolutions, 32-32-64 wide, instead of one 7x7), read from mmseg's
+  ``resnet101_v1c`` checkpoint (keys ``stem.N.*``, ``layerN.*``). Its dilated stages equal torchvision's
+  (mmseg's ``contract_dilation``: the first block of a dilated stage keeps the previous rate).
 - ``clip``: a trainable copy of the frozen CLIP's own ResNet trunk (stem and four stages of open_clip's
   ``ModifiedResNet``), always at hand. Its stages downsample with an average pool after the 3x3
   convolution; the dilated stages drop those pools and dilate their 3x3 convolutions instead, as
@@ -24,7 +28,19 @@ import torchvision
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
-__all__ = ["Backbone", "build_backbone", "freeze_batchnorm"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "WEIGHT_FILES", "Backbone", "build_backbone", "freeze_batchnorm",
+           "frozen_batchnorms"]
+
+#: ImageNet's mean and std (pixels in [0, 1]): the normalisation torchvision's and mmseg's ResNets were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The ImageNet checkpoints each backbone loads (downloaded by hand and passed as a local file).
+WEIGHT_FILES = {
+    "resnet101": "torchvision's resnet101-63fe2227.pth (or resnet101-cd907fc2.pth)",
+    "resnet50": "torchvision's resnet50-0676ba61.pth (or resnet50-11ad3fa6.pth)",
+    "resnet101-v1c": "mmseg's resnet101_v1c-e67eebb6.pth (open-mmlab://resnet101_v1c, MaskCLIP+'s)",
+    "resnet50-v1c": "mmseg's resnet50_v1c-2cccc1ad.pth (open-mmlab://resnet50_v1c)",
+}
 
 
 class Backbone(nn.Module):
@@ -79,21 +95,46 @@ def _read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _torchvision_backbone(depth: int, output_stride: int, weights: str | None) -> Backbone:
+def _deep_stem() -> nn.Sequential:
+    """ResNetV1c's stem: three 3x3 conv-BN-ReLU (3 -> 32 stride 2, 32 -> 32, 32 -> 64), then the 3x3 max pool.
+
+    The indices are mmseg's (``stem.0`` conv, ``stem.1`` BN, ... ``stem.7`` BN), so its checkpoint loads as is.
+    """
+    layers: list[nn.Module] = []
+    for index, (cin, cout) in enumerate(((3, 32), (32, 32), (32, 64))):
+        layers += [nn.Conv2d(cin, cout, 3, stride=2 if index == 0 else 1, padding=1, bias=False),
+                   nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+
+
+def _torchvision_backbone(name: str, output_stride: int, weights: str | None) -> Backbone:
+    depth, deep_stem = int(name.removeprefix("resnet").removesuffix("-v1c")), name.endswith("-v1c")
     builder = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}[depth]
     net = builder(weights=None, replace_stride_with_dilation=list(_dilations(output_stride)))
+    stem = _deep_stem() if deep_stem else nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+    backbone = Backbone(stem, stages, (256, 2048), output_stride)
     if weights is not None:
-        state = {key: value for key, value in _read_weights(weights).items() if not key.startswith("fc.")}
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        missing = [key for key in missing if not key.startswith("fc.")]
+        state = _read_weights(weights)
+        if deep_stem:  # mmseg's names: stem.N.*, layerN.*; a "backbone." prefix when saved from a whole model
+            state = {key.removeprefix("backbone."): value for key, value in state.items()}
+            state = {(f"stages.{int(key[5]) - 1}{key[6:]}" if key.startswith("layer") else key): value
+                     for key, value in state.items() if not key.startswith("fc.")}
+        else:  # torchvision's names: conv1, bn1, layerN.*, fc
+            renamed = {"conv1.": "stem.0.", "bn1.": "stem.1."}
+            state = {next((new + key[len(old):] for old, new in renamed.items() if key.startswith(old)),
+                          f"stages.{int(key[5]) - 1}{key[6:]}" if key.startswith("layer") else key): value
+                     for key, value in state.items() if not key.startswith("fc.")}
+        try:
+            missing, unexpected = backbone.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # a tensor of another shape
+            missing, unexpected = [str(error).splitlines()[-1].strip()], []
         if missing or unexpected:
             raise ValueError(
-                f"{weights} is not a torchvision ResNet-{depth} checkpoint (missing: {', '.join(missing[:5]) or '-'}; "
-                f"unexpected: {', '.join(unexpected[:5]) or '-'})"
+                f"{weights} does not fit the {name} backbone (missing: {', '.join(missing[:5]) or '-'}; "
+                f"unexpected: {', '.join(unexpected[:5]) or '-'}): it loads {WEIGHT_FILES[name]}"
             )
-    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-    stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
-    return Backbone(stem, stages, (256, 2048), output_stride)
+    return backbone
 
 
 def _dilate_clip_stage(stage: nn.Sequential, dilation: int, previous: int) -> None:
@@ -131,33 +172,47 @@ def build_backbone(name: str, output_stride: int, weights: str | None = None,
     """Build the student's backbone.
 
     Args:
-        name: "resnet50", "resnet101" (torchvision) or "clip" (a copy of the CLIP's ResNet trunk).
+        name: "resnet50", "resnet101" (torchvision), "resnet50-v1c", "resnet101-v1c" (mmseg's deep stem) or
+            "clip" (a copy of the CLIP's ResNet trunk).
         output_stride: 8 or 16 (32: no dilation).
-        weights: a torchvision checkpoint file for the ResNets; None: random initialisation.
+        weights: an ImageNet checkpoint file for the ResNets; None: random initialisation (an explicit choice);
+            "" (not chosen): refused, the message names the file to download.
         clip_visual: the CLIP's image tower (needed by "clip").
 
     Raises:
-        ValueError: an unknown name, weights that do not fit, or "clip" with a ViT CLIP.
+        ValueError: an unknown name, weights missing or not fitting, or "clip" with a ViT CLIP.
     """
-    if name in ("resnet50", "resnet101"):
-        return _torchvision_backbone(int(name[len("resnet"):]), output_stride, weights)
+    if name in WEIGHT_FILES:
+        if weights == "":
+            raise ValueError(
+                f"the {name} backbone needs its ImageNet weights: download {WEIGHT_FILES[name]} and pass it as a "
+                f"local file with --backbone-weights FILE (or use --backbone clip, or --backbone-weights none for "
+                f"a random start: a different experiment)"
+            )
+        return _torchvision_backbone(name, output_stride, weights)
     if name == "clip":
-        if weights is not None:
+        if weights:
             raise ValueError("--backbone-weights is for the resnet backbones; the 'clip' backbone starts from CLIP's weights")
         if clip_visual is None:
             raise ValueError("the 'clip' backbone needs the CLIP's image tower")
         return _clip_backbone(clip_visual, output_stride)
-    raise ValueError(f"unknown backbone {name!r}: use resnet101, resnet50 or clip")
+    raise ValueError(f"unknown backbone {name!r}: use {', '.join(WEIGHT_FILES)} or clip")
+
+
+def frozen_batchnorms(module: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm of ``module`` (plain or synchronised)."""
+    return [norm for norm in module.modules() if isinstance(norm, nn.modules.batchnorm._BatchNorm)]
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
     """Fix every BatchNorm of ``module``: statistics not updated, affine parameters not trained.
 
-    Small per-process batches give poor batch statistics; the pretrained ones are kept. Call after
-    each ``module.train()`` (the student's ``train`` does).
+    Small per-process batches give poor batch statistics; the pretrained ones are kept. The parameters
+    are frozen at once (so that an optimiser built afterwards leaves them out); the statistics stay
+    fixed as long as the norms are in eval mode: call after each ``module.train()`` (the student's
+    ``train`` does).
     """
-    for norm in module.modules():
-        if isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)):
-            norm.eval()
-            for parameter in norm.parameters():
-                parameter.requires_grad_(False)
+    for norm in frozen_batchnorms(module):
+        norm.eval()
+        for parameter in norm.parameters():
+            parameter.requires_grad_(False)

@@ -5,7 +5,12 @@ and the :data:`~mvpseg.transfer.pseudo.UNSEEN` marker on unseen pixels. Until ``
 teacher (MVP-SEG: the frozen CLIP with the learned prompts, run on the same crops, or its labels
 written once by ``mvpseg pseudo-label``) names the unseen class of those pixels; from then on the
 student's own scores do (MaskCLIP+'s schedule). The student learns with pixel cross-entropy on all
-classes. The run machinery is :mod:`mvpseg.runs`': atomic checkpoints, bit-exact resume, logs, torchrun.
+classes. The run machinery is :mod:`mvpseg.runs`: atomic checkpoints, resume, logs, torchrun.
+
+N processes train as one process with the whole global batch only if their BatchNorms agree: on CUDA
+every BatchNorm that trains becomes a ``SyncBatchNorm`` (MaskCLIP+'s SyncBN); torch has none on the CPU,
+so a multi-process CPU run whose BatchNorms train is refused before its first step (``--freeze-bn all``
+makes N CPU processes compute what one does).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..build import build_student, from_pretrained
 from ..checkpoint import save_student_checkpoint
@@ -22,11 +28,54 @@ from ..config import InferenceConfig, TransferConfig
 from ..data import build_dataset
 from ..inference import Segmenter
 from ..losses import segmentation_loss
-from ..runs import Run, RunLog, SamplePositions, augmentation, seeded_step
-from .pseudo import VOID, assign_unseen, pseudo_label_dataset, teacher_scores, transfer_vocabulary
-from .student import BACKGROUND
+from ..runs import Run, RunLog, SamplePositions, augmentation, deterministic_algorithms, seeded_step
+from .backbones import frozen_batchnorms
+from .pseudo import (
+    VOID,
+    assign_unseen,
+    check_pseudo_labels,
+    on_pixels,
+    pseudo_label_dataset,
+    teacher_scores,
+    transfer_vocabulary,
+)
+from .student import BACKGROUND, DeepLabV3PlusDecoder, DepthwiseSeparableASPPDecoder, Student
 
-__all__ = ["transfer"]
+__all__ = ["synchronise_batchnorms", "transfer"]
+
+
+def synchronise_batchnorms(student: Student, world_size: int, local_batch: int, device: torch.device) -> Student:
+    """Make N processes train as one: every BatchNorm that trains synchronised over the processes (CUDA), or a
+    one-line refusal of what cannot be made equal.
+
+    Args:
+        student: the built student, its frozen parts frozen.
+        world_size: the number of processes.
+        local_batch: images per process and step.
+        device: this process's device.
+
+    Returns:
+        The student, its training BatchNorms turned into ``SyncBatchNorm`` when ``world_size > 1`` on CUDA.
+
+    Raises:
+        ValueError: several CPU processes with training BatchNorms (torch has no SyncBatchNorm on the CPU), or
+            a DeepLabv3+ decoder whose image-pooling BatchNorm would see one value per channel.
+    """
+    training = [norm for norm in frozen_batchnorms(student) if norm.weight is None or norm.weight.requires_grad]
+    synced = bool(training) and world_size > 1 and device.type == "cuda"
+    if training and world_size > 1 and not synced:
+        raise ValueError(
+            f"{len(training)} BatchNorms train, and torch cannot synchronise them over {world_size} {device.type} "
+            f"processes (each would see only its own {local_batch} images): use one process, CUDA, or --freeze-bn all"
+        )
+    pooled = isinstance(student.decoder, (DeepLabV3PlusDecoder, DepthwiseSeparableASPPDecoder))
+    if pooled and local_batch * (world_size if synced else 1) < 2 and any(
+            norm in training for norm in frozen_batchnorms(student.decoder)):
+        raise ValueError(
+            "DeepLabv3+'s image-pooling BatchNorm needs at least 2 images per BatchNorm group, and this run gives "
+            "it 1: use --batch-size of at least 2 per process, SyncBN (several CUDA processes), or --freeze-bn all"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(student) if synced else student
 
 
 def transfer(config: TransferConfig, resume: bool = False, progress: bool = True,
@@ -47,9 +96,14 @@ def transfer(config: TransferConfig, resume: bool = False, progress: bool = True
     """
     if not config.prompts:
         raise ValueError("give --prompts CKPT: the prompt checkpoint (from mvpseg train) that teaches the student")
-    if not 0 < config.confidence < 1 and config.confidence != 0:
-        raise ValueError(f"confidence must be in [0, 1), not {config.confidence}")
+    if not 0 <= config.unseen_min_probability < 1:
+        raise ValueError(f"unseen_min_probability must be in [0, 1), not {config.unseen_min_probability}")
     run = Run(config, resume)
+    with deterministic_algorithms(config.deterministic):
+        return _transfer(config, run, progress, callback)
+
+
+def _transfer(config: TransferConfig, run: Run, progress: bool, callback: Callable[[int], None] | None) -> Path:
     device, main = run.device, run.main
     dataset = build_dataset(config.dataset, config.data_root, config.split, seed=config.seed,
                             class_names_file=config.class_names_file, unseen_file=config.unseen_file)
@@ -58,6 +112,8 @@ def transfer(config: TransferConfig, resume: bool = False, progress: bool = True
         print(f"{dataset.describe()}; {len(names)} classes, {len(unseen)} unseen", flush=True)
     offline = config.pseudo_labels is not None
     if offline:  # the teacher's labels, written once: read like ground truth (unseen pixels hold unseen classes)
+        check_pseudo_labels(config.pseudo_labels, dataset, config.prompts, config.teacher_gpr, config.label_void,
+                            config.unseen_min_probability)
         dataset = pseudo_label_dataset(dataset, config.pseudo_labels)
         label_map = dataset.label_lut.copy()
         label_map[label_map < 0] = dataset.info.ignore_index
@@ -66,19 +122,24 @@ def transfer(config: TransferConfig, resume: bool = False, progress: bool = True
     background = config.student.background if config.student.background is not None else BACKGROUND in names
     with seeded_step(config.seed, -1, 0, device):  # the student's random initialisation, from the seed alone
         student = build_student(teacher, config.student, background=background).to(device)
-    optimizer = run.begin(student)
+    student = synchronise_batchnorms(student, run.world_size, config.batch_size // run.world_size, device)
+    optimizer = run.begin(student, no_decay=lambda name: "log_tau" in name)  # temperatures: no weight decay
 
     mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
-    online = not offline and run.start < config.self_train_from
+    self_training = config.self_training_step
+    online = not offline and run.start < self_training
     # The teacher sees the student's crops whole, as inference sees a window.
     teacher_view = Segmenter(teacher, InferenceConfig(short_side=None, mode="whole", precision=config.precision),
                              device=device) if online else None
-    samples = SamplePositions(dataset, augmentation(config), label_map, config.seed)
+    # Crops are padded with the backbone's mean colour: 0 once normalised for it, as mmseg pads after normalising.
+    pad_value = tuple(round(255 * value) for value in student.pixel_mean)
+    samples = SamplePositions(dataset, augmentation(config, pad_value), label_map, config.seed)
     log = RunLog(run.out, ("loss", "unseen_pixels", "lr", "tau1", "seconds"), run.start, enabled=main)
     teacher_info = {"prompts": Path(config.prompts).name, "config": teacher.config.to_dict()}
     extra = {"dataset": config.dataset, "class_names": names, "unseen": [names[i] for i in unseen]}
     ignore = dataset.info.ignore_index
+    unseen_ids = torch.tensor(unseen, device=device, dtype=torch.int64)
     from tqdm import tqdm
 
     bar = tqdm(total=config.iters, initial=run.start, desc="transfer", unit="it", disable=not (progress and main))
@@ -89,22 +150,25 @@ def transfer(config: TransferConfig, resume: bool = False, progress: bool = True
             labels = batch["label"].to(device, non_blocking=True)
             images = (batch["image"].to(device, non_blocking=True).float() / 255.0 - mean) / std
             lr = run.set_learning_rate(optimizer, step)
-            teaching = step < config.self_train_from
+            teaching = step < self_training
+            if not offline and bool(torch.isin(labels, unseen_ids).any()):  # MaskCLIP+'s label_sanity_check
+                raise RuntimeError(f"unseen ground truth reached step {step}: the label map leaks unseen classes")
             if teaching and teacher_view is not None:
                 scores = teacher_scores(teacher_view.predict_torch(images, names), unseen, config.teacher_gpr)
-                labels = assign_unseen(labels, scores, unseen, config.confidence, ignore).clone()
+                scores = on_pixels(scores, teacher_view.stride, tuple(labels.shape[-2:]))
+                labels = assign_unseen(labels, scores, unseen, config.unseen_min_probability, ignore).clone()
             with run.autocast:
                 output = student(images, names)
             if not teaching:  # self-training: the student's own best unseen class, from this very forward
                 with torch.no_grad():
                     labels = assign_unseen(labels, teacher_scores(output, unseen, False), unseen,
-                                           config.confidence, ignore)
+                                           config.unseen_min_probability, ignore)
             labels = torch.where(labels >= VOID, torch.full_like(labels, ignore), labels)  # markers nobody filled
-            loss = segmentation_loss(output, labels, ignore, normalizer=run.normalizer(labels, ignore))
+            loss = segmentation_loss(output, labels, ignore, normalizer=run.normalizer(labels, ignore, config.loss_norm))
             run.optimise(loss, optimizer)
         done = step + 1
         if run.logs_at(done):
-            unseen_pixels = float(torch.isin(labels, torch.tensor(unseen, device=device)).float().mean()) if unseen else 0.0
+            unseen_pixels = float(torch.isin(labels, unseen_ids).float().mean()) if unseen else 0.0
             values = {"loss": float(loss.detach()), "unseen_pixels": unseen_pixels, "lr": lr,
                       "tau1": float(student.head.tau1.detach()), "seconds": time.perf_counter() - tic}
             log.log(done, values)

@@ -16,6 +16,7 @@ teacher's or the student's scores. Options, as config fields: void pixels can be
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -30,8 +31,8 @@ from ..data import DataLayoutError, SegmentationDataset
 from ..files import atomic_write, write_text
 from ..model import MVPSegOutput
 
-__all__ = ["UNSEEN", "VOID", "assign_unseen", "pseudo_label_dataset", "teacher_scores", "transfer_vocabulary",
-           "write_pseudo_labels"]
+__all__ = ["UNSEEN", "VOID", "assign_unseen", "check_pseudo_labels", "on_pixels", "prompts_fingerprint",
+           "pseudo_label_dataset", "teacher_scores", "transfer_vocabulary", "write_pseudo_labels"]
 
 #: Training label of a pixel whose class is one of the unseen classes (which one is not given).
 UNSEEN = 254
@@ -69,6 +70,17 @@ def teacher_scores(output: MVPSegOutput, unseen: Sequence[int], use_gpr: bool) -
     """
     logits = output.final_logits() if use_gpr and output.presence_logits is not None else output.fused_logits
     return logits[:, list(unseen)].float().log_softmax(dim=1)
+
+
+def on_pixels(scores: torch.Tensor, stride: int, size: tuple[int, int]) -> torch.Tensor:
+    """(B, U, h, w) scores on a grid of ``stride``-pixel cells that covers an image padded at the bottom and right
+    to whole cells -> (B, U, H, W) on the image's pixels: upsampled to the padded size, then cropped, so that
+    each cell stays over its own pixels whatever the crop size (as :meth:`mvpseg.Segmenter.upsample` does)."""
+    padded = (scores.shape[-2] * stride, scores.shape[-1] * stride)
+    if padded == tuple(size):
+        return scores
+    upsampled = F.interpolate(scores, size=padded, mode="bilinear", align_corners=False)  # (B, U, h*s, w*s)
+    return upsampled[..., : size[0], : size[1]]
 
 
 def assign_unseen(labels: torch.Tensor, scores: torch.Tensor, unseen: Sequence[int], confidence: float = 0.0,
@@ -113,9 +125,11 @@ def write_pseudo_labels(segmenter: Any, dataset: SegmentationDataset, out: str |
         segmenter: a :class:`mvpseg.Segmenter` around the teacher (its InferenceConfig sets the scale).
         dataset: the training split, labels in the dataset's label space.
         out: the folder of label maps.
-        use_gpr, label_void, confidence: the rule's options (see :class:`mvpseg.config.TransferConfig`).
+        use_gpr, label_void: the rule's options (see :class:`mvpseg.config.TransferConfig`).
+        confidence: :class:`~mvpseg.config.TransferConfig`'s ``unseen_min_probability``.
         progress: show a progress bar (rank 0).
-        teacher: what to record about the teacher in ``OUT/meta.json``.
+        teacher: what to record about the teacher in ``OUT/meta.json``; its "prompts_sha256"
+            (:func:`prompts_fingerprint`) lets :func:`check_pseudo_labels` recognise the teacher.
 
     Returns:
         The number of files this process wrote.
@@ -153,6 +167,52 @@ def write_pseudo_labels(segmenter: Any, dataset: SegmentationDataset, out: str |
                 "confidence": confidence, "teacher": teacher or {}}
         write_text(folder / "meta.json", json.dumps(meta, indent=2) + "\n")
     return written
+
+
+def prompts_fingerprint(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a prompt checkpoint's bytes: which teacher wrote a pseudo-label folder."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_pseudo_labels(folder: str | os.PathLike[str], dataset: SegmentationDataset, prompts: str | os.PathLike[str],
+                        use_gpr: bool, label_void: bool, confidence: float) -> None:
+    """Refuse a pseudo-label folder written for another run: its ``meta.json`` must name this dataset, its class
+    names, its unseen classes, this teacher (the prompt file's fingerprint) and these rule options.
+
+    Labels written for another class list or a smaller unseen set would give the student unseen ground
+    truth for the whole teacher phase; options of the rule have no effect once the labels are written,
+    so they must be those the labels were written with.
+
+    Raises:
+        DataLayoutError: no readable meta.json, or a mismatch (the message names every difference).
+    """
+    path = Path(folder) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DataLayoutError(f"{path} is missing or unreadable ({type(error).__name__}): write the labels with "
+                              f"mvpseg pseudo-label") from error
+    names, _, unseen = transfer_vocabulary(dataset, label_void)
+    expected = {"dataset": dataset.info.name, "class_names": names, "unseen": [names[i] for i in unseen],
+                "teacher prompts_sha256": prompts_fingerprint(prompts), "use_gpr (--teacher-gpr)": use_gpr,
+                "label_void": label_void, "confidence (--unseen-min-probability)": confidence}
+    found = {**meta, "teacher prompts_sha256": (meta.get("teacher") or {}).get("prompts_sha256"),
+             "use_gpr (--teacher-gpr)": meta.get("use_gpr"),
+             "confidence (--unseen-min-probability)": meta.get("confidence")}
+    differing = [key for key, value in expected.items() if found.get(key) != value]
+    if differing:
+        details = "; ".join(f"{key}: labels {_short(found.get(key))}, run {_short(expected[key])}" for key in differing)
+        raise DataLayoutError(f"the pseudo-labels in {folder} were written for another run ({details}): write them "
+                              f"again with mvpseg pseudo-label for this dataset, split and teacher")
 
 
 def pseudo_label_dataset(dataset: SegmentationDataset, folder: str | os.PathLike[str]) -> SegmentationDataset:

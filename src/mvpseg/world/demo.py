@@ -38,6 +38,7 @@ from ..files import write_text
 from ..inference import Segmenter
 from ..train import train
 from ..transfer import transfer, write_pseudo_labels
+from ..transfer.pseudo import prompts_fingerprint
 from ..viz import overlay, prompt_map_grid
 from .layout import write_world
 from .registry import get_world
@@ -182,13 +183,14 @@ def student_transfer_config(config: DemoConfig, world: Path, out: Path) -> Trans
         clip=config.clip, pretrained=config.clip_weights, out=str(out / "runs" / "mvp-seg+" / f"seed-{config.seed}"),
         iters=config.student_iters, self_train_from=config.student_self_train_from,
         batch_size=config.student_batch_size, lr=config.student_lr, optimizer="adamw", weight_decay=1e-4,
-        schedule="poly", crop_size=config.student_crop_size, scale=(4 * config.short_side, config.short_side),
+        schedule="poly", min_lr=0.0, loss_norm="labelled",  # mvpseg's choices for the world (docs/method.md)
+        crop_size=config.student_crop_size, scale=(4 * config.short_side, config.short_side),
         ratio_range=(1.0, 1.0),  # the world's one scale, as for the prompts
         seed=config.seed, num_workers=config.num_workers, precision=config.precision,
         checkpoint_every=config.student_iters, log_every=max(config.student_iters // 50, 1),
         pseudo_labels=str(out / "pseudo-labels" / f"seed-{config.seed}"),
-        student=StudentConfig(arch="deeplabv2", backbone="clip", output_stride=8,
-                              head_channels=config.student_head_channels))
+        student=StudentConfig(arch="deeplabv2", head="mvpseg", backbone="clip", output_stride=8,
+                              head_channels=config.student_head_channels, freeze_bn="backbone"))
 
 
 def _student(config: DemoConfig, world: Path, clip: ClipBundle, out: Path, progress: bool):
@@ -197,7 +199,7 @@ def _student(config: DemoConfig, world: Path, clip: ClipBundle, out: Path, progr
     teacher = Segmenter(load_mvpseg(transfer_config.prompts, clip),
                         InferenceConfig(short_side=config.short_side, mode="whole"), device="cpu")
     write_pseudo_labels(teacher, build_dataset("custom", world, "train"), transfer_config.pseudo_labels,
-                        progress=progress)
+                        progress=progress, teacher={"prompts_sha256": prompts_fingerprint(transfer_config.prompts)})
     return load_student(transfer(transfer_config, progress=progress), clip)
 
 
