@@ -27,7 +27,7 @@ import torch
 
 from mvpseg.build import load_mvpseg, load_student
 from mvpseg.clip import load_clip
-from mvpseg.config import DemoConfig, InferenceConfig
+from mvpseg.config import STUDENT_PRESETS, DemoConfig, InferenceConfig, StudentConfig
 from mvpseg.data import build_dataset
 from mvpseg.evaluate import evaluate
 from mvpseg.inference import Segmenter
@@ -49,14 +49,19 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results_student_world.json"))
     parser.add_argument("--strides", default="8,16", help="the output strides to train and compare")
     parser.add_argument("--reuse", action="store_true", help="evaluate WORK/osN/student.safetensors when it exists")
+    parser.add_argument("--student-preset", default=None,
+                        help="train a STUDENT_PRESETS network instead of the demo's (its resnet from a random start: "
+                             "no ImageNet weights offline)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     demo = DemoConfig(num_train=args.num_train, num_val=args.num_val, student_iters=args.iters,
                       student_self_train_from=args.iters * 3 // 4, out=args.work)
     work = Path(args.work)
-    strides = list(map(int, args.strides.split(",")))
-    finished = [work / f"os{stride}" / "student.safetensors" for stride in strides]
+    preset = args.student_preset
+    strides = [STUDENT_PRESETS[preset]["output_stride"]] if preset else list(map(int, args.strides.split(",")))
+    folder = (lambda stride: f"{preset}-os{stride}") if preset else (lambda stride: f"os{stride}")
+    finished = [work / folder(stride) / "student.safetensors" for stride in strides]
     reusing = args.reuse and all(path.is_file() for path in finished) and (work / "world").is_dir()
     # Reusing finished students needs only the written world's val split: no world, no pseudo-labels again.
     world = work / "world" if reusing else write_world(work / "world", demo.num_train, demo.num_val,
@@ -82,18 +87,21 @@ def main() -> None:
                 {key: results[key] for key in ("num_train", "num_val", "iters")}:
             results["rows"] = {**kept["rows"], **results["rows"]}
     for stride in strides:
-        config = dataclasses.replace(base, out=str(work / f"os{stride}"),
-                                     student=dataclasses.replace(base.student, output_stride=stride))
+        student_config = dataclasses.replace(base.student, output_stride=stride)
+        if preset:
+            student_config = StudentConfig(**{"backbone_weights": None, **STUDENT_PRESETS[preset]})
+        config = dataclasses.replace(base, out=str(work / folder(stride)), student=student_config)
         tic = time.perf_counter()
         finished = Path(config.out) / "student.safetensors"
         student = load_student(finished if args.reuse and finished.is_file() else transfer(config, progress=False), clip)
         seconds = time.perf_counter() - tic
         metrics = evaluate(Segmenter(student, inference, device="cpu"), val, progress=False)
         row = {key: metrics[key] for key in ("miou_seen", "miou_unseen", "hiou", "miou")}
-        results["rows"][f"student, output stride {stride}"] = {
+        name = f"student preset {preset} (random backbone)" if preset else "student"
+        results["rows"][f"{name}, output stride {stride}"] = {
             **row, "map_stride": student.stride, "threads": torch.get_num_threads(),
             "train_seconds": None if args.reuse and finished.is_file() else round(seconds, 1)}
-        print(f"output stride {stride}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
+        print(f"{name}, output stride {stride}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
