@@ -32,6 +32,7 @@ from mvpseg.data import build_dataset
 from mvpseg.evaluate import evaluate
 from mvpseg.inference import Segmenter
 from mvpseg.transfer import transfer, write_pseudo_labels
+from mvpseg.transfer.pseudo import prompts_fingerprint
 from mvpseg.world.demo import student_transfer_config
 from mvpseg.world.layout import write_world
 from mvpseg.world.prompts_asset import WORLD_PROMPTS
@@ -79,7 +80,8 @@ def main() -> None:
     metrics = evaluate(teacher, val, progress=False)
     results["rows"]["teacher (MVP-SEG)"] = {key: metrics[key] for key in ("miou_seen", "miou_unseen", "hiou", "miou")}
     if not reusing:
-        write_pseudo_labels(teacher, build_dataset("custom", world, "train"), base.pseudo_labels, progress=False)
+        write_pseudo_labels(teacher, build_dataset("custom", world, "train"), base.pseudo_labels, progress=False,
+                            teacher={"prompts_sha256": prompts_fingerprint(base.prompts)})
     previous = Path(args.out)
     if previous.is_file():
         kept = json.loads(previous.read_text())
