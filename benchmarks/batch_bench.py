@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cpuinfo import cpu_summary
 from PIL import Image
 
 from mvpseg.world.prompts_asset import WORLD_PROMPTS
@@ -31,16 +32,6 @@ from mvpseg.world.scene import CLASS_NAMES, generate_scene, scene_rng
 CLASSES = ",".join(CLASS_NAMES)
 
 
-def _cpu() -> dict[str, Any]:
-    name, flags = "", set()
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name") and not name:
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    return {"cpu": name, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_tile" in flags,
-            "load_average_at_start": round(os.getloadavg()[0], 2)}
 
 
 def segment_argv(folder: Path, out: Path, *extra: str) -> list[str]:
@@ -180,7 +171,7 @@ def main() -> None:
     folder.mkdir()
     for index in range(args.images):
         Image.fromarray(generate_scene(scene_rng(0, 2, index)).image).save(folder / f"scene{index:05d}.png")
-    results: dict[str, Any] = {"machine": _cpu(), "images": f"{args.images} world scenes, 128 x 128",
+    results: dict[str, Any] = {"machine": cpu_summary(), "images": f"{args.images} world scenes, 128 x 128",
                                "command": " ".join(["python benchmarks/batch_bench.py", *sys.argv[1:]])}
     code, seconds, stderr = run(segment_argv(folder, work / "whole"))
     reference = files(work / "whole")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
+from cpuinfo import cpu_flags, cpu_name
 from PIL import Image, ImageDraw
 from torch import nn
 
@@ -99,26 +100,8 @@ class Section:
                               "load_end": load_average()}
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def machine(device: torch.device) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cpuinfo import cpu_summary
 from PIL import Image
 
 from mvpseg.world.prompts_asset import WORLD_PROMPTS
@@ -49,16 +50,6 @@ def _status(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def _cpu() -> dict[str, Any]:
-    name, flags = "", set()
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name") and not name:
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    return {"cpu": name, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_tile" in flags,
-            "load_average_at_start": os.getloadavg()[0]}
 
 
 def start_server(port: int, log: Path, extra: list[str]) -> subprocess.Popen:
@@ -153,7 +144,7 @@ def main() -> None:
     try:
         url = f"http://127.0.0.1:{port}/"
         idle_kib = _status(server.pid, "VmRSS")
-        results: dict[str, Any] = {"machine": _cpu(), "photo": f"{args.size} x {args.size} world scene",
+        results: dict[str, Any] = {"machine": cpu_summary(), "photo": f"{args.size} x {args.size} world scene",
                                    "server_rss_idle_mib": round(idle_kib / 1024, 1)}
         if args.sequential:
             results["sequential"] = run_load(url, photo, classes, 1, args.sequential, expected, work / "seq")

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PartViews", "js_divergence", "prompt_probabilities", "view_diversity"]
+__all__ = ["PartViews", "js_divergence", "measure_views", "prompt_logits", "prompt_softmax", "prompt_probabilities",
+           "view_diversity", "view_figures"]
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
@@ -64,6 +65,28 @@ def view_diversity(sums: np.ndarray, areas: np.ndarray) -> dict[str, object]:
 
 
 @torch.no_grad()
+def prompt_logits(model: torch.nn.Module, images: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
+    """Each segmentation prompt's map at the fused map's scale, ``K tau1 m_k``: (B, K, C, h, w) float32.
+
+    Args:
+        model: an :class:`mvpseg.MVPSeg` with learned prompts.
+        images: (B, 3, H, W) normalised with CLIP's mean and std.
+        class_names: C names.
+    """
+    output = model(images, class_names)
+    maps = output.prompt_maps[:, 1:] if model.head.has_global else output.prompt_maps  # (B, K, C, h, w)
+    return model.head.tau1 * maps.shape[1] * maps.float()
+
+
+def prompt_softmax(logits: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``softmax_c`` of :func:`prompt_logits` (B, K, C, h, w), upsampled (bilinear) to ``size`` first when given."""
+    batch, prompts, classes, h, w = logits.shape
+    flat = logits.reshape(batch * prompts, classes, h, w)  # (B, K, C, h, w) -> (B*K, C, h, w)
+    if size is not None:
+        flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return flat.softmax(dim=1).reshape(batch, prompts, classes, *flat.shape[-2:])  # -> (B, K, C, H', W')
+
+
 def prompt_probabilities(model: torch.nn.Module, images: torch.Tensor, class_names: Sequence[str],
                          size: tuple[int, int] | None = None) -> torch.Tensor:
     """Each segmentation prompt's own class probabilities ``softmax_c(K tau1 m_k)``.
@@ -77,13 +100,7 @@ def prompt_probabilities(model: torch.nn.Module, images: torch.Tensor, class_nam
     Returns:
         (B, K, C, H', W') float32 probabilities.
     """
-    output = model(images, class_names)
-    maps = output.prompt_maps[:, 1:] if model.head.has_global else output.prompt_maps  # (B, K, C, h, w)
-    batch, prompts, classes, h, w = maps.shape
-    logits = (model.head.tau1 * prompts * maps.float()).reshape(batch * prompts, classes, h, w)  # -> (B*K, C, h, w)
-    if size is not None:
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-    return logits.softmax(dim=1).reshape(batch, prompts, classes, *logits.shape[-2:])  # -> (B, K, C, H', W')
+    return prompt_softmax(prompt_logits(model, images, class_names), size)
 
 
 class PartViews:
@@ -163,8 +180,8 @@ def measure_views(segmenter, dataset, thing_parts: Sequence[Sequence[int]], part
     for index in range(min(len(dataset), limit or len(dataset))):
         image, label = dataset.load(index)
         x = segmenter.resize(image)  # (1, 3, H', W') at the segmenter's scale, normalised
-        probabilities = prompt_probabilities(model, x, names, size=label.shape)[0].cpu().numpy()  # (K, C, H, W)
-        views.update(probabilities, label, _part_mask(dataset, index))
+        maps = prompt_probabilities(model, x, names, size=label.shape)[0].cpu().numpy()  # (K, C, H, W)
+        views.update(maps, label, _part_mask(dataset, index))
     return views.result(names, part_names, [names[c] for c in dataset.info.unseen])
 
 
@@ -195,16 +212,17 @@ def view_figures(segmenter, dataset, out, world, count: int = 3, min_fraction: f
         target = hits[0]
         wanted.remove(target)
         parts = _part_mask(dataset, index)
-        probabilities = prompt_probabilities(model, segmenter.resize(image), names)[0, :, target].cpu().numpy()
+        logits = prompt_logits(model, segmenter.resize(image), names)  # one forward pass for both resolutions
+        grid = prompt_softmax(logits)[0, :, target].cpu().numpy()  # (K, h, w)
         kinds = world.thing_parts(target)
         thing = np.where(label == target, parts, 255)
-        views = PartViews(len(probabilities), [kinds if c == target else () for c in range(target + 1)])
-        full = prompt_probabilities(model, segmenter.resize(image), names, size=label.shape)[0].cpu().numpy()
+        views = PartViews(len(grid), [kinds if c == target else () for c in range(target + 1)])
+        full = prompt_softmax(logits, size=label.shape)[0].cpu().numpy()  # (K, C, H, W)
         views.update(full, label, parts)
         focus = view_diversity(views.sums[target], views.areas[target])["focus"]
         titles = [f"prompt {k + 1}: most on {world.PART_KINDS[kinds[int(np.argmax(f))]][0]}"
                   for k, f in enumerate(focus)]
         path = Path(out) / f"views_{names[target]}.png"
-        prompt_map_grid(image, probabilities, titles, cell=192, outline=thing).save(path)
+        prompt_map_grid(image, grid, titles, cell=192, outline=thing).save(path)
         written.append(path)
     return written
