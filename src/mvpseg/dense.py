@@ -24,15 +24,32 @@ from .config import VIT_MODES
 
 __all__ = ["dense_features", "feature_stride", "fold_batchnorm", "inference_tower", "VIT_MODES"]
 
-# How the last ViT block is run (mvpseg.config.VIT_MODES):
+# How the last ViT block is run (mvpseg.config.VIT_MODES); s = head_width ** -0.5, per head:
 # - "maskclip": each token takes its own value path; the block's residual and MLP are kept
 #   (``y = x + out_proj(v_proj(ln_1 x)); y = y + mlp(ln_2 y)``), as MaskCLIP's code does.
 # - "value": the value path alone, no residual and no MLP (``y = out_proj(v_proj(ln_1 x))``).
 # - "qq": ClearCLIP: query-query attention, no residual and no MLP.
 # - "csa": SCLIP's correlative self-attention, the block's residual and MLP kept as SCLIP's code
-#   does: ``y = x + out_proj(A v); y = y + mlp(ln_2 y)`` with, per head and over all tokens (CLS
-#   included), ``A = softmax(q q^T s) + softmax(k k^T s)``, s = head_width ** -0.5: each term
-#   softmaxed on its own and the two summed (rows sum to 2, not averaged).
+#   does: ``y = x + out_proj(A v); y = y + mlp(ln_2 y)`` with, over all tokens (CLS included),
+#   ``A = softmax(q q^T s) + softmax(k k^T s)``: each term softmaxed on its own and the two summed.
+# - "naclip": NACLIP (its ``arch="reduced"``): ``A = softmax(k k^T s + Omega)`` with the Gaussian
+#   neighbourhood ``Omega[p, P] = exp(-|pos_p - pos_P|^2 / (2 * 5^2))`` on the patch grid (0 on the
+#   CLS row and column); ``y = out_proj(A v)``, no residual and no MLP.
+# - "resclip": ResCLIP's residual cross-correlation self-attention (RCS) on NACLIP:
+#   ``A = tau * ((1 - lam) * A_naclip + lam * A_mid)``, ``A_mid`` the mean of the ordinary
+#   ``softmax(q k^T s)`` of the middle blocks (ResCLIP's layers 6-9 of 12, scaled to the depth),
+#   tau 2, lam 0.4 (its Context and COCO-Stuff setting); ``y = out_proj(A v)``. ResCLIP's second
+#   part (semantic feedback refinement) needs the class names and is left out.
+# - "scclip": SC-CLIP's self-calibration (:func:`_scclip_tokens`): anomaly tokens found by the local
+#   outlier factor after the penultimate block and replaced by their neighbours' mean, the last
+#   block's attention averaged with the similarity of a middle block's features, features aggregated
+#   over similar tokens, and a multi-level fusion of middle blocks through the last block.
+
+NACLIP_STD = 5.0  # NACLIP's neighbourhood: the Gaussian's standard deviation, in patches
+RESCLIP_TAU, RESCLIP_LAMBDA = 2.0, 0.4  # ResCLIP's RCS: scale of the attention, weight of the middle blocks'
+SCCLIP_BETA = 0.4  # SC-CLIP: similarities below this are dropped from the feature aggregation
+SCCLIP_RES_CLS = 0.3  # SC-CLIP: weight of the CLS token added to every patch token
+SCCLIP_NEIGHBOURS, SCCLIP_CONTAMINATION = 30, 0.05  # SC-CLIP's local outlier factor: k, share of outliers
 
 
 def feature_stride(visual: nn.Module) -> int:
@@ -86,30 +103,172 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, length, heads * head_width)  # (B, n, L, W/n) -> (B, L, W)
 
 
-def _last_block(block: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
-    """Run the last residual block of a ViT with its query-key attention replaced. x: (B, L, W)."""
+def _qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key and value of a block's attention for tokens x (B, L, W): 3 x (B, n, L, W/n)."""
+    attention: nn.MultiheadAttention = block.attn
+    q, k, v = F.linear(block.ln_1(x), attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+    heads = attention.num_heads
+    return _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
+
+
+def _attention_weights(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A block's own attention ``softmax(q k^T s)`` for tokens x (B, L, W): (B, n, L, L)."""
+    q, k, _ = _qkv(block, x)
+    return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+
+
+def neighbourhood_bias(grid: tuple[int, int], std: float = NACLIP_STD) -> torch.Tensor:
+    """NACLIP's additive attention bias: (1 + h*w, 1 + h*w), CLS first (its row and column 0).
+
+    ``Omega[p, P] = exp(-|pos_p - pos_P|^2 / (2 std^2))`` for patches p, P at grid positions (row, column).
+    """
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    positions = torch.stack([rows.flatten(), cols.flatten()], dim=1).float()  # (h*w, 2)
+    squared = torch.cdist(positions, positions).square()  # (h*w, h*w)
+    bias = torch.zeros(1 + grid[0] * grid[1], 1 + grid[0] * grid[1])
+    bias[1:, 1:] = torch.exp(-squared / (2 * std**2))
+    return bias
+
+
+def _last_block(block: nn.Module, x: torch.Tensor, mode: str, grid: tuple[int, int] = (0, 0),
+                middle_attention: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the last residual block of a ViT with its query-key attention replaced. x: (B, L, W).
+
+    ``grid`` is the patch grid (naclip, resclip); ``middle_attention`` (B, n, L, L) the mean attention
+    of the middle blocks (resclip).
+    """
     attention: nn.MultiheadAttention = block.attn
     width = x.shape[-1]
-    weight, bias = attention.in_proj_weight, attention.in_proj_bias  # (3W, W), (3W,)
-    normed = block.ln_1(x)
     if mode in ("maskclip", "value"):
-        mixed = F.linear(normed, weight[2 * width :], bias[2 * width :])  # (B, L, W): each token's own value
+        weight, bias = attention.in_proj_weight, attention.in_proj_bias  # (3W, W), (3W,)
+        mixed = F.linear(block.ln_1(x), weight[2 * width :], bias[2 * width :])  # (B, L, W): each token's own value
     else:
-        q, k, v = F.linear(normed, weight, bias).chunk(3, dim=-1)  # 3 x (B, L, W)
-        heads = attention.num_heads
-        q, k, v = (_split_heads(t, heads) for t in (q, k, v))
-        # scaled_dot_product_attention(a, a, v) = softmax(a a^T / sqrt(head_width)) v, per head.
-        mixed_heads = F.scaled_dot_product_attention(q, q, v)  # (B, n, L, W/n)
-        if mode == "csa":
-            # (softmax(q q^T s) + softmax(k k^T s)) v: SCLIP sums the two row-softmaxes, it does not average them.
-            mixed_heads = mixed_heads + F.scaled_dot_product_attention(k, k, v)
+        q, k, v = _qkv(block, x)
+        if mode in ("naclip", "resclip"):
+            omega = neighbourhood_bias(grid).to(device=x.device, dtype=q.dtype)  # (L, L)
+            # scaled_dot_product_attention(k, k, v, Omega) = softmax(k k^T s + Omega) v, per head.
+            mixed_heads = F.scaled_dot_product_attention(k, k, v, attn_mask=omega)  # (B, n, L, W/n)
+            if mode == "resclip":
+                if middle_attention is None:
+                    raise ValueError("resclip needs the middle blocks' attention")
+                mixed_heads = RESCLIP_TAU * ((1 - RESCLIP_LAMBDA) * mixed_heads
+                                             + RESCLIP_LAMBDA * middle_attention.to(v.dtype) @ v)
+        else:
+            # scaled_dot_product_attention(a, a, v) = softmax(a a^T / sqrt(head_width)) v, per head.
+            mixed_heads = F.scaled_dot_product_attention(q, q, v)  # (B, n, L, W/n)
+            if mode == "csa":
+                # (softmax(q q^T s) + softmax(k k^T s)) v: SCLIP sums the two row-softmaxes, it does not average them.
+                mixed_heads = mixed_heads + F.scaled_dot_product_attention(k, k, v)
         mixed = _merge_heads(mixed_heads)
     out = attention.out_proj(mixed)
-    if mode in ("value", "qq"):  # the attention output alone: ClearCLIP drops the residual and MLP
+    if mode in ("value", "qq", "naclip", "resclip"):  # the attention output alone: no residual, no MLP
         return out
     # maskclip and csa keep the block's residual and MLP (with its layer scales, identity in OpenAI's CLIP).
     y = x + block.ls_1(out)
     return y + block.ls_2(block.mlp(block.ln_2(y)))
+
+
+def _scaled_range(count: int, start: int, stop: int) -> range:
+    """Indices [start, stop) among the 11 blocks before the last of a 12-block ViT, scaled to ``count`` blocks.
+
+    At least one index, all in [0, count): the papers' layer choices carried to towers of other depths.
+    """
+    first = min(round(start * count / 11), count - 1)
+    return range(first, max(first + 1, min(round(stop * count / 11), count)))
+
+
+def _middle_blocks(count: int) -> range:
+    """ResCLIP's RCS blocks among the ``count`` blocks before the last: 5-8 of 11 (layers 6 to 9 of ViT-B)."""
+    return _scaled_range(count, 5, 9)
+
+
+def _outlier_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """SC-CLIP's anomaly tokens: local outlier factor above its 95th percentile. (B, N, W) -> (B, N) bool.
+
+    As SC-CLIP computes it: squared Euclidean distances, k = 30 nearest neighbours (self excluded),
+    reach distance ``max(d(p, o), k-distance of p)``, ``lrd = k / mean(reach)``, ``lof(p)`` the mean of
+    ``lrd(o) / lrd(p)`` over p's neighbours o; per image, tokens above the 0.95 quantile of lof.
+    """
+    count = tokens.shape[1]
+    neighbours = min(SCCLIP_NEIGHBOURS, count - 1)
+    distances = torch.cdist(tokens, tokens, compute_mode="donot_use_mm_for_euclid_dist").square()  # (B, N, N)
+    knn_distances, knn_indices = torch.topk(distances, k=neighbours + 1, dim=-1, largest=False)
+    knn_distances, knn_indices = knn_distances[..., 1:], knn_indices[..., 1:]  # (B, N, k): self dropped
+    reach = torch.maximum(knn_distances, knn_distances[..., -1:])  # (B, N, k)
+    density = neighbours / torch.nan_to_num(reach.mean(dim=-1), nan=1e-6)  # (B, N)
+    neighbour_density = torch.gather(density, 1, knn_indices.flatten(1)).view_as(knn_indices)  # (B, N, k)
+    factor = (neighbour_density / density.unsqueeze(-1)).mean(dim=-1)  # (B, N)
+    threshold = torch.quantile(factor.float(), 1 - SCCLIP_CONTAMINATION, dim=1, keepdim=True)  # (B, 1)
+    return factor > threshold
+
+
+def _fill_outliers(tokens: torch.Tensor, outliers: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Replace outlier patch tokens by the mean of their non-outlier 3x3 neighbours. (B, h*w, W) -> same.
+
+    An outlier with no such neighbour keeps its value (SC-CLIP's mean interpolation).
+    """
+    batch, count, width = tokens.shape
+    maps = tokens.transpose(1, 2).reshape(batch, width, *grid)  # (B, h*w, W) -> (B, W, h, w)
+    keep = (~outliers).to(tokens.dtype).view(batch, 1, *grid)  # (B, 1, h, w)
+
+    def neighbour_sum(x: torch.Tensor) -> torch.Tensor:  # the sum over each 3x3 window, less its centre
+        return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=True) * 9 - x
+
+    sums, valid = neighbour_sum(maps * keep), neighbour_sum(keep)  # (B, W, h, w), (B, 1, h, w)
+    update = outliers.view(batch, 1, *grid) & (valid > 0.5)
+    filled = torch.where(update, sums / valid.clamp(min=1), maps)
+    return filled.reshape(batch, width, count).transpose(1, 2)  # (B, W, h, w) -> (B, h*w, W)
+
+
+def _similarity(tokens: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of tokens: (B, N, W) -> (B, N, N)."""
+    normed = F.normalize(tokens, dim=-1)
+    return normed @ normed.transpose(1, 2)
+
+
+def _aggregate(tokens: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+    """SC-CLIP's feature aggregation: tokens averaged with weights ``sim`` (below beta: 0), rows normalised."""
+    weights = similarity.masked_fill(similarity < SCCLIP_BETA, 0.0)
+    return weights / (weights.sum(dim=-1, keepdim=True) + 1e-6) @ tokens  # (B, N, N) x (B, N, W) -> (B, N, W)
+
+
+def _scclip_attention(block: nn.Module, x: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+    """SC-CLIP's last-block attention for patch tokens x (B, N, W): ``out_proj(A v)``, no residual, no MLP.
+
+    ``A = (softmax(3 (sim - mean(sim)), entries below the mean masked) + softmax(k k^T s)) / 2``, the
+    first term shared by every head.
+    """
+    _, k, v = _qkv(block, x)
+    centred = (similarity - similarity.mean(dim=(1, 2), keepdim=True)) * 3.0  # (B, N, N)
+    calibrated = torch.softmax(centred.masked_fill(centred < 0, float("-inf")), dim=-1).unsqueeze(1)  # (B, 1, N, N)
+    mixed = 0.5 * (calibrated.to(v.dtype) @ v + F.scaled_dot_product_attention(k, k, v))  # (B, n, N, W/n)
+    return block.attn.out_proj(_merge_heads(mixed))
+
+
+def _scclip_tokens(last: nn.Module, outputs: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+    """SC-CLIP's patch tokens before ``ln_post`` (B, h*w, W), from the outputs (B, 1+h*w, W) of every block but the last.
+
+    Numbering those outputs from 0 (SC-CLIP's indices for 12 blocks, scaled to the depth): anomaly
+    tokens of the penultimate output are found (:func:`_outlier_tokens`) and filled from their
+    neighbours, in it and in output 8; output 8's cosine similarity calibrates the last block's
+    attention (:func:`_scclip_attention`) and, thresholded, aggregates the penultimate tokens before
+    it; output 3's aggregates the result; outputs 3 to 9, summed, go through the last block's
+    attention the same way and are added. The CLS token (times 0.3) is added to each attention output.
+    """
+    count = len(outputs)
+    pre, post = _scaled_range(count, 8, 9).start, _scaled_range(count, 3, 4).start
+    penultimate = outputs[-1]
+    cls_token = penultimate[:, :1]  # (B, 1, W)
+    outliers = _outlier_tokens(penultimate[:, 1:])  # (B, h*w)
+    x = _fill_outliers(penultimate[:, 1:], outliers, grid)
+    before = _similarity(_fill_outliers(outputs[pre][:, 1:], outliers, grid))  # (B, N, N)
+    x = _aggregate(x, before)
+    x = _scclip_attention(last, x, before) + SCCLIP_RES_CLS * cls_token
+    after = _similarity(outputs[post][:, 1:])  # (B, N, N)
+    x = _aggregate(x, after)
+    fused = torch.stack([outputs[i] for i in _scaled_range(count, 3, 10)]).sum(dim=0)  # (B, 1+N, W)
+    fused = _scclip_attention(last, fused[:, 1:], before) + SCCLIP_RES_CLS * fused[:, :1]
+    return x + _aggregate(fused, after)
 
 
 def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str) -> torch.Tensor:
@@ -123,14 +282,27 @@ def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str) -> to
     x = x + _interpolated_positions(visual, (height, grid_width)).to(x.dtype)
     x = visual.ln_pre(x)
     transformer = visual.transformer
+    blocks = list(transformer.resblocks)
+    middle = _middle_blocks(len(blocks) - 1) if mode == "resclip" else range(0)
+    outputs: list[torch.Tensor] = []  # the output of every block but the last (scclip), (B, 1 + h*w, W)
+    attentions: list[torch.Tensor] = []  # the middle blocks' own attention (resclip), (B, n, L, L)
     if not transformer.batch_first:
         x = x.transpose(0, 1)  # NLD -> LND
-    for block in transformer.resblocks[:-1]:
+    for index, block in enumerate(blocks[:-1]):
+        if index in middle:
+            attentions.append(_attention_weights(block, x if transformer.batch_first else x.transpose(0, 1)))
         x = block(x)
+        if mode == "scclip":
+            outputs.append(x if transformer.batch_first else x.transpose(0, 1))
     if not transformer.batch_first:
         x = x.transpose(0, 1)  # LND -> NLD
-    x = _last_block(transformer.resblocks[-1], x, mode)
-    x = visual.ln_post(x[:, 1:])  # drop CLS: (B, h*w, W)
+    grid = (height, grid_width)
+    if mode == "scclip":
+        x = visual.ln_post(_scclip_tokens(blocks[-1], outputs, grid))  # (B, h*w, W)
+    else:
+        middle_attention = torch.stack(attentions).mean(dim=0) if attentions else None
+        x = _last_block(blocks[-1], x, mode, grid, middle_attention)
+        x = visual.ln_post(x[:, 1:])  # drop CLS: (B, h*w, W)
     if visual.proj is not None:
         x = x @ visual.proj  # (B, h*w, D)
     return x.permute(0, 2, 1).reshape(batch, -1, height, grid_width)  # (B, h*w, D) -> (B, D, h, w)
