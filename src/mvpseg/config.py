@@ -42,7 +42,7 @@ DEFAULT_CLIP = "RN50"
 TINY_CLIP_NAME = "mvpseg-tiny"
 
 #: How the last ViT block runs for dense features (see :mod:`mvpseg.dense`).
-ViTMode = Literal["maskclip", "value", "qq", "csa"]
+ViTMode = Literal["maskclip", "value", "qq", "csa", "naclip", "resclip", "scclip"]
 VIT_MODES: tuple[str, ...] = get_args(ViTMode)
 #: Numeric precision: "auto" is fp32 on the CPU and bf16 (fp16 where bf16 is unsupported) autocast on CUDA.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -93,7 +93,7 @@ class MVPSegConfig:
     tau1_init: float | None = None  # initial fusion scale tau1; default CLIP's logit scale / K
     tau2_init: float = 0.07  # initial GPR temperature tau2 (CLIP's initial temperature)
     learn_temperatures: bool = True  # train tau1 and tau2 (log-parametrised) along with the prompts
-    vit_mode: ViTMode = "maskclip"  # last ViT block for dense features: maskclip, value, qq or csa
+    vit_mode: ViTMode = "maskclip"  # last ViT block for dense features: maskclip, value, qq (ClearCLIP), csa (SCLIP), naclip, resclip or scclip
 
     def __post_init__(self) -> None:
         if self.num_prompts < 1:
