@@ -65,6 +65,7 @@ class PretrainConfig:
     model: str = "mvpseg-tiny"  # open_clip architecture name, or the path of a model config JSON
     world: str = "patterns"  # the world of the images and captions: patterns (the first) or parts
     init: str = ""  # start from these tiny-CLIP weights (safetensors; the attention pool's positions resized)
+    init_towers: str = "all"  # what --init gives: all (the whole CLIP) or text (text tower and temperature only)
     steps: int = 6000  # optimisation steps
     batch_size: int = 128  # image-caption pairs per step
     lr: float = 1e-3  # peak AdamW learning rate
@@ -238,14 +239,22 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | 
     _write_safetensors(path, state, metadata or {})
 
 
-def initial_state(model: torch.nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+def initial_state(model: torch.nn.Module, path: str | Path, towers: str = "all") -> dict[str, torch.Tensor]:
     """Weights of ``path`` (a tiny-CLIP safetensors file) shaped for ``model``.
 
     The attention pool's positional embedding, ``(1 + g*g, W)``, is resized bicubically to the model's
     grid, so weights pretrained at one image size start a model of another. Other shapes must match.
+    With ``towers="text"`` only the text tower and the temperature come from ``path`` (every key not
+    under ``visual.``); the image tower keeps ``model``'s own initialisation, which may be of another
+    kind (a ViT started beside a ResNet CLIP's text tower).
     """
+    if towers not in ("all", "text"):
+        raise ValueError(f"init_towers must be 'all' or 'text', not {towers!r}")
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     target = model.state_dict()
+    if towers == "text":
+        state = {k: v for k, v in state.items() if not k.startswith("visual.")}
+        state.update({k: v for k, v in target.items() if k.startswith("visual.")})
     key = "visual.attnpool.positional_embedding"
     if key in state and key in target and state[key].shape != target[key].shape:
         positions = state[key]
@@ -331,7 +340,7 @@ def pretrain(config: PretrainConfig) -> Path:
 
     model = build_tiny_clip(config.model)
     if config.init:
-        model.load_state_dict(initial_state(model, config.init), strict=True)
+        model.load_state_dict(initial_state(model, config.init, config.init_towers), strict=True)
     tokenizer = open_clip.get_tokenizer(model_name(config.model))
     channels_last = hasattr(model.visual, "attnpool")  # ResNet towers: oneDNN convs run faster NHWC
     if channels_last:
