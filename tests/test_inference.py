@@ -100,6 +100,40 @@ def test_window_plan_rounds_crop_down_and_stride_to_the_nearest_feature_step(tin
     assert _segmenter(tiny_rn, mode="whole").window_boxes(96, 128) == [(0, 96, 0, 128)]
 
 
+def _covered(boxes: list[tuple[int, int, int, int]], height: int, width: int) -> bool:
+    counts = np.zeros((height, width), np.int32)
+    for y0, y1, x0, x1 in boxes:
+        counts[y0:y1, x0:x1] += 1
+    return bool((counts > 0).all())
+
+
+@pytest.mark.parametrize("crop", [128, 112, 512])
+def test_the_default_stride_follows_the_crop_and_windows_leave_no_gap(tiny_rn: mvpseg.ClipBundle, crop: int) -> None:
+    # A photo at short side 512 (683x512 padded to whole cells): larger than a 128-px crop both ways. The
+    # fixed default stride of 426 left gaps there (0/0 stitched maps, NaN scores); 426/512 of the crop does not.
+    segmenter = _segmenter(tiny_rn, crop_size=crop)
+    assert segmenter.config.window_stride == round(crop * 426 / 512)
+    boxes = segmenter.window_boxes(512, 704)
+    assert _covered(boxes, 512, 704)
+    assert max(y1 - y0 for y0, y1, _, _ in boxes) <= crop
+    # 112 = 3.5 cells: a stride rounded up to 4 cells would pass the 3-cell crop; it is capped at the crop.
+    assert _covered(_segmenter(tiny_rn, crop_size=112, stride=112).window_boxes(512, 704), 512, 704)
+
+
+def test_a_stride_above_the_crop_is_one_line_and_a_new_crop_drops_a_recorded_stride(tiny_rn: mvpseg.ClipBundle) -> None:
+    from mvpseg.inference import with_overrides
+
+    with pytest.raises(ValueError, match="stride 426 is larger than the crop 128") as error:
+        InferenceConfig(crop_size=128, stride=426)
+    assert "\n" not in str(error.value)
+    recorded = InferenceConfig(short_side=512, crop_size=512, stride=426)  # as a checkpoint records them
+    assert with_overrides(recorded, {"crop_size": 128}).window_stride == 106
+    assert with_overrides(recorded, {"crop_size": 128, "stride": 64}).window_stride == 64
+    segmenter = _segmenter(tiny_rn, short_side=512, crop_size=128)
+    prediction = segmenter.predict(_image(375, 500), NAMES, return_scores=True)
+    assert prediction.labels.shape == (375, 500) and np.isfinite(prediction.scores).all()
+
+
 def test_window_batches_are_the_padded_images_windows(tiny_rn: mvpseg.ClipBundle) -> None:
     segmenter = _segmenter(tiny_rn, short_side=None, crop_size=64, stride=32, batch_size=2)
     images = torch.randn(2, 3, 70, 100)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import build
+from .clip import weights_fingerprint
 from .config import InferenceConfig
 from .image import ImageInput, load_image
 from .model import MVPSeg, MVPSegOutput
@@ -33,7 +34,7 @@ from .runtime import autocast, default_device
 from .upsample import label_log_scores, upsample_log_scores
 from .vocabulary import ClassNames, Vocabulary, max_over_names
 
-__all__ = ["InferenceConfig", "Prediction", "Segmenter", "sliding_windows"]
+__all__ = ["InferenceConfig", "Prediction", "Segmenter", "sliding_windows", "with_overrides"]
 
 #: A window on the image: (y0, y1, x0, x1) in pixels.
 Box = tuple[int, int, int, int]
@@ -78,6 +79,19 @@ def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[Box
     return boxes
 
 
+def with_overrides(config: InferenceConfig, overrides: Mapping[str, Any] | None) -> InferenceConfig:
+    """``config`` with the fields a user typed laid over it; a new crop without a stride takes the crop's
+    default stride (a recorded stride belongs to the recorded crop).
+
+    Raises:
+        ValueError: an explicit stride larger than the crop (one line).
+    """
+    overrides = dict(overrides or {})
+    if "crop_size" in overrides and "stride" not in overrides:
+        overrides["stride"] = None
+    return dataclasses.replace(config, **overrides)
+
+
 class Segmenter:
     """MVP-SEG (or the MaskCLIP template baseline) ready to segment images.
 
@@ -101,6 +115,7 @@ class Segmenter:
         self._mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1)
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        self._identity: dict[str, Any] | None = None
 
     @classmethod
     def from_pretrained(
@@ -135,19 +150,21 @@ class Segmenter:
         target = default_device(device)
         model = build.from_pretrained(clip, pretrained, prompts, device=target, student=student)
         base = config or InferenceConfig(**getattr(model, "inference_settings", {}))
-        return cls(model, config=dataclasses.replace(base, **(overrides or {})), device=target)
+        return cls(model, config=with_overrides(base, overrides), device=target)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike[str], prompts: str | os.PathLike[str] | None = None,
                   student: str | os.PathLike[str] | None = None, config: InferenceConfig | None = None,
-                  clip: str | None = None, pretrained: str | os.PathLike[str] | None = "auto") -> Segmenter:
+                  clip: str | None = None, pretrained: str | os.PathLike[str] | None = "auto",
+                  overrides: Mapping[str, Any] | None = None) -> Segmenter:
         """A Segmenter whose windows run through onnxruntime (:class:`mvpseg.export.OnnxSegmenter`; the
         ``export`` extra). ``prompts``/``student``: the checkpoint whose text embeddings feed an open-vocabulary
-        file (default: the one it was exported from); unused when its classes are baked in."""
+        file (default: the one it was exported from; it must be that one); unused when its classes are baked
+        in. ``config`` defaults to the settings the file records; ``overrides`` are laid over it."""
         from .export import OnnxSegmenter  # a leaf
 
         return OnnxSegmenter.load(path, prompts=prompts, student=student, clip=clip, pretrained=pretrained,
-                                  config=config)
+                                  config=config, overrides=dict(overrides or {}))
 
     def save_pretrained(self, folder: str | os.PathLike[str], metrics: str | os.PathLike[str] | None = None,
                         repo: str | None = None) -> Path:
@@ -159,6 +176,17 @@ class Segmenter:
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of ``config.precision`` on this device (:mod:`mvpseg.runtime`)."""
         return autocast(self.device, self.config.precision)
+
+    def identity(self) -> dict[str, Any]:
+        """What this segmenter's outputs come from: the model's kind ("prompts", "templates" or "student"), its
+        CLIP's and its own trained weights' fingerprints (:func:`mvpseg.clip.weights_fingerprint`) and the
+        runtime ("torch"). ``mvpseg segment`` records it in each summary; ``--skip-existing`` compares it."""
+        if self._identity is None:
+            kind = "student" if not isinstance(self.model, MVPSeg) else (
+                "prompts" if self.model.prompts is not None else "templates")
+            self._identity = {"kind": kind, "clip": self.clip.fingerprint,
+                              "weights": weights_fingerprint(self.model), "runtime": "torch"}
+        return dict(self._identity)
 
     # --- text -------------------------------------------------------------------------------------
 
@@ -231,12 +259,13 @@ class Segmenter:
 
     def window_boxes(self, height: int, width: int) -> list[Box]:
         """The windows of a padded image: the whole image, or crops of ``config.crop_size`` every
-        ``config.stride`` pixels, both rounded to the feature stride so windows sit on whole cells."""
+        ``config.window_stride`` pixels, both rounded to the feature stride so windows sit on whole cells
+        (the step at most the crop: windows never leave a gap)."""
         step = self.stride
         if self.config.mode == "whole":
             return [(0, height, 0, width)]
         crop = max(self.config.crop_size // step, 1) * step
-        stride = max(round(self.config.stride / step), 1) * step
+        stride = min(max(round(self.config.window_stride / step), 1) * step, crop)
         return sliding_windows(height, width, crop, stride)
 
     def window_batches(self, padded: torch.Tensor) -> Iterator[tuple[list[Box], torch.Tensor]]:

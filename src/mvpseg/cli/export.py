@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import InferenceConfig
 from .common import UsageError, add_clip_arguments, clip_source
+from .flags import add_config_flags, overrides
+
+#: The inference settings a file records (mvpseg.checkpoint.INFERENCE_FIELDS; this module imports no torch).
+_SCALE_FIELDS = ("short_side", "long_side", "mode", "crop_size", "stride")
 
 __all__ = ["add_parser", "run"]
 
@@ -14,7 +19,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "export", help="export MVP-SEG or a student to ONNX (run it with segment --onnx or onnxruntime)",
         description="Export MVP-SEG (dense CLIP features, the K prompt maps, fusion and GPR) or an MVP-SEG+ student "
-                    "to ONNX, for square crops of --crop-size pixels and any batch size. Inputs: images (B, 3, S, S) "
+                    "to ONNX, for any batch size and any window size in whole feature cells. The file records the "
+                    "inference settings the checkpoint was made for (the flags below override them), and segment "
+                    "--onnx uses them as segment --prompts does. Inputs: images (B, 3, H, W) "
                     "normalised with the CLIP's mean and std, and text (P, C, D) class embeddings (any classes; "
                     "mvpseg computes them) unless --classes bakes them in. Outputs: prompt_maps (B, P, C, h, w), "
                     "fused_logits (B, C, h, w) and, with GPR, presence_logits (B, C). Resizing, windows and "
@@ -24,31 +31,33 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompts", metavar="CKPT", help="learned prompts (file, model folder or Hub id org/name)")
     parser.add_argument("--student", metavar="CKPT", help="an MVP-SEG+ student (file, model folder or Hub id)")
     parser.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
-    parser.add_argument("--crop-size", type=int, default=512, metavar="S",
-                        help="the side of the square crops the file takes, a multiple of 32 (default: 512)")
     parser.add_argument("--classes", help='bake these classes in (as segment\'s --classes, e.g. "cat,dog|puppy"); '
                                           "default: class embeddings are an input (open vocabulary)")
     parser.add_argument("--background", metavar="NAME", help="with --classes: the background class (class 0)")
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                         help="torch's exporter: dynamo (torch.export, the default) or the older TorchScript one")
     add_clip_arguments(parser)
+    add_config_flags(parser, InferenceConfig, skip=[f for f in InferenceConfig.__dataclass_fields__ if f not in _SCALE_FIELDS],
+                     title="inference settings recorded in the file (default: the checkpoint's)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..export import OnnxError, export_onnx, require_onnx
+
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as error:
-        raise UsageError(f"mvpseg export needs {error.name}: pip install 'mvpseg[export]'") from error
+        require_onnx("mvpseg export")
+    except OnnxError as error:
+        raise UsageError(str(error)) from error
     from ..build import from_pretrained
-    from ..export import export_onnx
     from ..vocabulary import Vocabulary, parse_classes
 
     if args.prompts and args.student:
         raise UsageError("give --prompts or --student, not both")
-    if args.crop_size < 32 or args.crop_size % 32:
-        raise UsageError(f"--crop-size must be a positive multiple of 32, not {args.crop_size}")
+    typed = {name: value for name, value in overrides(args).items() if name in _SCALE_FIELDS}
+    crop_size = typed.get("crop_size")
+    if crop_size is not None and (crop_size < 32 or crop_size % 32):
+        raise UsageError(f"--crop-size must be a positive multiple of 32, not {crop_size}")
     names = None
     if args.classes is not None:
         background = parse_classes(args.background)[0] if args.background else None
@@ -60,8 +69,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--background bakes a class in: give it with --classes")
     model = from_pretrained(args.clip, clip_source(args), args.prompts, device="cpu", student=args.student)
     source = args.student or args.prompts
-    path = export_onnx(model, args.out, crop_size=args.crop_size, classes=names, source=source,
-                       dynamo=args.exporter == "dynamo")
+    path = export_onnx(model, args.out, classes=names, source=source, dynamo=args.exporter == "dynamo",
+                       inference=typed)
+    from ..export import read_onnx_metadata
+
+    settings = read_onnx_metadata(path)["inference"]
     what = f"{len(names)} classes baked in" if names else "class embeddings as an input"
-    print(f"wrote {path} ({args.crop_size}x{args.crop_size} crops, {what})", file=sys.stderr)
+    scale = ", ".join(f"{name} {value}" for name, value in settings.items() if value is not None)
+    print(f"wrote {path} ({what}; inference settings: {scale})", file=sys.stderr)
     return 0

@@ -13,7 +13,6 @@ from .common import (
     add_clip_arguments,
     add_inference_flags,
     clip_source,
-    inference_config,
     inference_overrides,
 )
 from .inputs import ImageInputs, collect_images, parse_shard, read_input_list, shard
@@ -188,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.onnx:
             segmenter = Segmenter.from_onnx(args.onnx, prompts=args.prompts, student=args.student, clip=args.clip,
-                                            pretrained=clip_source(args), config=inference_config(args))
+                                            pretrained=clip_source(args), overrides=inference_overrides(args))
         else:
             segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
                                                   student=args.student,
