@@ -40,7 +40,7 @@ class ClipWeightsWarning(UserWarning):
 
 
 def build_mvpseg(clip: ClipBundle, config: MVPSegConfig | None = None,
-                 generator: torch.Generator | None = None) -> MVPSeg:
+                 generator: torch.Generator | None = None, vit_mode: str = "maskclip") -> MVPSeg:
     """Build MVP-SEG around a loaded CLIP.
 
     Args:
@@ -48,13 +48,15 @@ def build_mvpseg(clip: ClipBundle, config: MVPSegConfig | None = None,
         config: the model configuration; None builds MaskCLIP's template baseline (no prompts,
             no GPR, CLIP's own logit scale).
         generator: random generator for the prompt initialisation.
+        vit_mode: the template baseline's dense mode for ViT towers (:data:`mvpseg.config.VIT_MODES`);
+            a ``config`` carries its own.
 
     Returns:
         An :class:`MVPSeg` whose only parameters are the prompts and the head's temperatures.
     """
     logit_scale = float(clip.model.logit_scale.exp().mean())
     if config is None:
-        baseline = MVPSegConfig(num_prompts=1, use_gpr=False, learn_temperatures=False)
+        baseline = MVPSegConfig(num_prompts=1, use_gpr=False, learn_temperatures=False, vit_mode=vit_mode)
         head = MVPHead(has_global=False, use_gpr=False, tau1=logit_scale, learnable=False)
         return MVPSeg(clip, prompts=None, head=head, config=baseline)
     prompts = PromptLearner(

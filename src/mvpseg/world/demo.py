@@ -138,7 +138,7 @@ def row_train_config(config: DemoConfig, world: Path, name: str, seed: int, out:
     if overrides is None:
         raise ValueError(f"the ablation row {name!r} trains nothing")
     model_config = replace(MVPSegConfig(num_prompts=config.num_prompts, num_context=config.num_context,
-                                        init_text=config.init_text), **overrides)
+                                        init_text=config.init_text, vit_mode=config.vit_mode), **overrides)
     # CLIP is frozen: every learned row trains from one cache (per seed) of the augmented views' dense
     # features, with as many views as epochs, so training sees exactly what the uncached path would.
     views = max(math.ceil(config.iters * config.batch_size / config.num_train), 1)
@@ -250,7 +250,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
         for offset in range(1 if overrides is None else config.seeds):
             seed = config.seed + offset
             if overrides is None:
-                model = build_mvpseg(clip, None)
+                model = build_mvpseg(clip, None, vit_mode=config.vit_mode)
             else:
                 train_config = row_train_config(config, world, name, seed, out)
                 if progress:
