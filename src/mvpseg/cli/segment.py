@@ -95,8 +95,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="segment shard I of N (I from 0): images I, I+N, I+2N, ... of the whole list, under "
                              "the names the whole run gives them, so that N jobs write exactly its outputs")
     parser.add_argument("--skip-existing", action="store_true",
-                        help="skip an image whose three outputs are already in --out, whole, for the same image "
-                             "and classes (a killed run, started again with it, continues where it stopped)")
+                        help="skip an image whose three outputs are already in --out, whole, made the same way: "
+                             "the same image, model, classes (synonyms included), background, threshold and "
+                             "inference settings (a killed run, started again with it, continues where it stopped); "
+                             "outputs made differently are made again")
+    parser.add_argument("--refuse-different", action="store_true",
+                        help="with --skip-existing: stop with one line at an image whose outputs were made "
+                             "differently, instead of making them again")
     parser.add_argument("--classes", help='comma-separated classes, a class\'s synonyms separated by |, e.g. '
                                           '"cat,tv monitor|television,grass" (the first name is shown)')
     parser.add_argument("--classes-file", metavar="FILE",
@@ -165,10 +170,12 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..image import ImageReadError, load_image
     from ..inference import Segmenter
-    from ..outputs import outputs_done, write_outputs
+    from ..outputs import output_state, run_record, write_outputs
 
     classes, background = parse_vocabulary(args)
     check_background_threshold(args.background_threshold, args.background)
+    if args.refuse_different and not args.skip_existing:
+        raise UsageError("--refuse-different goes with --skip-existing: it says what to do with outputs made differently")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise UsageError(f"--max-pixels must be a positive number of pixels, not {args.max_pixels}")
     try:
@@ -198,15 +205,23 @@ def run(args: argparse.Namespace) -> int:
             _report_inputs(inputs, args.quiet)
         ours_in_shard = shard(inputs.images, shard_index, shard_count)  # names stay those of the whole list
         mine = shard(ours_in_shard, rank, world_size)
-        done = skipped = failures = 0
+        made_with = run_record(segmenter, classes, background, args.background_threshold)
+        done = skipped = redone = failures = 0
         start = time.perf_counter()
         bar = tqdm(total=len(mine), desc="segment", unit="image", disable=len(mine) < 2 or args.quiet or rank > 0)
         for item in mine:
             watch.check()
             bar.update()
-            if args.skip_existing and outputs_done(out, item.name, item.path, class_names):
-                skipped += 1
-                continue
+            if args.skip_existing:
+                state, reason = output_state(out, item.name, item.path, class_names, made_with)
+                if state == "done":
+                    skipped += 1
+                    continue
+                if state == "different":
+                    if args.refuse_different:
+                        raise UsageError(f"{out / item.name}.json was made differently ({reason}): start the "
+                                         f"command that made it, or leave out --refuse-different to make it again")
+                    redone += 1
             try:
                 array = load_image(item.path, max_pixels=args.max_pixels)
                 prediction = segmenter.predict(array, classes, background=background,
@@ -215,15 +230,16 @@ def run(args: argparse.Namespace) -> int:
                 tqdm.write(f"mvpseg: error: {error}", file=sys.stderr)
                 failures += 1
                 continue
-            write_outputs(out, item.name, item.path, array, prediction)
+            write_outputs(out, item.name, item.path, array, prediction, made_with)
             done += 1
         bar.close()
-        done, skipped, failures = watch.sum_when_done([done, skipped, failures])
+        done, skipped, redone, failures = watch.sum_when_done([done, skipped, redone, failures])
         seconds = time.perf_counter() - start
         if rank == 0 and not args.quiet:
             total = done + skipped + failures
-            print(f"segmented {done} of {total} images into {out} ({skipped} skipped: already done; {failures} "
-                  f"failed) in {seconds:.1f} s, {done / max(seconds, 1e-9):.2f} images/s", file=sys.stderr)
+            print(f"segmented {done} of {total} images into {out} ({skipped} skipped: already done; {redone} "
+                  f"redone: made differently; {failures} failed) in {seconds:.1f} s, "
+                  f"{done / max(seconds, 1e-9):.2f} images/s", file=sys.stderr)
         return 1 if failures or inputs.problems else 0
     except distributed.PeerFailure as error:
         print(f"mvpseg: error: {error}: process {rank} stops too; every output written is whole (start the same "

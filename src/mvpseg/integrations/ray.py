@@ -16,13 +16,17 @@ names (:func:`image_rows` gives the rows of ``segment``'s arguments, with their 
         compute=ray.data.ActorPoolStrategy(size=4), num_gpus=1)  # CPU actors: num_cpus=1 instead
     ds.write_parquet("shares/")                                 # or .take_all(), .iter_rows() ...
 
-``ray.data.read_binary_files(..., include_paths=True)`` gives rows with "bytes" and "path" (the
-path names the output); the class takes those too. Nothing here imports Ray: the class runs without
-it (tests call it directly), and this module is imported by nothing in mvpseg.
+Rows may hold the image's "bytes" instead of (or beside) its "path". With ``out``, every row needs its
+"name": the output names must be unique over the whole dataset and equal to ``segment``'s for the same
+paths, which only the whole list decides (:func:`image_rows`), never one batch: a batch without a "name"
+column is refused in one line. Without ``out``, a row's name is its "name", else its path, else a
+digest of its bytes. Nothing here imports Ray: the class runs without it (tests call it directly), and
+this module is imported by nothing in mvpseg.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -82,6 +86,9 @@ class SegmentBatch:
         self.class_names = Vocabulary.of(self.classes, self.background, warn=False).display_names
         self.segmenter = Segmenter.from_pretrained(clip=clip, pretrained=pretrained, prompts=prompts, student=student,
                                                    device=device, overrides=dict(inference or {}))
+        from ..outputs import run_record
+
+        self.made_with = run_record(self.segmenter, self.classes, self.background, background_threshold)
         self.out = None if out is None else Path(out)
         self.skip_existing, self.with_labels, self.max_pixels = skip_existing, with_labels, max_pixels
 
@@ -106,8 +113,8 @@ class SegmentBatch:
         """Segment a batch (Ray Data's "numpy" format: a column name -> array of rows).
 
         Args:
-            batch: a "path" column (str), or a "bytes" column (with an optional "path"); an optional
-                "name" column gives the output names (default: each path's stem).
+            batch: a "path" column (str), or a "bytes" column (with an optional "path"); a "name" column
+                gives the output names (:func:`image_rows`'s; required with ``out``).
 
         Returns:
             The batch's columns with "name", "status" ("done", "skipped" or "failed: REASON"), "shares"
@@ -119,14 +126,18 @@ class SegmentBatch:
 
         columns = {key: list(values) for key, values in batch.items()}
         size = len(next(iter(columns.values())))
+        if self.out is not None and size and "name" not in columns:
+            raise ValueError("SegmentBatch(out=...) needs a 'name' column, so that output names are unique over the "
+                             "whole dataset and equal to mvpseg segment's: build the rows with image_rows(paths)")
         rows = [{key: values[index] for key, values in columns.items()} for index in range(size)]
         names, statuses, labels = [], [], []
         shares = np.full((size, len(self.class_names)), np.nan, np.float32)  # (B, C)
         for index, row in enumerate(rows):
-            path = str(row.get("path") or f"image-{index}")
-            name = str(row.get("name") or Path(path).stem)
+            name = str(row.get("name") or row.get("path") or _digest_name(row.get("bytes")))
+            path = str(row.get("path") or name)
             names.append(name)
-            if self.out is not None and self.skip_existing and outputs_done(self.out, name, path, self.class_names):
+            if self.out is not None and self.skip_existing and outputs_done(self.out, name, path, self.class_names,
+                                                                            self.made_with):
                 statuses.append("skipped")
                 labels.append(np.zeros((0, 0), np.int32))
                 continue
@@ -139,7 +150,7 @@ class SegmentBatch:
             prediction = self.segmenter.predict(array, self.classes, background=self.background,
                                                 background_threshold=self.background_threshold)
             if self.out is not None:
-                write_outputs(self.out, name, path, array, prediction)
+                write_outputs(self.out, name, path, array, prediction, self.made_with)
             shares[index] = list(prediction.class_shares().values())
             statuses.append("done")
             labels.append(prediction.labels.astype(np.int32))
@@ -148,3 +159,8 @@ class SegmentBatch:
         if self.with_labels:
             result["labels"] = labels  # ragged: Ray stores them as variable-shaped tensors
         return result
+
+
+def _digest_name(data: Any) -> str:
+    """The name of a row without name or path: a digest of its bytes (the same image, the same name)."""
+    return "bytes-" + hashlib.sha256(bytes(data or b"")).hexdigest()[:16]
