@@ -221,3 +221,22 @@ def test_a_saved_segmenter_loads_from_its_folder(tmp_path: Path) -> None:
     np.testing.assert_allclose(again.predict(image, NAMES, return_scores=True).scores,
                                seg.predict(image, NAMES, return_scores=True).scores, atol=1e-6)
     assert json.loads((folder / "config.json").read_text())["kind"] == "prompts"
+
+
+def test_pseudo_labels_from_a_hub_id_or_a_folder_fingerprint_the_resolved_file(
+        world_cache: Path, no_network: list[str], tmp_path: Path) -> None:
+    from fakedata import write_custom
+
+    from mvpseg.data import build_dataset
+    from mvpseg.transfer.pseudo import check_pseudo_labels, prompts_fingerprint
+
+    folder = publish.save_pretrained(WORLD_PROMPTS, tmp_path / "folder")
+    digest = prompts_fingerprint(WORLD_PROMPTS)
+    assert prompts_fingerprint("org/world-prompts") == prompts_fingerprint(folder) == digest
+    root = write_custom(tmp_path / "data", num_train=2, size=(96, 128))
+    assert main(["pseudo-label", "--dataset", "custom", "--data-root", str(root), "--prompts", "org/world-prompts",
+                 "--out", str(tmp_path / "labels"), "--quiet"]) == 0
+    dataset = build_dataset("custom", root, "train")
+    for source in ("org/world-prompts", str(folder), str(WORLD_PROMPTS)):  # what transfer --prompts may be given
+        check_pseudo_labels(tmp_path / "labels", dataset, source, use_gpr=False, label_void=False, confidence=0.0)
+    assert no_network == []

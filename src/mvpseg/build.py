@@ -32,7 +32,8 @@ from .prompts import PromptLearner
 if TYPE_CHECKING:
     from .transfer.student import Student
 
-__all__ = ["ClipWeightsWarning", "build_mvpseg", "build_student", "from_pretrained", "load_mvpseg", "load_student"]
+__all__ = ["ClipWeightsWarning", "build_mvpseg", "build_student", "from_pretrained", "load_mvpseg", "load_student",
+           "local_checkpoint"]
 
 
 class ClipWeightsWarning(UserWarning):
@@ -216,9 +217,9 @@ def checkpoint_clip(path: str | os.PathLike[str], kind: str = "prompts") -> tupl
     return learned_on.get("name"), learned_on.get("pretrained")
 
 
-def _local_file(source: str | os.PathLike[str] | None, kind: str) -> str | os.PathLike[str] | None:
+def local_checkpoint(source: str | os.PathLike[str] | None, kind: str) -> str | os.PathLike[str] | None:
     """A checkpoint source as a local file: an existing file as it is; a model folder or a Hub id through
-    :func:`mvpseg.hub.resolve` (the Hub's cache)."""
+    :func:`mvpseg.hub.resolve` (the Hub's cache). Whatever reads or fingerprints a checkpoint goes through it."""
     if source is None or Path(source).is_file():
         return source
     from .hub import resolve  # a leaf, imported only for folders and Hub ids
@@ -253,7 +254,7 @@ def from_pretrained(
     """
     if prompts is not None and student is not None:
         raise ValueError("give prompts or a student, not both (a student holds the prompts it was taught with)")
-    prompts, student = _local_file(prompts, "prompts"), _local_file(student, "student")
+    prompts, student = local_checkpoint(prompts, "prompts"), local_checkpoint(student, "student")
     source_file = student if student is not None else prompts
     learned_name, learned_source = (checkpoint_clip(source_file, "student" if student is not None else "prompts")
                                     if source_file is not None else (None, None))

@@ -169,8 +169,18 @@ def write_pseudo_labels(segmenter: Any, dataset: SegmentationDataset, out: str |
     return written
 
 
-def prompts_fingerprint(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a prompt checkpoint's bytes: which teacher wrote a pseudo-label folder."""
+def prompts_fingerprint(source: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a prompt checkpoint's bytes: which teacher wrote a pseudo-label folder.
+
+    ``source`` is what ``--prompts`` takes: a file, a model folder or a Hub id, resolved to its file as
+    loading resolves it (:func:`mvpseg.build.local_checkpoint`), so the same teacher gives the same digest.
+    """
+    from ..build import local_checkpoint
+
+    path = local_checkpoint(source, "prompts")
+    assert path is not None
+    if not Path(path).is_file():
+        raise DataLayoutError(f"prompt checkpoint not found: {path}")
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
