@@ -321,6 +321,49 @@ def test_a_killed_process_is_noticed_by_the_others(tmp_path: Path, victim: int) 
     assert ("stopped answering" if victim == 1 else "lost contact") in noticed["message"]
 
 
+def _late_worker(rank: int, port: int, log_dir: str) -> None:
+    """Rank 1 starts watching 4 s late (slow imports, CUDA start-up); rank 0 must wait for it, not give up."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    distributed.init_distributed("cpu")
+    if rank == 1:
+        time.sleep(4.0)
+    try:
+        with distributed.PeerWatch(interval_s=0.1, dead_after_s=2.0, startup_s=30.0) as watch:
+            total = watch.sum_when_done([rank + 1])
+    except distributed.PeerFailure as error:
+        Path(log_dir, f"rank{rank}").write_text(str(error))
+        os._exit(3)
+    Path(log_dir, f"rank{rank}").write_text(str(total))
+    os._exit(0)
+
+
+def test_a_late_first_beat_is_not_a_death(tmp_path: Path) -> None:
+    context = mp.start_processes(_late_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=False,
+                                 start_method="fork")
+    for process in context.processes:
+        process.join(90)
+    assert [process.exitcode for process in context.processes] == [0, 0]
+    assert (tmp_path / "rank0").read_text() == "[3]" == (tmp_path / "rank1").read_text()
+    with pytest.raises(ValueError, match="PeerWatch wants"):
+        distributed.PeerWatch(dead_after_s=10.0, startup_s=5.0)
+
+
+def test_input_list_from_stdin_is_refused_under_torchrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    class Unreadable(io.StringIO):
+        def __iter__(self):  # noqa: ANN204
+            raise AssertionError("a process under torchrun read standard input")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(sys, "stdin", Unreadable())
+    capsys.readouterr()
+    assert main(["segment", "--input-list", "-", "--classes", "cat,dog", "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--input-list - cannot be read under torchrun" in lines[0] and "FILE" in lines[0]
+
+
 def test_peer_watch_alone_is_a_no_op() -> None:
     with distributed.PeerWatch() as watch:
         watch.check()

@@ -174,13 +174,22 @@ class PeerWatch:
     instead of a collective; both raise :class:`PeerFailure` once a peer failed. Running alone,
     everything here is a no-op. Use it as a context manager (the thread stops on exit).
 
+    A process that has not yet beaten once (slow imports, CUDA initialisation, a model still loading on a
+    busy node) gets ``startup_s`` instead of ``dead_after_s``: a late start is not a death. Measured on a
+    2-core CPU (benchmarks/batch_bench.py): a killed process was noticed 16.7 s later without torchrun
+    (``dead_after_s`` 10 s under load), and 4.3 s later under torchrun, whose agent stops the rest itself.
+
     Args:
         interval_s: seconds between beats (and checks of the others).
-        dead_after_s: seconds without a beat after which a process is taken as dead.
+        dead_after_s: seconds without a beat after which a process that has beaten is taken as dead.
+        startup_s: seconds a process has for its first beat.
     """
 
-    def __init__(self, interval_s: float = 0.5, dead_after_s: float = 10.0) -> None:
-        self.interval_s, self.dead_after_s = interval_s, dead_after_s
+    def __init__(self, interval_s: float = 0.5, dead_after_s: float = 10.0, startup_s: float = 120.0) -> None:
+        if interval_s <= 0 or dead_after_s <= interval_s or startup_s < dead_after_s:
+            raise ValueError(f"PeerWatch wants 0 < interval_s < dead_after_s <= startup_s, not {interval_s}, "
+                             f"{dead_after_s}, {startup_s}")
+        self.interval_s, self.dead_after_s, self.startup_s = interval_s, dead_after_s, startup_s
         self.active = is_distributed()
         self.failure: str | None = None
         self._stop = threading.Event()
@@ -213,7 +222,7 @@ class PeerWatch:
                     current = self.store.add(f"{self.prefix}/beat/{rank}", 0)
                     if current != count:
                         seen[rank] = (current, now)
-                    elif now - since > self.dead_after_s:
+                    elif now - since > (self.dead_after_s if count else self.startup_s):
                         self.failure = f"process {rank} of {self.world_size} stopped answering (killed?)"
                         return
             except Exception as error:  # the store's host is gone: the group is broken

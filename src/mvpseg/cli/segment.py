@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -119,6 +120,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--onnx", metavar="FILE",
                         help="run the windows through this file of mvpseg export with onnxruntime (CPU); --prompts/"
                              "--student then give its class embeddings (default: the checkpoint it was exported from)")
+    parser.add_argument("--peer-timeout", type=float, default=10.0, metavar="S",
+                        help="under torchrun: a process silent for S seconds is taken as dead and the others stop "
+                             "(default: 10; a process gets 120 s, or 12 S if longer, for its first sign of life)")
     parser.add_argument("--out", default="mvpseg-out", metavar="DIR", help="output folder (default: mvpseg-out)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     parser.add_argument("--max-pixels", type=int, metavar="N",
@@ -151,6 +155,9 @@ def _report_inputs(inputs: ImageInputs, quiet: bool) -> None:
 def _images(args: argparse.Namespace) -> ImageInputs:
     """The images of the IMAGE arguments and the --input-list files (one line per bad list, exit 2)."""
     listed: list[str] = []
+    if "-" in (args.input_list or []) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--input-list - cannot be read under torchrun: every process would read the one standard "
+                         "input and get another part of it; write the list to a file and give --input-list FILE")
     for source in args.input_list or []:
         try:
             listed += read_input_list(source)
@@ -176,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     check_background_threshold(args.background_threshold, args.background)
     if args.refuse_different and not args.skip_existing:
         raise UsageError("--refuse-different goes with --skip-existing: it says what to do with outputs made differently")
+    if args.peer_timeout <= 1.0:
+        raise UsageError(f"--peer-timeout is a number of seconds above 1, not {args.peer_timeout}")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise UsageError(f"--max-pixels must be a positive number of pixels, not {args.max_pixels}")
     try:
@@ -190,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
     # Under torchrun every process lists the same inputs and takes its share (rank r of W: r, r + W, ...).
     ours = not distributed.is_distributed()  # a process group of the caller's is left as it is
     rank, world_size, device = distributed.init_distributed(args.device)
-    watch = distributed.PeerWatch()  # a failed process stops the others within seconds
+    # A failed process stops the others within seconds; a late first beat is not a failure.
+    watch = distributed.PeerWatch(dead_after_s=args.peer_timeout, startup_s=max(120.0, 12 * args.peer_timeout))
     try:
         if args.onnx:
             segmenter = Segmenter.from_onnx(args.onnx, prompts=args.prompts, student=args.student, clip=args.clip,
