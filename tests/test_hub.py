@@ -240,3 +240,12 @@ def test_pseudo_labels_from_a_hub_id_or_a_folder_fingerprint_the_resolved_file(
     for source in ("org/world-prompts", str(folder), str(WORLD_PROMPTS)):  # what transfer --prompts may be given
         check_pseudo_labels(tmp_path / "labels", dataset, source, use_gpr=False, label_void=False, confidence=0.0)
     assert no_network == []
+
+
+def test_huggingface_hub_is_a_declared_dependency_with_a_floor() -> None:
+    import re
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    declared = [entry for entry in project["dependencies"] if re.match(r"huggingface[-_]hub\b", entry)]
+    assert len(declared) == 1 and ">=" in declared[0]

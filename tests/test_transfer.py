@@ -306,3 +306,26 @@ def test_transfer_eval_and_segment_from_the_command_line(setup: tuple[Path, Path
     assert "not both" in capsys.readouterr().err
     assert main(["transfer", "--dataset", "custom", "--data-root", str(root), "--out", str(out)]) == 2
     assert "--prompts CKPT" in capsys.readouterr().err
+
+
+def test_train_and_transfer_record_the_inference_settings_their_models_are_made_for(
+        setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from mvpseg.checkpoint import read_prompt_checkpoint
+    from mvpseg.config import TrainConfig, inference_made_for
+    from mvpseg.train import train
+
+    root, weights, _ = setup
+    prompts = train(TrainConfig(dataset="custom", data_root=str(root), clip="test-tiny-rn", pretrained=str(weights),
+                                out=str(tmp_path / "train"), model=MVPSegConfig(num_prompts=2, num_context=3),
+                                iters=2, batch_size=2, crop_size=32, scale=(256, 64), num_workers=0,
+                                checkpoint_every=2), progress=False)
+    assert read_prompt_checkpoint(prompts, with_tensors=False)[1]["inference"] == {
+        "short_side": 64, "long_side": None, "mode": "slide", "crop_size": 512, "stride": 426}
+    student = transfer(_config(setup, tmp_path / "transfer", iters=2, scale=(256, 64)), progress=False)
+    assert read_student_checkpoint(student, with_tensors=False)[1]["inference"] == {
+        "short_side": 64, "long_side": None, "mode": "whole"}
+    segmenter = mvpseg.Segmenter.from_pretrained(student=student, pretrained=str(weights), device="cpu")
+    assert (segmenter.config.short_side, segmenter.config.mode) == (64, "whole")
+    assert inference_made_for("context60", (520, 520)) == {"short_side": None, "long_side": 520, "mode": "whole",
+                                                           "crop_size": 512, "stride": 426}
+    assert inference_made_for("voc", (2048, 512))["short_side"] == 512

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..build import build_student, from_pretrained
 from ..checkpoint import save_student_checkpoint
-from ..config import InferenceConfig, TransferConfig
+from ..config import InferenceConfig, TransferConfig, inference_made_for
 from ..data import build_dataset
 from ..inference import Segmenter
 from ..losses import segmentation_loss
@@ -138,6 +138,7 @@ def _transfer(config: TransferConfig, run: Run, progress: bool, callback: Callab
     log = RunLog(run.out, ("loss", "unseen_pixels", "lr", "tau1", "seconds"), run.start, enabled=main)
     teacher_info = {"prompts": Path(config.prompts).name, "config": teacher.config.to_dict()}
     extra = {"dataset": config.dataset, "class_names": names, "unseen": [names[i] for i in unseen]}
+    made_for = inference_made_for(dataset.info.name, config.scale, student=True)  # segment's default scale
     ignore = dataset.info.ignore_index
     unseen_ids = torch.tensor(unseen, device=device, dtype=torch.int64)
     from tqdm import tqdm
@@ -175,7 +176,7 @@ def _transfer(config: TransferConfig, run: Run, progress: bool, callback: Callab
             bar.set_postfix(loss=f"{values['loss']:.4f}", phase="teacher" if teaching else "self")
         bar.update(1)
         run.checkpoint(done, student, optimizer, lambda done=done: save_student_checkpoint(
-            run.out / "student.safetensors", student, teacher_info, extra={**extra, "iters": done}))
+            run.out / "student.safetensors", student, teacher_info, extra={**extra, "iters": done}, inference=made_for))
         if callback is not None:
             callback(done)
     bar.close()
