@@ -113,3 +113,18 @@ def test_modes_run_on_any_grid_and_tiny_towers(tiny_vit, mode) -> None:
     # an image on its own gives the features it has in a batch (SC-CLIP's statistics are per image)
     torch.testing.assert_close(dense_features(tiny_vit.model, images[1:2], vit_mode=mode), features[1:2],
                                atol=1e-5, rtol=1e-4)
+
+
+def test_blocks_run_as_open_clips_own_forward(vit_b16) -> None:
+    from mvpseg.dense import _block
+
+    x = torch.randn(2, 197, 768, generator=torch.Generator().manual_seed(4))
+    block = vit_b16.transformer.resblocks[3]
+    with torch.no_grad():
+        expected = block(x)
+        fused, none = _block(block, x)
+        written, weights = _block(block, x, keep_attention=True)
+    assert none is None and weights.shape == (2, 12, 197, 197)
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(written, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 12, 197))

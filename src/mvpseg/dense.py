@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
-from open_clip.transformer import VisionTransformer
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
 from .config import VIT_MODES
@@ -111,10 +111,33 @@ def _qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
 
 
-def _attention_weights(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A block's own attention ``softmax(q k^T s)`` for tokens x (B, L, W): (B, n, L, L)."""
-    q, k, _ = _qkv(block, x)
-    return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+def _block(block: nn.Module, x: torch.Tensor, keep_attention: bool = False
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One residual block of open_clip's ViT on tokens x (B, L, W), as its own forward computes it.
+
+    Attention runs through ``scaled_dot_product_attention`` (a fused kernel on the CPU, faster than
+    nn.MultiheadAttention's inference path, which writes out every attention matrix); with
+    ``keep_attention`` it is written out instead and returned, ``softmax(q k^T s)``: (B, n, L, L).
+    Blocks of other types (open_clip's custom blocks) run their own forward.
+
+    Returns:
+        The block's output (B, L, W) and its attention (or None).
+    """
+    if type(block) is not ResidualAttentionBlock or not block.attn.batch_first:
+        if keep_attention:
+            raise ValueError(f"{type(block).__name__} blocks cannot give their attention")
+        batch_first = getattr(block.attn, "batch_first", True)
+        out = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)  # NLD <-> LND
+        return out, None
+    q, k, v = _qkv(block, x)
+    weights = None
+    if keep_attention:
+        weights = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)  # (B, n, L, L)
+        mixed = weights @ v  # (B, n, L, W/n)
+    else:
+        mixed = F.scaled_dot_product_attention(q, k, v)  # (B, n, L, W/n)
+    x = x + block.ls_1(block.attn.out_proj(_merge_heads(mixed)))
+    return x + block.ls_2(block.mlp(block.ln_2(x))), weights
 
 
 def neighbourhood_bias(grid: tuple[int, int], std: float = NACLIP_STD) -> torch.Tensor:
@@ -281,21 +304,16 @@ def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str) -> to
     x = torch.cat([cls_token, x], dim=1)  # (B, 1 + h*w, W)
     x = x + _interpolated_positions(visual, (height, grid_width)).to(x.dtype)
     x = visual.ln_pre(x)
-    transformer = visual.transformer
-    blocks = list(transformer.resblocks)
+    blocks = list(visual.transformer.resblocks)
     middle = _middle_blocks(len(blocks) - 1) if mode == "resclip" else range(0)
     outputs: list[torch.Tensor] = []  # the output of every block but the last (scclip), (B, 1 + h*w, W)
     attentions: list[torch.Tensor] = []  # the middle blocks' own attention (resclip), (B, n, L, L)
-    if not transformer.batch_first:
-        x = x.transpose(0, 1)  # NLD -> LND
     for index, block in enumerate(blocks[:-1]):
-        if index in middle:
-            attentions.append(_attention_weights(block, x if transformer.batch_first else x.transpose(0, 1)))
-        x = block(x)
+        x, weights = _block(block, x, keep_attention=index in middle)
+        if weights is not None:
+            attentions.append(weights)
         if mode == "scclip":
-            outputs.append(x if transformer.batch_first else x.transpose(0, 1))
-    if not transformer.batch_first:
-        x = x.transpose(0, 1)  # LND -> NLD
+            outputs.append(x)
     grid = (height, grid_width)
     if mode == "scclip":
         x = visual.ln_post(_scclip_tokens(blocks[-1], outputs, grid))  # (B, h*w, W)
