@@ -295,12 +295,14 @@ def students_section(students: dict[str, Any] | None) -> list[str]:
                       "every time above is inflated and the ratios are noisy; rerun on an idle machine."]
     earlier = students.get("earlier")
     if earlier:  # the paper's presets as measured by the former version of this script (PyTorch only)
-        lines += ["", f"The paper's presets, measured by this script's former version (commit {earlier['commit']}, "
+        lines += ["", f"The paper's networks, measured by this script's former version (commit {earlier['commit']}, "
                       f"{earlier['date']}, load {earlier['load_average_at_start'][0]:.1f}; PyTorch only; MVP-SEG RN50: "
-                      f"{_s(earlier['mvpseg_predict_seconds'])}): "
-                  + "; ".join(f"{name} ({figures['arch']} {figures['backbone']}, output stride {figures['output_stride']}) "
+                      f"{_s(earlier['mvpseg_predict_seconds'])}) with mvpseg's 256-wide head on torchvision's ResNet-101: "
+                  + "; ".join(f"{figures['arch']} at output stride {figures['output_stride']} "
                               f"{_s(figures['predict_seconds'])}, {figures['predict_vs_mvpseg']:.2f}x MVP-SEG's, training step "
-                              f"{_s(figures['training_step_seconds'])}" for name, figures in earlier["students"].items()) + "."]
+                              f"{_s(figures['training_step_seconds'])}" for figures in earlier["students"].values())
+                  + ". The `paper` and `paper-v3plus` presets are now MaskCLIP+'s students (its D-wide heads on "
+                    "ResNetV1c-101) and were not measured here."]
     return lines + [""] + student_world_section(students.get("world"))
 
 
@@ -326,12 +328,53 @@ def notes_section(results: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def write(results: dict[str, Any], path: Path, figures: list[Path], students: dict[str, Any] | None = None) -> None:
-    """Write the Markdown report (``students``: the figures of benchmarks/student_bench.py, if measured)."""
+#: Paragraphs written by hand (what a measurement cannot say: why a row is what it is), kept out of the generated
+#: page so that a rerun keeps them: each ``## Heading`` block goes at the end of the report's section of that name.
+NOTES = Path(__file__).resolve().parent / "report_notes.md"
+
+
+def hand_written(path: Path = NOTES) -> dict[str, list[str]]:
+    """The hand-written paragraphs of ``path`` by section heading ({} when there is no such file)."""
+    if not path.is_file():
+        return {}
+    blocks: dict[str, list[str]] = {}
+    heading = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            heading = line
+            blocks[heading] = []
+        elif heading is not None:
+            blocks[heading].append(line)
+    return {key: [*"\n".join(lines).strip("\n").split("\n"), ""] for key, lines in blocks.items()}
+
+
+def _with_notes(lines: list[str], notes: dict[str, list[str]]) -> list[str]:
+    """``lines`` with each hand-written block at the end of its section (before the next ``## `` heading)."""
+    placed: list[str] = []
+    current = None
+    for line in lines:
+        if line.startswith("## ") and current in notes:
+            placed += notes[current]
+        if line.startswith("## "):
+            current = line
+        placed.append(line)
+    if current in notes:
+        placed += notes[current]
+    missing = set(notes) - {line for line in lines if line.startswith("## ")}
+    if missing:
+        raise ValueError(f"{NOTES.name} has notes for sections the report does not have: {', '.join(sorted(missing))}")
+    return placed
+
+
+def write(results: dict[str, Any], path: Path, figures: list[Path], students: dict[str, Any] | None = None,
+          notes: dict[str, list[str]] | None = None) -> None:
+    """Write the Markdown report (``students``: the figures of benchmarks/student_bench.py, if measured), with the
+    hand-written paragraphs of ``benchmarks/report_notes.md`` (or ``notes``) in their sections."""
     lines = ["# Benchmarks", "",
              "Speed and memory of mvpseg's inference and training, measured by `python benchmarks/run.py "
              "[--device cuda] [--quick] [--threads N]` (this page and `benchmarks/results.json` "
-             "are its output). CLIP weights are random (speed does not depend on their values); the ResNet's "
+             "are its output; paragraphs written by hand come from `benchmarks/report_notes.md`; a quick run writes "
+             "`docs/benchmarks_quick.md` instead). CLIP weights are random (speed does not depend on their values); the ResNet's "
              "BatchNorm statistics are set from one synthetic scene so that features vary over the image as a "
              "trained network's do, and the label maps are not one class everywhere. Images are synthetic scenes. "
              "Every figure is the median of repeated runs after a warm-up run.", ""]
@@ -343,5 +386,6 @@ def write(results: dict[str, Any], path: Path, figures: list[Path], students: di
         lines += [f"![{figure.stem}]({figure.name})" for figure in figures]
         lines += [""]
     lines += notes_section(results)
+    lines = _with_notes(lines, hand_written() if notes is None else notes)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))

@@ -1,6 +1,8 @@
 """mvpseg's benchmark suite: inference and training speed and memory, RN50 and ViT-B-16.
 
 Writes ``benchmarks/results.json``, ``docs/benchmarks.md`` and the scaling plots ``docs/benchmarks_*.png``
+(``--quick``: ``benchmarks/results_quick.json``, ``results_students_quick.json``, ``docs/benchmarks_quick.md`` and
+``docs/benchmarks_quick_*.png``, so that a quick run never replaces a full run's files)
 (with ``--device cuda``: ``results_cuda.json``, ``benchmarks_cuda.md`` and ``benchmarks_cuda_*.png``).
 
     pip install -e ".[bench]"
@@ -187,6 +189,12 @@ def require_plotting(no_plots: bool) -> None:
                  "(or pass --no-plots to write the results and the report without plots)")
 
 
+def file_suffix(device: str, quick: bool) -> str:
+    """The suffix of every file a run writes (results, student figures, report, plots): ``_quick`` for a quick run,
+    so that it never replaces a full run's files, then ``_cuda`` on a GPU."""
+    return ("_quick" if quick else "") + ("" if device == "cpu" else f"_{device.split(':')[0]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -201,14 +209,15 @@ def main() -> None:
                         help="rebuild the report and plots from an existing results JSON, measure nothing")
     args = parser.parse_args()
     require_plotting(args.no_plots)
-    suffix = "" if args.device == "cpu" else f"_{args.device.split(':')[0]}"
+    suffix = file_suffix(args.device, args.quick)
+    students_suffix = file_suffix(args.device, quick=False)  # the published student figures a report shows
     out = Path(args.out) if args.out else REPOSITORY / "benchmarks" / f"results{suffix}.json"
     report_path = Path(args.report) if args.report else REPOSITORY / "docs" / f"benchmarks{suffix}.md"
     if args.report_only:
         results = json.loads(out.read_text())
         results["notes"] = notes(results)
         figures = [] if args.no_plots else plots.write_all(results, REPOSITORY / "docs", prefix=f"benchmarks{suffix}")
-        report.write(results, report_path, figures, students(suffix))
+        report.write(results, report_path, figures, students(students_suffix))
         print(f"wrote {report_path}" + "".join(f", {figure}" for figure in figures))
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -231,7 +240,7 @@ def main() -> None:
     results["threads"] = threads_comparison(settings, section, stash["RN50"]["clip"])
     results["memory"] = memory_cases(settings, section, stash)
     results["training"] = train_bench.run(settings, section, end_to_end_run=args.end_to_end or not args.quick)
-    student_bench.write(settings, section)
+    student_bench.write(settings, section, path=REPOSITORY / "benchmarks" / f"results_students{suffix}.json")
     results["summary"] = summarise(results)
     results["sections"] = section.records
     results["run_seconds"] = time.perf_counter() - start

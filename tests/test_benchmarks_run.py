@@ -42,3 +42,35 @@ def test_no_plots_needs_no_matplotlib(tmp_path: Path) -> None:
     result = _run_without_matplotlib(["--quick", "--no-plots", "--out", str(tmp_path / "r.json"),
                                       "--report", str(tmp_path / "r.md")])
     assert "measurement started" in result.stderr  # it went on to measure
+
+
+def test_a_quick_run_never_writes_the_full_runs_files() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert run.file_suffix("cpu", quick=False) == "" and run.file_suffix("cuda:0", quick=False) == "_cuda"
+    assert run.file_suffix("cpu", quick=True) == "_quick" and run.file_suffix("cuda", quick=True) == "_quick_cuda"
+    source = (BENCHMARKS / "run.py").read_text()
+    assert 'student_bench.write(settings, section)' not in source  # its default is the full run's file
+
+
+def test_the_published_report_is_report_py_output_with_the_hand_written_paragraphs(tmp_path: Path) -> None:
+    import json
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import report
+        import run
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    docs = BENCHMARKS.parent / "docs"
+    results = json.loads((BENCHMARKS / "results.json").read_text())
+    results["notes"] = run.notes(results)
+    figures = sorted(docs.glob("benchmarks_*_scaling.png"))
+    report.write(results, tmp_path / "benchmarks.md", figures, run.students(""))
+    regenerated = (tmp_path / "benchmarks.md").read_text()
+    for paragraphs in report.hand_written().values():
+        assert all(line in regenerated for line in paragraphs if line)
+    assert regenerated == (docs / "benchmarks.md").read_text()  # a rerun loses nothing written by hand

@@ -244,6 +244,7 @@ def test_pseudo_labels_from_a_hub_id_or_a_folder_fingerprint_the_resolved_file(
 
 def test_huggingface_hub_is_a_declared_dependency_with_a_floor() -> None:
     import re
+
     import tomllib
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
