@@ -33,6 +33,7 @@ __all__ = [
     "TRANSFER_PRESETS",
     "STUDENT_PRESETS",
     "from_dict",
+    "inference_made_for",
     "to_dict",
 ]
 
@@ -131,7 +132,7 @@ class InferenceConfig:
     long_side: int | None = None  # resize so the long side has this length (mmseg's img_scale=(L, L) with keep_ratio); overrides short_side
     mode: Literal["slide", "whole"] = "slide"  # slide: overlapping crop windows (ZegCLIP); whole: the image at once (MaskCLIP)
     crop_size: int = 512  # sliding-window side (rounded down to a multiple of the feature stride)
-    stride: int = 426  # sliding-window step (rounded to the nearest multiple of the feature stride)
+    stride: int | None = None  # sliding-window step, at most the crop (rounded to the nearest multiple of the feature stride); default 426/512 of the crop (ZegCLIP's 426 for 512)
     batch_size: int = 4  # windows per forward pass
     precision: Precision = "auto"  # auto: fp32 on the CPU, bf16 (else fp16) autocast on CUDA; or fp32, bf16, fp16
     upsample_budget_mib: float = 64.0  # memory of the blocks of upsampled class scores (bounds memory on huge images)
@@ -153,12 +154,26 @@ class InferenceConfig:
             raise ValueError("short_side must be positive")
         if self.long_side is not None and self.long_side < 1:
             raise ValueError("long_side must be positive")
-        if self.crop_size < 1 or self.stride < 1 or self.batch_size < 1:
+        if self.crop_size < 1 or (self.stride is not None and self.stride < 1) or self.batch_size < 1:
             raise ValueError("crop_size, stride and batch_size must be positive")
+        if self.stride is not None and self.stride > self.crop_size:
+            raise ValueError(f"the window stride {self.stride} is larger than the crop {self.crop_size}: the windows "
+                             f"would leave gaps; give a stride of at most the crop (--stride), or none for "
+                             f"{self.default_stride(self.crop_size)}")
         if self.upsample_budget_mib <= 0 or (self.upsample_rows is not None and self.upsample_rows < 1):
             raise ValueError("upsample_budget_mib and upsample_rows must be positive")
         if self.text_batch < 1:
             raise ValueError("text_batch must be positive")
+
+    @staticmethod
+    def default_stride(crop_size: int) -> int:
+        """The window step of a crop when none is given: ZegCLIP's ratio, 426 for 512 (83 %)."""
+        return max(round(crop_size * 426 / 512), 1)
+
+    @property
+    def window_stride(self) -> int:
+        """The sliding-window step in pixels: ``stride``, or :meth:`default_stride` of the crop."""
+        return self.stride if self.stride is not None else self.default_stride(self.crop_size)
 
 
 #: Evaluation settings per dataset (MaskCLIP+ / ZegCLIP): short side 512 (Context 520), sliding 512-px
@@ -183,6 +198,24 @@ STUDENT_EVAL_PRESETS: dict[str, dict[str, Any]] = {
     "custom": {"short_side": 512, "long_side": None, "mode": "whole"},
     "context60": {"short_side": None, "long_side": 520, "mode": "whole"},
 }
+
+
+def inference_made_for(dataset: str, scale: tuple[int, int], student: bool = False) -> dict[str, Any]:
+    """The inference settings a run's model is made for, recorded in the checkpoint it writes: the dataset's
+    evaluation preset (:data:`STUDENT_EVAL_PRESETS` for a student, else :data:`EVAL_PRESETS`; "custom" for
+    a dataset without one) at the run's training scale, its short side ``min(scale)`` unless the preset sets
+    the long side.
+
+    Args:
+        dataset: the dataset's canonical name (voc, context, coco-stuff, context60, custom).
+        scale: the run's mmseg img_scale (long, short side).
+        student: for a student checkpoint (MaskCLIP+ evaluates students on the whole image).
+    """
+    presets = STUDENT_EVAL_PRESETS if student else EVAL_PRESETS
+    settings = {"short_side": 512, "long_side": None, **presets.get(dataset, presets["custom"])}
+    if settings.get("long_side") is None:
+        settings["short_side"] = min(scale)
+    return settings
 
 
 @dataclass

@@ -20,7 +20,7 @@ from . import distributed
 from .build import build_mvpseg
 from .checkpoint import CheckpointError, save_prompt_checkpoint
 from .clip import ClipBundle, load_clip
-from .config import TRAIN_PRESETS, TrainConfig
+from .config import TRAIN_PRESETS, TrainConfig, inference_made_for
 from .data import SegmentationDataset, build_dataset
 from .feature_cache import FeatureCache, build_feature_cache
 from .losses import total_loss
@@ -111,6 +111,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                                        progress and main)
     logger = RunLog(run.out, ("loss", "seg", "cls", "oc", "lr", "tau1", "tau2", "seconds"), run.start, enabled=main)
     extra = {"dataset": config.dataset, "trained_on": names, "transductive": config.transductive}
+    made_for = inference_made_for(dataset.info.name, config.scale)  # segment's default scale for these prompts
     from tqdm import tqdm
 
     bar = tqdm(total=config.iters, initial=run.start, desc="train", unit="it", disable=not (progress and main))
@@ -138,7 +139,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
         bar.update(1)
         run.checkpoint(done, model, optimizer, lambda done=done: save_prompt_checkpoint(
-            run.out / "prompts.safetensors", model, extra={**extra, "iters": done}))
+            run.out / "prompts.safetensors", model, extra={**extra, "iters": done}, inference=made_for))
         if callback is not None:
             callback(done)
     bar.close()
