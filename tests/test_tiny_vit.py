@@ -34,3 +34,54 @@ def test_text_only_init_takes_the_text_tower_and_keeps_a_new_image_tower(tmp_pat
         assert torch.equal(state[key], own[key]), key
     with pytest.raises(ValueError, match="init_towers"):
         initial_state(vit, path, towers="image")
+
+
+def test_prompts_keep_the_mode_they_were_learned_with(tiny_vit, tmp_path: Path) -> None:
+    from mvpseg.build import from_pretrained
+    from mvpseg.checkpoint import save_prompt_checkpoint
+    from mvpseg.dense import dense_features
+
+    model = mvpseg.build_mvpseg(tiny_vit, mvpseg.MVPSegConfig(num_prompts=2, vit_mode="naclip"))
+    path = save_prompt_checkpoint(tmp_path / "naclip.safetensors", model)
+    loaded = from_pretrained(prompts=path, pretrained=None)
+    assert loaded.clip.name == "test-tiny-vit" and loaded.config.vit_mode == "naclip"
+    images = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded.features(images),
+                               torch.nn.functional.normalize(dense_features(loaded.clip.model, images, "naclip"), dim=1))
+    # a Segmenter built from the file segments with that mode; an explicit mode overrides it
+    segmenter = mvpseg.Segmenter.from_pretrained(prompts=path, pretrained=None, device="cpu")
+    assert segmenter.model.config.vit_mode == "naclip"
+    assert from_pretrained(prompts=path, pretrained=None, vit_mode="qq").config.vit_mode == "qq"
+    with pytest.raises(ValueError, match="vit_mode must be one of"):
+        from_pretrained(prompts=path, pretrained=None, vit_mode="sclip")
+
+
+def test_zero_training_default_is_scclip_on_vit_b16(tiny_vit, monkeypatch) -> None:
+    import mvpseg.build as build
+
+    asked: list[str] = []
+
+    def load_clip(name, pretrained=None, device="cpu"):  # records the CLIP asked for, gives a tiny ViT
+        asked.append(name)
+        return tiny_vit
+
+    monkeypatch.setattr(build, "load_clip", load_clip)
+    templates = build.from_pretrained(pretrained=None)  # no prompts, no CLIP named: the templates' default
+    assert asked == ["ViT-B-16"] and templates.config.vit_mode == "scclip" and templates.prompts is None
+    assert build.from_pretrained(clip="test-tiny-vit", pretrained=None).config.vit_mode == "scclip"
+    assert build.from_pretrained(clip="test-tiny-vit", pretrained=None, vit_mode="naclip").config.vit_mode == "naclip"
+    assert asked[1:] == ["test-tiny-vit", "test-tiny-vit"]
+
+
+def test_segment_takes_a_vit_mode(tiny_vit, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from mvpseg.cli import main
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    common = ["segment", str(tmp_path / "a.png"), "--classes", "cat,dog", "--clip", "test-tiny-vit",
+              "--pretrained", "none", "--short-side", "64", "--quiet"]
+    assert main([*common, "--vit-mode", "naclip", "--out", str(tmp_path / "naclip")]) == 0
+    assert (tmp_path / "naclip" / "a.png").is_file()
+    assert main([*common, "--onnx", str(tmp_path / "m.onnx"), "--vit-mode", "naclip", "--out", str(tmp_path / "x")]) == 2

@@ -25,7 +25,15 @@ from .checkpoint import (
     read_student_checkpoint,
 )
 from .clip import ClipBundle, ClipWeightsUnavailable, load_clip
-from .config import DEFAULT_CLIP, MVPSegConfig, StudentConfig, from_dict
+from .config import (
+    DEFAULT_CLIP,
+    TEMPLATE_CLIP,
+    TEMPLATE_VIT_MODE,
+    VIT_MODES,
+    MVPSegConfig,
+    StudentConfig,
+    from_dict,
+)
 from .model import MVPHead, MVPSeg
 from .prompts import PromptLearner
 
@@ -233,17 +241,22 @@ def from_pretrained(
     prompts: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     student: str | os.PathLike[str] | None = None,
+    vit_mode: str | None = None,
 ) -> MVPSeg | Student:
     """Load a CLIP and, optionally, learned prompts or a student: the model behind ``mvpseg segment`` and ``eval``.
 
     Args:
-        clip: open_clip architecture; default the checkpoint's, else :data:`mvpseg.config.DEFAULT_CLIP`.
+        clip: open_clip architecture; default the checkpoint's, else (MaskCLIP's templates)
+            :data:`mvpseg.config.TEMPLATE_CLIP`, ViT-B-16.
         pretrained: open_clip tag, local weights file, or None for random weights; "auto": the weights
             the checkpoint was learned on (a tag, or the shipped tiny CLIP's "mvpseg"), else "openai".
         prompts: a prompt checkpoint: a file, a model folder, or a Hugging Face Hub id (``org/name[@revision]``,
             :mod:`mvpseg.hub`); None uses MaskCLIP's 85 templates.
         device: where to load CLIP.
         student: an MVP-SEG+ student checkpoint (file, folder or Hub id) instead of prompts (it holds its prompts).
+        vit_mode: how a ViT's last block gives dense features (:data:`mvpseg.config.VIT_MODES`); default
+            the prompt checkpoint's, else (templates) :data:`mvpseg.config.TEMPLATE_VIT_MODE`, SC-CLIP's.
+            ResNet towers ignore it; a student has no use for it.
 
     Returns:
         The model, in eval mode.
@@ -254,11 +267,15 @@ def from_pretrained(
     """
     if prompts is not None and student is not None:
         raise ValueError("give prompts or a student, not both (a student holds the prompts it was taught with)")
+    if vit_mode is not None and vit_mode not in VIT_MODES:
+        raise ValueError(f"vit_mode must be one of {', '.join(VIT_MODES)}, not {vit_mode!r}")
+    if vit_mode is not None and student is not None:
+        raise ValueError("a student segments with its own network: vit_mode is for prompts and templates")
     prompts, student = local_checkpoint(prompts, "prompts"), local_checkpoint(student, "student")
     source_file = student if student is not None else prompts
     learned_name, learned_source = (checkpoint_clip(source_file, "student" if student is not None else "prompts")
                                     if source_file is not None else (None, None))
-    name = clip or learned_name or DEFAULT_CLIP
+    name = clip or learned_name or (DEFAULT_CLIP if source_file is not None else TEMPLATE_CLIP)
     if pretrained == "auto":
         if name != learned_name or learned_source is None:
             pretrained = "openai"
@@ -272,4 +289,9 @@ def from_pretrained(
     bundle = load_clip(name, pretrained, device=device)
     if student is not None:
         return load_student(student, bundle)
-    return load_mvpseg(prompts, bundle) if prompts is not None else build_mvpseg(bundle, None).eval()
+    if prompts is None:
+        return build_mvpseg(bundle, None, vit_mode=vit_mode or TEMPLATE_VIT_MODE).eval()
+    model = load_mvpseg(prompts, bundle)
+    if vit_mode is not None:  # the user's choice over the mode the prompts were learned with
+        model.config = dataclasses.replace(model.config, vit_mode=vit_mode)
+    return model

@@ -15,6 +15,8 @@ from typing import Any, Literal, get_args, get_type_hints
 
 __all__ = [
     "DEFAULT_CLIP",
+    "TEMPLATE_CLIP",
+    "TEMPLATE_VIT_MODE",
     "TINY_CLIP_NAME",
     "VIT_MODES",
     "PRECISIONS",
@@ -39,6 +41,10 @@ __all__ = [
 
 #: The CLIP used when none is named (and no checkpoint names one).
 DEFAULT_CLIP = "RN50"
+#: The CLIP and ViT mode of zero-training segmentation (no prompts, no student): the first of mvpseg's
+#: dense modes in published tables, SC-CLIP on ViT-B/16 (README, "Zero-training defaults").
+TEMPLATE_CLIP = "ViT-B-16"
+TEMPLATE_VIT_MODE = "scclip"
 #: The project's own tiny CLIP, pretrained on the synthetic world and shipped inside the package.
 TINY_CLIP_NAME = "mvpseg-tiny"
 

@@ -127,11 +127,12 @@ class Segmenter:
         config: InferenceConfig | None = None,
         student: str | os.PathLike[str] | None = None,
         overrides: Mapping[str, Any] | None = None,
+        vit_mode: str | None = None,
     ) -> Segmenter:
         """Load CLIP and, optionally, learned prompts or an MVP-SEG+ student.
 
         Args:
-            clip: open_clip architecture; default the checkpoint's, else "RN50".
+            clip: open_clip architecture; default the checkpoint's, else (templates) "ViT-B-16".
             pretrained: open_clip tag, local weights file, or None for random weights; "auto": the
                 weights the prompt checkpoint was learned on when it names a tag, else "openai".
             prompts: a prompt checkpoint: a file, a model folder or a Hugging Face Hub id (``org/name[@revision]``;
@@ -143,12 +144,14 @@ class Segmenter:
                 (it holds its own).
             overrides: InferenceConfig fields laid over ``config`` (or the checkpoint's settings): what
                 a user typed (``{"short_side": 512}``).
+            vit_mode: a ViT's dense mode; default the prompts', else (templates) "scclip"
+                (:func:`mvpseg.build.from_pretrained`).
 
         Returns:
             A ready :class:`Segmenter`.
         """
         target = default_device(device)
-        model = build.from_pretrained(clip, pretrained, prompts, device=target, student=student)
+        model = build.from_pretrained(clip, pretrained, prompts, device=target, student=student, vit_mode=vit_mode)
         base = config or InferenceConfig(**getattr(model, "inference_settings", {}))
         return cls(model, config=with_overrides(base, overrides), device=target)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ..config import DEFAULT_CLIP, InferenceConfig
+from ..config import DEFAULT_CLIP, TEMPLATE_CLIP, TEMPLATE_VIT_MODE, VIT_MODES, InferenceConfig
 from .flags import add_config_flags, apply_overrides, overrides
 
 if TYPE_CHECKING:
@@ -19,17 +19,20 @@ class UsageError(Exception):
     """A bad argument: reported as one line, exit status 2."""
 
 
-def add_clip_arguments(parser: argparse.ArgumentParser, default_from: str = "the prompt checkpoint's") -> None:
+def add_clip_arguments(parser: argparse.ArgumentParser, default_from: str = "the prompt checkpoint's",
+                       vit_mode: bool = False) -> None:
     """The CLIP options every command that loads a CLIP shares (destinations clip, pretrained, clip_weights, device).
 
     Args:
         parser: the command's parser.
         default_from: whose CLIP (architecture and weights) is the default when neither is given.
+        vit_mode: add ``--vit-mode`` (destination vit_mode), for the commands that segment with prompts or templates.
     """
     group = parser.add_argument_group("CLIP")
     group.add_argument("--clip", default=None,
                        help=f"open_clip architecture (RN50, RN101, ViT-B-16, ... or mvpseg-tiny); "
-                            f"default: {default_from}, else {DEFAULT_CLIP}")
+                            f"default: {default_from}, else {DEFAULT_CLIP} (with MaskCLIP's templates: "
+                            f"{TEMPLATE_CLIP})")
     group.add_argument("--pretrained", default=None,
                        help="open_clip pretrained tag (openai, laion2b_s34b_b88k, ...; 'mvpseg' for mvpseg-tiny's "
                             f"shipped weights), or 'none' for random weights (default: {default_from} when it names a "
@@ -39,6 +42,11 @@ def add_clip_arguments(parser: argparse.ArgumentParser, default_from: str = "the
                             "overrides --pretrained. Without network, download it elsewhere and pass it here, "
                             "or point the MVPSEG_CLIP_CACHE environment variable at open_clip's cache folder")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    if vit_mode:
+        group.add_argument("--vit-mode", choices=VIT_MODES, default=None,
+                           help=f"how a ViT's last block gives dense features (docs/method.md); default: the prompt "
+                                f"checkpoint's, else {TEMPLATE_VIT_MODE} (SC-CLIP's; with MaskCLIP's templates the "
+                                f"CLIP is {TEMPLATE_CLIP} unless --clip names another). ResNets ignore it")
 
 
 def clip_source(args: argparse.Namespace, default: str | None = "auto") -> str | None:

@@ -44,7 +44,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images of the split")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for metrics.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_clip_arguments(parser)
+    add_clip_arguments(parser, vit_mode=True)
     add_inference_flags(parser, presets={name: values for name, values in EVAL_PRESETS.items() if name != "custom"})
     parser.set_defaults(run=run)
 
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     _, _, device = init_distributed(args.device)
     try:
         segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                              student=args.student,
+                                              student=args.student, vit_mode=args.vit_mode,
                                               device=device, config=config)
         metrics = evaluate(segmenter, dataset, limit=args.limit, progress=not args.quiet)
         if is_main_process():

@@ -36,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--background", metavar="NAME", help="with --classes: the background class (class 0)")
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                         help="torch's exporter: dynamo (torch.export, the default) or the older TorchScript one")
-    add_clip_arguments(parser)
+    add_clip_arguments(parser, vit_mode=True)
     add_config_flags(parser, InferenceConfig, skip=[f for f in InferenceConfig.__dataclass_fields__ if f not in _SCALE_FIELDS],
                      title="inference settings recorded in the file (default: the checkpoint's)")
     parser.set_defaults(run=run)
@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(error)) from error
     elif args.background:
         raise UsageError("--background bakes a class in: give it with --classes")
-    model = from_pretrained(args.clip, clip_source(args), args.prompts, device="cpu", student=args.student)
+    model = from_pretrained(args.clip, clip_source(args), args.prompts, device="cpu", student=args.student,
+                            vit_mode=args.vit_mode)
     source = args.student or args.prompts
     path = export_onnx(model, args.out, classes=names, source=source, dynamo=args.exporter == "dynamo",
                        inference=typed)

@@ -128,7 +128,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-pixels", type=int, metavar="N",
                         help="read images of up to N pixels (width x height); default: Pillow's guard against "
                              "decompression bombs, about 179 million. Raise it only for large images you trust")
-    add_clip_arguments(parser)
+    add_clip_arguments(parser, vit_mode=True)
     add_inference_flags(parser)
     parser.set_defaults(run=run)
 
@@ -181,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
 
     classes, background = parse_vocabulary(args)
     check_background_threshold(args.background_threshold, args.background)
+    if args.onnx and args.vit_mode:
+        raise UsageError("--vit-mode: an ONNX file runs the dense mode it was exported with (mvpseg export --vit-mode MODE)")
     if args.refuse_different and not args.skip_existing:
         raise UsageError("--refuse-different goes with --skip-existing: it says what to do with outputs made differently")
     if args.peer_timeout <= 1.0:
@@ -207,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
                                             pretrained=clip_source(args), overrides=inference_overrides(args))
         else:
             segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                                  student=args.student,
+                                                  student=args.student, vit_mode=args.vit_mode,
                                                   device=device, overrides=inference_overrides(args))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                              "world prompts on the tiny CLIP; with --clip alone: MaskCLIP's 85 templates")
     parser.add_argument("--student", metavar="CKPT",
                         help="an MVP-SEG+ student (.safetensors from mvpseg transfer, a model folder, or a Hugging Face Hub id org/name[@rev]) instead of --prompts")
-    add_clip_arguments(parser)
+    add_clip_arguments(parser, vit_mode=True)
     add_inference_flags(parser)
     parser.set_defaults(run=run)
 
@@ -75,7 +75,8 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
         return Segmenter.from_pretrained(clip=TINY_CLIP_NAME, pretrained="mvpseg", prompts=WORLD_PROMPTS,
                                          device=args.device, overrides=inference_overrides(args))
     return Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                     student=args.student, device=args.device, overrides=inference_overrides(args))
+                                     student=args.student, device=args.device, overrides=inference_overrides(args),
+                                     vit_mode=args.vit_mode)
 
 
 def _check_port(host: str, port: int) -> None:
