@@ -191,16 +191,26 @@ def test_parts_demo_measures_views_and_gpr_off(tmp_path: Path) -> None:
                  "--iters", "2", "--batch-size", "4", "--seeds", "2", "--student-iters", "0", "--overlays", "1",
                  "--clip-weights", str(weights), "--quiet"]) == 0
     rows = {row["name"]: row for row in json.loads((out / "results.json").read_text())}
-    assert list(rows) == ["templates", "1-prompt", "k-prompts", "k-prompts+ocloss", "mvp-seg", "gpr-off"]
-    for name in ("k-prompts", "k-prompts+ocloss", "mvp-seg", "gpr-off"):
+    assert list(rows) == ["templates", "1-prompt", "k-prompts", "k-prompts+ocloss", "mvp-seg", "mvp-seg+views",
+                          "mvp-seg+overlap", "gpr-off"]
+    ceiling = json.loads((out / "run_info.json").read_text())["view_ceiling"]
+    for name in ("k-prompts", "k-prompts+ocloss", "mvp-seg", "mvp-seg+views", "mvp-seg+overlap", "gpr-off"):
         assert [run["seed"] for run in rows[name]["seeds"]] == [0, 1]
-        assert set(rows[name]["views"]) >= {"js", "differ"}
+        assert set(rows[name]["views"]) >= {"js", "differ", "lead_js", "lead_differ", "ceiling_js", "ceiling_lead_js"}
+        assert rows[name]["views"]["ceiling_lead_js"] == ceiling["lead_js"]  # one ceiling per world seed
+        assert set(rows[name]["seeds"][0]["views"]["summary"]) >= {"js", "differ", "lead_js", "lead_differ"}
         assert rows[name]["spread"]["miou"][0] <= rows[name]["miou"] <= rows[name]["spread"]["miou"][1]
+    assert 0.0 < ceiling["js"] <= 1.0 and 0.0 < ceiling["lead_js"] <= 1.0
+    # the view-assignment row trained with its term (its log has the plan's entropy), MVP-SEG's without
+    assert "views_entropy" in (out / "runs" / "mvp-seg+views" / "seed-0" / "log.csv").read_text().split("\n")[0]
+    assert "views" not in (out / "runs" / "mvp-seg" / "seed-0" / "log.csv").read_text().split("\n")[0]
+    assert "overlap" in (out / "runs" / "mvp-seg+overlap" / "seed-0" / "log.csv").read_text().split("\n")[0]
     # GPR off evaluates the very prompts of the MVP-SEG row: the same part views, other labels possible
     assert rows["gpr-off"]["views"] == rows["mvp-seg"]["views"]
     assert "views" not in rows["templates"]
     table = (out / "results.md").read_text()
     assert "MVP-SEG, GPR switched off at inference" in table and "part diversity" in table
+    assert "which prompt leads" in table and "ceiling" in table and "MVP-SEG + views" in table
     run = json.loads((out / "run_info.json").read_text())
     assert run["config"]["world"] == "parts" and run["config"]["short_side"] == 256
     assert (out / "world" / "SegmentationPart").is_dir()
@@ -218,4 +228,4 @@ def test_full_parts_demo_with_the_shipped_parts_clip(tmp_path: Path) -> None:
     assert rows["mvp-seg"]["hiou"] > rows["gpr-off"]["hiou"]
     assert rows["mvp-seg+"]["hiou"] >= rows["mvp-seg"]["hiou"] + 10.0
     assert all(0.0 <= rows[name]["views"]["js"] <= 1.0 for name in ("k-prompts", "k-prompts+ocloss", "mvp-seg"))
-    assert len(list(tmp_path.glob("views_*.png"))) == 3
+    assert all(len(list(tmp_path.glob(f"{prefix}_*.png"))) == 3 for prefix in ("views", "views-loss", "overlap"))

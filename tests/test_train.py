@@ -111,6 +111,44 @@ def test_killed_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(setup
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_with_the_view_terms_off_never_runs_them_and_one_with_them_resumes_bit_for_bit(
+        setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mvpseg.losses
+
+    def never(*args, **kwargs):
+        raise AssertionError("a view term ran while switched off")
+
+    plain = train(_config(setup, tmp_path / "plain", iters=3), progress=False)
+    with monkeypatch.context() as patch:  # the default run again, with the view terms unable to run
+        patch.setattr(mvpseg.losses, "view_assignment_loss", never)
+        patch.setattr(mvpseg.losses, "overlap_penalty", never)
+        again = train(_config(setup, tmp_path / "again", iters=3), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(load_file(plain).values(), load_file(again).values()))
+    with (tmp_path / "plain" / "log.csv").open() as handle:
+        assert "views" not in next(csv.reader(handle))  # the paper's log columns only
+
+    loss = LossWeights(views=1.0, views_epsilon=0.02, overlap=0.5, views_classes=("red car", "grass"))
+    whole = train(_config(setup, tmp_path / "whole", loss=loss), progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(load_file(plain).values(), load_file(whole).values()))
+
+    def kill_after_step_4(step: int) -> None:
+        if step == 4:
+            raise _Killed
+
+    config = _config(setup, tmp_path / "killed", loss=loss)
+    with pytest.raises(_Killed):
+        train(config, progress=False, callback=kill_after_step_4)
+    resumed = train(config, resume=True, progress=False)
+    expected, got = load_file(whole), load_file(resumed)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    with (tmp_path / "killed" / "log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(0.0 <= float(r["views_entropy"]) <= np.log(2) + 1e-6 and "overlap" in r for r in rows)
+    with pytest.raises(CheckpointError, match="loss"):  # another weight: another run
+        train(replace(config, loss=replace(loss, views=2.0)), resume=True, progress=False)
+
+
 def test_resume_refuses_another_run(setup: tuple[Path, Path], tmp_path: Path) -> None:
     config = _config(setup, tmp_path / "run", iters=3)
     train(config, progress=False)

@@ -123,11 +123,19 @@ class MVPSegConfig:
 
 @dataclass
 class LossWeights:
-    """``L = seg * L_seg + cls * L_cls + oc * L_OC`` (paper: weights not given; default 1, 1, 1)."""
+    """``L = seg * L_seg + cls * L_cls + oc * L_OC`` (paper: weights not given; default 1, 1, 1).
+
+    Beyond the paper, off by default: ``views * L_views + overlap * L_overlap`` (:mod:`mvpseg.losses`).
+    """
 
     seg: float = 1.0  # weight of L_seg, the pixel cross-entropy of the final map
     cls: float = 1.0  # weight of L_cls, GPR's image-level presence loss (0 turns it off)
     oc: float = 1.0  # weight of L_OC, the Orthogonal Constraint Loss between prompts (0 turns it off)
+    views: float = 0.0  # beyond the paper: weight of L_views, each thing's cells assigned to the K prompts by a Sinkhorn plan (0: off, the paper)
+    views_epsilon: float = 0.01  # entropic regularisation of the view assignment's Sinkhorn plan on the prompts' cosines (ProtoSeg: 0.05; keep 1/epsilon above K tau1, docs/method.md)
+    views_iterations: int = 3  # Sinkhorn iterations of the view assignment (ProtoSeg: 3)
+    overlap: float = 0.0  # beyond the paper: weight of the map-overlap penalty, the weighted cosine between the prompts' centred maps inside each thing (0: off)
+    views_classes: tuple[str, ...] = ()  # class names L_views and the overlap penalty are taken over (empty: every labelled class)
 
 
 @dataclass
@@ -338,6 +346,7 @@ class DemoConfig:
     student_crop_size: int = 96  # MVP-SEG+ row: random crops of the world's images
     student_lr: float = 5e-4  # MVP-SEG+ row: AdamW learning rate of the student
     student_head_channels: int = 64  # MVP-SEG+ row: width of the student's DeepLabv2 decoder
+    views_rows: bool | None = None  # beyond the paper: add the rows MVP-SEG + views (view-assignment loss) and MVP-SEG + map-overlap penalty; none: in the parts world only
 
 
 @dataclass

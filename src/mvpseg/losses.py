@@ -1,4 +1,9 @@
-"""MVP-SEG's losses: pixel cross-entropy, GPR's presence loss, and the Orthogonal Constraint Loss."""
+"""MVP-SEG's losses: pixel cross-entropy, GPR's presence loss, and the Orthogonal Constraint Loss.
+
+Beyond the paper, off by default (training only; inference never sees them): the view-assignment loss
+(a Sinkhorn plan splits each thing's cells between the K prompts, ProtoSeg-style) and a map-overlap
+penalty between the prompts' centred maps inside each thing.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import torch.nn.functional as F
 from .config import LossWeights
 from .model import MVPSegOutput
 
-__all__ = ["LossWeights", "labelled_weight", "segmentation_loss", "presence_targets", "presence_loss", "orthogonality_loss", "total_loss"]
+__all__ = ["LossWeights", "labelled_weight", "segmentation_loss", "presence_targets", "presence_loss", "orthogonality_loss",
+           "cell_weights", "sinkhorn_plan", "view_assignment_loss", "overlap_penalty", "total_loss"]
 
 
 def segmentation_loss(output: MVPSegOutput, labels: torch.Tensor, ignore_index: int = 255,
@@ -100,11 +106,147 @@ def orthogonality_loss(mean_contexts: torch.Tensor) -> torch.Tensor:
     return cosines[pairs[0], pairs[1]].abs().sum()
 
 
+def cell_weights(labels: torch.Tensor, grid: tuple[int, int], num_classes: int) -> torch.Tensor:
+    """The fraction of each feature cell that each class covers: (B, H, W) labels -> (B, C, h, w).
+
+    Ignored pixels count for no class (a cell half ignored and half class c has weight 0.5 for c).
+    """
+    onehot = F.one_hot(labels.clamp(0, num_classes), num_classes + 1)  # ignore (>= C) -> column C
+    onehot = onehot[..., :num_classes].permute(0, 3, 1, 2).float()  # (B, H, W, C) -> (B, C, H, W)
+    return F.adaptive_avg_pool2d(onehot, grid)  # (B, C, h, w)
+
+
+@torch.no_grad()
+def sinkhorn_plan(scores: torch.Tensor, weights: torch.Tensor, epsilon: float = 0.01,
+                  iterations: int = 3) -> torch.Tensor:
+    """Entropic optimal transport of cells to prompts, batched: cost ``1 - S``, marginals ``1/K`` and ``w / sum w``.
+
+    The plan is ``Q = diag(u) exp(S / epsilon) diag(v)`` (the constant 1 of the cost cancels), found by
+    normalising the cells once, then alternating the two normalisations ``iterations`` times, prompts first
+    and cells last (ProtoSeg's order), so that each cell's column sums exactly to its weight and each
+    prompt's row to about ``1/K``; anything all prompts share at a cell is without effect on it.
+
+    Args:
+        scores: (G, K, N) the prompts' cosines at N cells, for G groups (one thing in one crop each).
+        weights: (G, N) non-negative cell weights; cells of weight 0 get no mass.
+        epsilon: entropic regularisation (smaller: a harder plan).
+        iterations: Sinkhorn iterations.
+
+    Returns:
+        (G, K, N) float32 plan; every group's entries sum to 1. No gradient.
+    """
+    scores = scores.double()
+    weights = weights.double().clamp_min(0.0)
+    present = (weights > 0)[:, None, :]  # (G, 1, N)
+    # exp((S - max) / epsilon) stays above 1e-300 in float64 for cosines (a spread of at most 2).
+    logits = (scores - scores.amax(dim=(1, 2), keepdim=True)) / epsilon
+    plan = logits.exp() * present
+    rows = torch.full_like(plan[:, :, :1], 1.0 / scores.shape[1])  # (G, K, 1)
+    columns = (weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-300))[:, None, :]  # (G, 1, N)
+    tiny = 1e-300
+    # Cells first: a map that every prompt shares (a factor per cell) is then gone before the first row step,
+    # so the plan, like softmax_k, does not see it even after a few iterations.
+    plan = plan * (columns / plan.sum(dim=1, keepdim=True).clamp_min(tiny))
+    for _ in range(iterations):
+        plan = plan * (rows / plan.sum(dim=2, keepdim=True).clamp_min(tiny))
+        plan = plan * (columns / plan.sum(dim=1, keepdim=True).clamp_min(tiny))
+    return plan.float()
+
+
+def _thing_groups(output: MVPSegOutput, labels: torch.Tensor, classes: torch.Tensor | None,
+                  ignore_index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The segmentation prompts' cosines and the cell weights of every (image, class) present in the crop.
+
+    Returns:
+        scores (G, K, N) and weights (G, N), N = h*w cells; None when no class of ``classes`` is labelled.
+    """
+    maps = output.prompt_maps  # (B, P, C, h, w): learned prompts have the global one at index 0 (P = K + 1)
+    segment = maps[:, 1:] if maps.shape[1] > 1 else maps  # (B, K, C, h, w)
+    num_classes, h, w = segment.shape[2:]
+    weights = cell_weights(labels, (h, w), num_classes)  # ignore_index (>= C) counts for no class
+    if classes is not None:
+        weights = weights * classes.to(weights.device, weights.dtype)[None, :, None, None]
+    weights = weights.flatten(2)  # (B, C, h, w) -> (B, C, h*w)
+    image, cls = (weights.sum(dim=2) > 0).nonzero(as_tuple=True)  # the G present (image, class) pairs
+    if len(image) == 0:
+        return None
+    scores = segment.float().flatten(3)[image, :, cls]  # (B, K, C, h*w) -> (G, K, h*w)
+    return scores, weights[image, cls]
+
+
+def view_assignment_loss(output: MVPSegOutput, labels: torch.Tensor, tau1: torch.Tensor | float,
+                         classes: torch.Tensor | None = None, epsilon: float = 0.01, iterations: int = 3,
+                         ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_views: each thing's cells, split between the K prompts by a Sinkhorn plan, supervise ``softmax_k``.
+
+    For class c in image b, with ``w_x`` the fraction of cell x labelled c and ``S[k, x] = m_k^c(x)``, the
+    plan ``Q`` of :func:`sinkhorn_plan` (no gradient) is normalised per cell to ``Q_hat[x, k]`` and
+    ``L_views = sum_x w_x sum_k -Q_hat[x, k] log softmax_k(K tau1 S[:, x]) / sum_x w_x`` over every
+    (b, c) together. ``softmax_k`` is blind to anything all prompts share (L_seg trains their sum), so the
+    two terms do not fight. ``tau1`` enters as a constant: the term does not move the fusion's scale.
+
+    Args:
+        output: the model's output; its K segmentation prompts' maps are read.
+        labels: (B, H, W) int64 labels.
+        tau1: the fusion scale (detached here).
+        classes: (C,) bool, the classes the term is taken over (default every labelled class).
+        epsilon: the plan's entropic regularisation.
+        iterations: Sinkhorn iterations.
+        ignore_index: label value that is skipped.
+
+    Returns:
+        (loss, entropy): the scalar loss (0 when no class is present or K = 1) and the plan's mean row
+        entropy ``-sum_k Q_hat[x, k] log Q_hat[x, k]`` weighted by ``w_x`` (log K: no split at all).
+    """
+    zero = output.fused_logits.new_zeros(())
+    groups = _thing_groups(output, labels, classes, ignore_index)
+    if groups is None or groups[0].shape[1] < 2:
+        return zero, zero
+    scores, weights = groups  # (G, K, N), (G, N)
+    plan = sinkhorn_plan(scores.detach(), weights, epsilon, iterations)
+    target = plan / plan.sum(dim=1, keepdim=True).clamp_min(1e-30)  # Q_hat: each cell's split over prompts
+    scale = torch.as_tensor(tau1, dtype=scores.dtype, device=scores.device).detach() * scores.shape[1]
+    log_split = (scale * scores).log_softmax(dim=1)  # (G, K, N)
+    per_cell = -(target * log_split).sum(dim=1)  # (G, N)
+    total = weights.sum().clamp_min(1e-12)
+    entropy = -(target * target.clamp_min(1e-30).log()).sum(dim=1)
+    return (weights * per_cell).sum() / total, ((weights * entropy).sum() / total).detach()
+
+
+def overlap_penalty(output: MVPSegOutput, labels: torch.Tensor, classes: torch.Tensor | None = None,
+                    ignore_index: int = 255) -> torch.Tensor:
+    """The map-overlap penalty: the weighted cosine between two prompts' centred maps inside each thing.
+
+    For class c in image b, each prompt's map is centred by its ``w``-weighted mean over the thing's cells
+    (CLIP's cosines share a positive offset that would dominate otherwise), and
+    ``cos_kl = sum_x w_x m~_k m~_l / sqrt(sum_x w_x m~_k^2 sum_x w_x m~_l^2)``; the penalty is the mean over
+    prompt pairs, averaged over the (b, c) with the weight of their cells. Identical maps score 1, maps on
+    complementary parts below 0.
+
+    Returns:
+        Scalar penalty; 0 when no class is present or K = 1.
+    """
+    zero = output.fused_logits.new_zeros(())
+    groups = _thing_groups(output, labels, classes, ignore_index)
+    if groups is None or groups[0].shape[1] < 2:
+        return zero
+    scores, weights = groups  # (G, K, N), (G, N)
+    mass = weights.sum(dim=1)  # (G,)
+    centred = scores - (scores * weights[:, None]).sum(dim=2, keepdim=True) / mass[:, None, None]
+    gram = torch.einsum("gkn,gln->gkl", centred * weights[:, None], centred)  # (G, K, K) weighted covariances
+    norm = gram.diagonal(dim1=1, dim2=2).clamp_min(1e-12).sqrt()  # (G, K)
+    cosine = gram / (norm[:, :, None] * norm[:, None, :])
+    pairs = torch.triu_indices(scores.shape[1], scores.shape[1], offset=1, device=scores.device)
+    per_group = cosine[:, pairs[0], pairs[1]].mean(dim=1)  # (G,)
+    return (mass * per_group).sum() / mass.sum()
+
+
 def total_loss(output: MVPSegOutput, labels: torch.Tensor, mean_contexts: torch.Tensor | None,
                weights: LossWeights, ignore_index: int = 255, class_weights: torch.Tensor | None = None,
                seg_normalizer: float | torch.Tensor | None = None,
-               known_presence: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The weighted sum ``l1 L_seg + l2 L_cls + l3 L_OC`` and its parts.
+               known_presence: torch.Tensor | None = None, tau1: torch.Tensor | float | None = None,
+               view_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The weighted sum ``l1 L_seg + l2 L_cls + l3 L_OC`` (+ the view terms when on) and its parts.
 
     Args:
         output: the model's output.
@@ -115,13 +257,27 @@ def total_loss(output: MVPSegOutput, labels: torch.Tensor, mean_contexts: torch.
         class_weights: optional (C,) pixel weights for L_seg.
         seg_normalizer: see :func:`segmentation_loss`.
         known_presence: (C,) bool, the classes L_cls is taken over (see :func:`presence_loss`).
+        tau1: the fusion scale (the view-assignment loss reads the prompts' maps at it).
+        view_classes: (C,) bool, the classes the view terms are taken over (default every labelled class).
 
     Returns:
-        {"loss": total, "seg": L_seg, "cls": L_cls, "oc": L_OC} (skipped terms are 0).
+        {"loss": total, "seg": L_seg, "cls": L_cls, "oc": L_OC} (skipped terms are 0); with ``weights.views``
+        also "views" and "views_entropy" (the plan's mean row entropy), with ``weights.overlap`` "overlap".
     """
     zero = output.fused_logits.new_zeros(())
     seg = segmentation_loss(output, labels, ignore_index, class_weights, seg_normalizer) if weights.seg else zero
     cls = (presence_loss(output, labels, ignore_index, known_presence)
            if weights.cls and output.presence_logits is not None else zero)
     oc = orthogonality_loss(mean_contexts) if weights.oc and mean_contexts is not None else zero
-    return {"loss": weights.seg * seg + weights.cls * cls + weights.oc * oc, "seg": seg, "cls": cls, "oc": oc}
+    losses = {"loss": weights.seg * seg + weights.cls * cls + weights.oc * oc, "seg": seg, "cls": cls, "oc": oc}
+    # Beyond the paper: added only when switched on, so that a run without them is the paper's to the bit.
+    if weights.views:
+        if tau1 is None:
+            raise ValueError("the view-assignment loss needs the fusion scale tau1")
+        views, entropy = view_assignment_loss(output, labels, tau1, view_classes, weights.views_epsilon,
+                                              weights.views_iterations, ignore_index)
+        losses.update(loss=losses["loss"] + weights.views * views, views=views, views_entropy=entropy)
+    if weights.overlap:
+        overlap = overlap_penalty(output, labels, view_classes, ignore_index)
+        losses.update(loss=losses["loss"] + weights.overlap * overlap, overlap=overlap)
+    return losses

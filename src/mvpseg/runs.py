@@ -173,10 +173,13 @@ def make_optimizer(config: RunConfig, params: Sequence[torch.nn.Parameter],
 def check_resumable(saved: dict[str, Any], config: RunConfig, path: Path) -> None:
     """Refuse a checkpoint whose run differs from ``config`` in anything that changes the numbers.
 
-    A field the checkpoint does not know (added to mvpseg after it was written) counts as its default.
+    A field the checkpoint does not know (added to mvpseg after it was written) counts as its default, in
+    nested configs too (``loss.views``).
     """
     current, defaults = config.recorded(), type(config)().recorded()
     saved = {**{key: value for key, value in defaults.items() if key not in saved}, **saved}
+    saved = {key: {**defaults[key], **value} if isinstance(value, dict) and isinstance(defaults.get(key), dict)
+             else value for key, value in saved.items()}
     differing = sorted(key for key in set(saved) | set(current)
                        if key not in RESUMABLE and saved.get(key) != current.get(key))
     if differing:

@@ -75,6 +75,16 @@ def _feature_cache(config: TrainConfig, samples: SamplePositions, clip: ClipBund
     return FeatureCache(folder)
 
 
+def _view_classes(config: TrainConfig, names: list[str], device: torch.device) -> torch.Tensor | None:
+    """(C,) bool: the training classes the view terms (beyond the paper) are taken over; None: all of them."""
+    if not config.loss.views_classes:
+        return None
+    unknown = sorted(set(config.loss.views_classes) - set(names))
+    if unknown and not (set(config.loss.views_classes) & set(names)):
+        raise ValueError(f"views_classes names no training class ({', '.join(unknown)})")
+    return torch.tensor([name in config.loss.views_classes for name in names], device=device)
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
           callback: Callable[[int], None] | None = None) -> Path:
     """Train MVP-SEG prompts; under ``torchrun`` every process runs this and rank 0 writes.
@@ -109,7 +119,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     if config.feature_cache:
         samples.cache = _feature_cache(config, samples, clip, lambda x: (x - mean) / std, device, run.autocast,
                                        progress and main)
-    logger = RunLog(run.out, ("loss", "seg", "cls", "oc", "lr", "tau1", "tau2", "seconds"), run.start, enabled=main)
+    view_classes = _view_classes(config, names, device)
+    columns = ("loss", "seg", "cls", "oc") + (("views", "views_entropy") if config.loss.views else ()) + \
+        (("overlap",) if config.loss.overlap else ())
+    logger = RunLog(run.out, (*columns, "lr", "tau1", "tau2", "seconds"), run.start, enabled=main)
     extra = {"dataset": config.dataset, "trained_on": names, "transductive": config.transductive}
     made_for = inference_made_for(dataset.info.name, config.scale)  # segment's default scale for these prompts
     from tqdm import tqdm
@@ -128,7 +141,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                 output = model((batch["image"].to(device, non_blocking=True).float() / 255.0 - mean) / std, names)
         mean_contexts = model.prompts.mean_contexts() if model.prompts is not None else None
         losses = total_loss(output, labels, mean_contexts, config.loss, seg_normalizer=normalizer,
-                            known_presence=known_presence)
+                            known_presence=known_presence, tau1=model.head.tau1, view_classes=view_classes)
         run.optimise(losses["loss"], optimizer)
         done = step + 1
         if run.logs_at(done):

@@ -95,7 +95,8 @@ def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], a
 
 
 def prompt_map_grid(image: np.ndarray, maps: np.ndarray, titles: Sequence[str], cell: int = 160,
-                    outline: np.ndarray | None = None) -> Image.Image:
+                    outline: np.ndarray | None = None,
+                    value_range: tuple[float, float] | None = None) -> Image.Image:
     """A row of heat maps, one per prompt, next to the image ("different prompts look at different parts").
 
     Args:
@@ -105,6 +106,7 @@ def prompt_map_grid(image: np.ndarray, maps: np.ndarray, titles: Sequence[str], 
         cell: side of each tile in pixels.
         outline: optional (H, W) region ids (e.g. part masks) whose boundaries are drawn in white on
             every tile.
+        value_range: (low, high) drawn as blue and red on every tile; default each map's own min and max.
 
     Returns:
         An RGB PIL image with P + 1 tiles.
@@ -112,8 +114,8 @@ def prompt_map_grid(image: np.ndarray, maps: np.ndarray, titles: Sequence[str], 
     font = _font(12)
     tiles = [Image.fromarray(image).resize((cell, cell), Image.BILINEAR)]
     for single in maps:
-        low, high = float(single.min()), float(single.max())
-        scaled = (single - low) / max(high - low, 1e-8)
+        low, high = value_range if value_range is not None else (float(single.min()), float(single.max()))
+        scaled = np.clip((single - low) / max(high - low, 1e-8), 0.0, 1.0)
         heat = np.stack([scaled, 1 - np.abs(2 * scaled - 1), 1 - scaled], axis=-1)  # blue -> green -> red
         tiles.append(Image.fromarray((heat * 255).astype(np.uint8)).resize((cell, cell), Image.NEAREST))
     if outline is not None:

@@ -33,6 +33,7 @@ from ..config import (
     TransferConfig,
 )
 from ..data import build_dataset
+from ..dense import feature_stride
 from ..evaluate import evaluate
 from ..files import write_text
 from ..inference import Segmenter
@@ -42,9 +43,9 @@ from ..transfer.pseudo import prompts_fingerprint
 from ..viz import overlay, prompt_map_grid
 from .layout import write_world
 from .registry import get_world
-from .views import measure_views, view_figures
+from .views import measure_views, view_ceiling, view_figures
 
-__all__ = ["DemoConfig", "ABLATION", "format_results", "row_train_config", "run_demo"]
+__all__ = ["DemoConfig", "ABLATION", "VIEW_ROWS", "format_results", "row_train_config", "run_demo"]
 
 
 # (row name, model overrides, loss weights): the paper's ablation, one piece added per row.
@@ -55,26 +56,54 @@ ABLATION: list[tuple[str, dict[str, Any] | None, LossWeights | None]] = [
     ("k-prompts+ocloss", {"use_gpr": False}, LossWeights(cls=0.0)),
     ("mvp-seg", {"use_gpr": True}, LossWeights()),
 ]
+#: Beyond the paper (``DemoConfig.views_rows``, the parts world's default): MVP-SEG with a term that asks the
+#: prompts to split each thing's cells, over the world's things: the view-assignment loss
+#: (:func:`mvpseg.losses.view_assignment_loss`) and the map-overlap penalty (:func:`mvpseg.losses.overlap_penalty`,
+#: the recommended one; docs/method.md says why).
+VIEW_ROWS: list[tuple[str, dict[str, Any] | None, LossWeights | None]] = [
+    ("mvp-seg+views", {"use_gpr": True}, LossWeights(views=1.0)),
+    ("mvp-seg+overlap", {"use_gpr": True}, LossWeights(overlap=1.0)),
+]
 _LABELS = {"templates": "MaskCLIP templates (no training)", "1-prompt": "1 learned prompt",
            "k-prompts": "{k} prompts", "k-prompts+ocloss": "{k} prompts + OCLoss",
            "mvp-seg": "{k} prompts + OCLoss + GPR (MVP-SEG)", "gpr-off": "MVP-SEG, GPR switched off at inference",
-           "mvp-seg+": "MVP-SEG+ (student taught by MVP-SEG)"}
+           "mvp-seg+": "MVP-SEG+ (student taught by MVP-SEG)",
+           "mvp-seg+views": "MVP-SEG + views (view-assignment loss, beyond the paper)",
+           "mvp-seg+overlap": "MVP-SEG + map-overlap penalty (beyond the paper)"}
+
+#: The prefix of the ``views_*.png`` figures of each view row (MVP-SEG's are ``views_<thing>.png``).
+_FIGURES = {"mvp-seg+views": "views-loss_", "mvp-seg+overlap": "overlap_"}
 
 
 def format_results(rows: list[dict[str, Any]]) -> str:
-    """The results as a Markdown table; with part views (the parts world), their diversity too."""
+    """The results as a Markdown table; with part views (the parts world), both measures of where the prompts
+    look (part diversity and which prompt leads where: JS over prompt seeds, and differ) and their ceiling."""
     views = any(row.get("views") for row in rows)
-    header = "| method | mIoU(S) | mIoU(U) | hIoU | mIoU(U) over seeds |" + (" part diversity (JS) |" if views else "")
-    lines = [header, "|---|---:|---:|---:|---:|" + ("---:|" if views else "")]
+    header = "| method | mIoU(S) | mIoU(U) | hIoU | mIoU(U) over seeds |" + (
+        " part diversity (JS) | which prompt leads (JS) | differ (part / lead) |" if views else "")
+    lines = [header, "|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if views else "")]
+
+    def spread(row: dict[str, Any], key: str) -> str:
+        values = [run["views"]["summary"][key] for run in row["seeds"] if run.get("views")]
+        values = [value for value in values if value is not None]
+        return f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})" if values else "-"
+
+    ceiling = None
     for row in rows:
         cells = [f"{row[key]:.1f}" if row[key] is not None else "-" for key in ("miou_seen", "miou_unseen", "hiou")]
         unseen = [run["miou_unseen"] for run in row["seeds"] if run["miou_unseen"] is not None]
         cells.append(f"{min(unseen):.1f}-{max(unseen):.1f}" if len(unseen) > 1 else "-")
         if views:
-            js = [run["views"]["summary"]["js"] for run in row["seeds"] if run.get("views")]
-            js = [value for value in js if value is not None]
-            cells.append(f"{np.mean(js):.3f} ({min(js):.3f}-{max(js):.3f})" if js else "-")
+            cells += [spread(row, "js"), spread(row, "lead_js")]
+            summary = row.get("views") or {}
+            cells.append(f"{summary['differ']:.2f} / {summary['lead_differ']:.2f}"
+                         if summary.get("differ") is not None and summary.get("lead_differ") is not None else "-")
+            if summary.get("ceiling_js") is not None:
+                ceiling = summary
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    if ceiling is not None:
+        lines.append("| ceiling: best hard assignment of parts to prompts | - | - | - | - | "
+                     f"{ceiling['ceiling_js']:.3f} | {ceiling['ceiling_lead_js']:.3f} | - |")
     return "\n".join(lines)
 
 
@@ -134,9 +163,11 @@ def row_train_config(config: DemoConfig, world: Path, name: str, seed: int, out:
     Returns:
         The :class:`TrainConfig` of that run.
     """
-    overrides, weights = next((row[1], row[2]) for row in ABLATION if row[0] == name)
+    overrides, weights = next((row[1], row[2]) for row in ABLATION + VIEW_ROWS if row[0] == name)
     if overrides is None:
         raise ValueError(f"the ablation row {name!r} trains nothing")
+    if weights is not None and (weights.views or weights.overlap):  # the view terms act on the world's things
+        weights = replace(weights, views_classes=tuple(get_world(config.world).THING_CLASSES))
     model_config = replace(MVPSegConfig(num_prompts=config.num_prompts, num_context=config.num_context,
                                         init_text=config.init_text, vit_mode=config.vit_mode), **overrides)
     # CLIP is frozen: every learned row trains from one cache (per seed) of the augmented views' dense
@@ -243,7 +274,22 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
                                          [kind[0] for kind in world_module.PART_KINDS])
         return run
 
-    for name, overrides, _weights in ABLATION:
+    view_rows = config.views_rows if config.views_rows is not None else has_parts
+    shown_views: dict[str, Segmenter] = {}  # the first seed of each view row: its figures
+    ceiling: dict[str, Any] | None = None
+    if has_parts:
+        # the world's images are square at the scale the model sees them: the feature grid of that scale
+        grid = (config.short_side // feature_stride(clip.model.visual),) * 2
+        ceiling = view_ceiling(val, [world_module.thing_parts(c) for c in range(len(world_module.THING_CLASSES))],
+                               config.num_prompts, grid)
+
+    def with_ceiling(row: dict[str, Any]) -> dict[str, Any]:
+        if ceiling is not None and row.get("views"):
+            row["views"].update(ceiling_js=ceiling["js"], ceiling_lead_js=ceiling["lead_js"],
+                                ceiling_js_unseen=ceiling["js_unseen"], ceiling_lead_js_unseen=ceiling["lead_js_unseen"])
+        return row
+
+    for name, overrides, _weights in ABLATION + (VIEW_ROWS if view_rows else []):
         tic = time.perf_counter()
         label = _LABELS[name].format(k=config.num_prompts)
         runs: list[dict[str, Any]] = []
@@ -260,7 +306,9 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
             runs.append(run_figures(segmenter, seed, overrides is not None))
             if name == "mvp-seg" and offset == 0:
                 shown = segmenter
-        rows.append(_row(name, label, runs, tic, progress))
+            if name in _FIGURES and offset == 0:
+                shown_views[name] = segmenter
+        rows.append(with_ceiling(_row(name, label, runs, tic, progress)))
     if has_parts:  # the MVP-SEG prompts of every seed again, the fused map alone
         tic = time.perf_counter()
         runs = []
@@ -268,7 +316,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
             model = load_mvpseg(out / "runs" / "mvp-seg" / f"seed-{seed}" / "prompts.safetensors", clip)
             model.head.use_gpr = False
             runs.append(run_figures(Segmenter(model, inference, device="cpu"), seed, True))
-        rows.append(_row("gpr-off", _LABELS["gpr-off"], runs, tic, progress))
+        rows.append(with_ceiling(_row("gpr-off", _LABELS["gpr-off"], runs, tic, progress)))
     student = None
     if config.student_iters > 0:
         tic = time.perf_counter()
@@ -283,9 +331,13 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
         _pictures(shown, val, out, config.overlays, student)
         if has_parts:
             view_figures(shown, val, out, world_module, count=3)
+            for name, segmenter in shown_views.items():  # the same things through the view rows' prompts
+                view_figures(segmenter, val, out, world_module, count=3, prefix=_FIGURES[name])
     table = format_results(rows)
     run_info = {"config": asdict(config), "seconds": round(time.perf_counter() - start, 1),
                 "unseen": list(val.info.unseen_names), "torch_threads": torch.get_num_threads()}
+    if ceiling is not None:
+        run_info["view_ceiling"] = ceiling
     write_text(out / "results.json", json.dumps(rows, indent=2))
     write_text(out / "run_info.json", json.dumps(run_info, indent=2))
     write_text(out / "results.md", f"{table}\n\nunseen classes: {', '.join(val.info.unseen_names)}\n")
