@@ -1,0 +1,174 @@
+"""The training-free ViT dense modes in the parts world, and MVP-SEG's prompts learned over each.
+
+For every world seed and every ``vit_mode`` (mvpseg.config.VIT_MODES) of the tiny ViT CLIP
+(``mvpseg-tiny-parts-vit``, a 16x16 grid on the world's 256-px images): the template row (MaskCLIP's
+85 templates, no training) and the MVP-SEG row (K prompts + OCLoss + GPR, trained exactly as
+``mvpseg demo --world parts`` trains its MVP-SEG row, over that mode's features; the mean of
+``--prompt-seeds`` seeds, with their spread), mIoU(S) / mIoU(U) / hIoU, and the MVP-SEG prompts' part
+views (:mod:`mvpseg.world.views`).
+
+::
+
+    python benchmarks/vit_modes.py --world-seeds 0 1 2          # benchmarks/results_vit_modes.json
+    python benchmarks/vit_modes.py --quick --out /tmp/vit-modes  # a few images and steps: the script runs
+
+Each (world seed, mode) result is written as it is done (``OUT/seed-N/MODE/result.json``) and kept by
+a rerun with ``--reuse``, so an interrupted study continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cpuinfo import cpu_summary  # noqa: E402
+
+from mvpseg.build import build_mvpseg, load_mvpseg  # noqa: E402
+from mvpseg.clip import load_clip  # noqa: E402
+from mvpseg.config import DEMO_PRESETS, VIT_MODES, DemoConfig, InferenceConfig  # noqa: E402
+from mvpseg.data import build_dataset  # noqa: E402
+from mvpseg.evaluate import evaluate  # noqa: E402
+from mvpseg.files import write_text  # noqa: E402
+from mvpseg.inference import Segmenter  # noqa: E402
+from mvpseg.train import train  # noqa: E402
+from mvpseg.world import views as world_views  # noqa: E402
+from mvpseg.world.demo import row_train_config  # noqa: E402
+from mvpseg.world.layout import write_world  # noqa: E402
+from mvpseg.world.registry import get_world  # noqa: E402
+
+KEYS = ("miou_seen", "miou_unseen", "hiou")
+RESULTS = Path(__file__).parent / "results_vit_modes.json"
+
+
+def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {key: metrics[key] for key in KEYS}
+
+
+def _views(segmenter: Segmenter, val, world) -> dict[str, Any]:
+    result = world_views.measure_views(segmenter, val, [world.thing_parts(c) for c in range(len(world.THING_CLASSES))],
+                                       [kind[0] for kind in world.PART_KINDS])
+    return result["summary"]
+
+
+def _mode(config: DemoConfig, world_dir: Path, clip, val, out: Path, progress: bool) -> dict[str, Any]:
+    """The template and MVP-SEG rows of one mode on one world."""
+    world = get_world(config.world)
+    inference = InferenceConfig(short_side=config.short_side, mode="whole")
+    tic = time.perf_counter()
+    templates = Segmenter(build_mvpseg(clip, None, vit_mode=config.vit_mode), inference, device="cpu")
+    row: dict[str, Any] = {"mode": config.vit_mode, "templates": _figures(evaluate(templates, val, progress=False))}
+    runs = []
+    for offset in range(config.seeds):
+        seed = config.seed + offset
+        train_config = row_train_config(config, world_dir, "mvp-seg", seed, out)
+        if progress:
+            print(f"  {config.vit_mode}: training MVP-SEG, prompt seed {seed}", flush=True)
+        segmenter = Segmenter(load_mvpseg(train(train_config, progress=False), clip), inference, device="cpu")
+        runs.append({"seed": seed, **_figures(evaluate(segmenter, val, progress=False)),
+                     "views": _views(segmenter, val, world)})
+    row["mvp_seg"] = {key: float(np.mean([run[key] for run in runs])) for key in KEYS}
+    row["mvp_seg"]["spread"] = {key: [min(run[key] for run in runs), max(run[key] for run in runs)] for key in KEYS}
+    summary_keys = [key for key, value in runs[0]["views"].items() if isinstance(value, (int, float))]
+    row["mvp_seg"]["views"] = {key: float(np.mean([run["views"][key] for run in runs
+                                                   if run["views"][key] is not None] or [np.nan]))
+                               for key in summary_keys}
+    row["mvp_seg"]["seeds"] = runs
+    row["seconds"] = round(time.perf_counter() - tic, 1)
+    return row
+
+
+def run(world_seeds: list[int], modes: list[str], out: Path, config: DemoConfig, reuse: bool,
+        progress: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {"clip": config.clip, "settings": asdict(config), "cpu": cpu_summary(),
+                               "threads": torch.get_num_threads(), "seeds": {}}
+    for world_seed in world_seeds:
+        seed_out = out / f"seed-{world_seed}"
+        seed_config = replace(config, seed=world_seed)
+        world_dir = write_world(seed_out / "world", config.num_train, config.num_val, seed=world_seed,
+                                progress=progress, world=config.world)
+        val = build_dataset("custom", world_dir, "val")
+        clip = load_clip(config.clip, config.clip_weights)
+        world = get_world(config.world)
+        rows = {}
+        ceiling_of = getattr(world_views, "view_ceiling", None)
+        if ceiling_of is not None:
+            grid = (config.short_side // clip.model.visual.conv1.kernel_size[0],) * 2
+            rows["ceiling"] = ceiling_of(val, [world.thing_parts(c) for c in range(len(world.THING_CLASSES))],
+                                         config.num_prompts, grid)
+        for mode in modes:
+            mode_out = seed_out / mode
+            done = mode_out / "result.json"
+            if reuse and done.is_file():
+                rows[mode] = json.loads(done.read_text())
+                continue
+            if progress:
+                print(f"world seed {world_seed}, mode {mode}", flush=True)
+            rows[mode] = _mode(replace(seed_config, vit_mode=mode, out=str(mode_out)), world_dir, clip, val, mode_out,
+                               progress)
+            write_text(done, json.dumps(rows[mode], indent=1) + "\n")
+            if progress:
+                t, m = rows[mode]["templates"], rows[mode]["mvp_seg"]
+                print(f"  templates {t['miou_seen']:.1f} / {t['miou_unseen']:.1f} / {t['hiou']:.1f}   "
+                      f"MVP-SEG {m['miou_seen']:.1f} / {m['miou_unseen']:.1f} / {m['hiou']:.1f}  "
+                      f"({rows[mode]['seconds']:.0f} s)", flush=True)
+        results["seeds"][str(world_seed)] = rows
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: one line per mode, mIoU(S) / mIoU(U) / hIoU per world seed for templates and MVP-SEG."""
+    seeds = list(results["seeds"])
+    header = "| mode | " + " | ".join(f"templates, seed {s} | MVP-SEG, seed {s}" for s in seeds) + " |"
+    lines = [header, "|---|" + "---:|" * (2 * len(seeds))]
+    modes = [m for m in results["seeds"][seeds[0]] if m != "ceiling"]
+    for mode in modes:
+        cells = []
+        for seed in seeds:
+            row = results["seeds"][seed][mode]
+            t, m = row["templates"], row["mvp_seg"]
+            cells.append(f"{t['miou_seen']:.1f} / {t['miou_unseen']:.1f} / {t['hiou']:.1f}")
+            low, high = m["spread"]["miou_unseen"]
+            cells.append(f"{m['miou_seen']:.1f} / {m['miou_unseen']:.1f} ({low:.1f}-{high:.1f}) / {m['hiou']:.1f}")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--modes", nargs="+", default=list(VIT_MODES), choices=VIT_MODES)
+    parser.add_argument("--prompt-seeds", type=int, default=3, help="prompt-training seeds per MVP-SEG row")
+    parser.add_argument("--clip", default="mvpseg-tiny-parts-vit")
+    parser.add_argument("--clip-weights", default="mvpseg", help="mvpseg: the shipped weights; a file; none: random")
+    parser.add_argument("--out", type=Path, default=Path("runs/vit-modes"))
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON written at the end")
+    parser.add_argument("--reuse", action="store_true", help="keep the (seed, mode) results an earlier run finished")
+    parser.add_argument("--quick", action="store_true", help="a few images and steps: checks that the study runs")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    weights = None if str(args.clip_weights).lower() == "none" else args.clip_weights
+    config = DemoConfig(**{**DEMO_PRESETS["parts"], "clip": args.clip, "clip_weights": weights,
+                           "seeds": args.prompt_seeds, "student_iters": 0})
+    if args.quick:
+        config = replace(config, num_train=8, num_val=4, iters=2, batch_size=2, cache_views=1)
+    tic = time.perf_counter()
+    results = run(args.world_seeds, args.modes, args.out, config, args.reuse, progress=True)
+    results["seconds"] = round(time.perf_counter() - tic, 1)
+    write_text(args.results, json.dumps(results, indent=1) + "\n")
+    print(table(results))
+    print(f"wrote {args.results}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
