@@ -13,7 +13,8 @@ views (:mod:`mvpseg.world.views`).
     python benchmarks/vit_modes.py --quick --out /tmp/vit-modes  # a few images and steps: the script runs
 
 Each (world seed, mode) result is written as it is done (``OUT/seed-N/MODE/result.json``) and kept by
-a rerun with ``--reuse``, so an interrupted study continues where it stopped.
+a rerun with ``--reuse``, so an interrupted study continues where it stopped; ``--collect`` writes the
+results JSON from what is done without running anything.
 """
 
 from __future__ import annotations
@@ -87,23 +88,32 @@ def _mode(config: DemoConfig, world_dir: Path, clip, val, out: Path, progress: b
 
 
 def run(world_seeds: list[int], modes: list[str], out: Path, config: DemoConfig, reuse: bool,
-        progress: bool) -> dict[str, Any]:
+        progress: bool, collect: bool = False) -> dict[str, Any]:
+    """Every (world seed, mode) result; with ``collect`` only those an earlier run finished, running nothing."""
     results: dict[str, Any] = {"clip": config.clip, "settings": asdict(config), "cpu": cpu_summary(),
                                "threads": torch.get_num_threads(), "seeds": {}}
+    world = get_world(config.world)
     for world_seed in world_seeds:
         seed_out = out / f"seed-{world_seed}"
+        rows: dict[str, Any] = {}
+        ceiling_file = seed_out / "ceiling.json"
+        if collect:
+            if ceiling_file.is_file():
+                rows["ceiling"] = json.loads(ceiling_file.read_text())
+            rows.update({mode: json.loads((seed_out / mode / "result.json").read_text()) for mode in modes
+                         if (seed_out / mode / "result.json").is_file()})
+            if len(rows) > ("ceiling" in rows):
+                results["seeds"][str(world_seed)] = rows
+            continue
         seed_config = replace(config, seed=world_seed)
         world_dir = write_world(seed_out / "world", config.num_train, config.num_val, seed=world_seed,
                                 progress=progress, world=config.world)
         val = build_dataset("custom", world_dir, "val")
         clip = load_clip(config.clip, config.clip_weights)
-        world = get_world(config.world)
-        rows = {}
-        ceiling_of = getattr(world_views, "view_ceiling", None)
-        if ceiling_of is not None:
-            grid = (config.short_side // clip.model.visual.conv1.kernel_size[0],) * 2
-            rows["ceiling"] = ceiling_of(val, [world.thing_parts(c) for c in range(len(world.THING_CLASSES))],
-                                         config.num_prompts, grid)
+        grid = (config.short_side // clip.model.visual.conv1.kernel_size[0],) * 2
+        rows["ceiling"] = world_views.view_ceiling(val, [world.thing_parts(c) for c in range(len(world.THING_CLASSES))],
+                                                   config.num_prompts, grid)
+        write_text(ceiling_file, json.dumps(rows["ceiling"], indent=1) + "\n")
         for mode in modes:
             mode_out = seed_out / mode
             done = mode_out / "result.json"
@@ -129,11 +139,14 @@ def table(results: dict[str, Any]) -> str:
     seeds = list(results["seeds"])
     header = "| mode | " + " | ".join(f"templates, seed {s} | MVP-SEG, seed {s}" for s in seeds) + " |"
     lines = [header, "|---|" + "---:|" * (2 * len(seeds))]
-    modes = [m for m in results["seeds"][seeds[0]] if m != "ceiling"]
+    modes = list(dict.fromkeys(m for seed in seeds for m in results["seeds"][seed] if m != "ceiling"))
     for mode in modes:
         cells = []
         for seed in seeds:
-            row = results["seeds"][seed][mode]
+            row = results["seeds"][seed].get(mode)
+            if row is None:
+                cells += ["-", "-"]
+                continue
             t, m = row["templates"], row["mvp_seg"]
             cells.append(f"{t['miou_seen']:.1f} / {t['miou_unseen']:.1f} / {t['hiou']:.1f}")
             low, high = m["spread"]["miou_unseen"]
@@ -152,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/vit-modes"))
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON written at the end")
     parser.add_argument("--reuse", action="store_true", help="keep the (seed, mode) results an earlier run finished")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: gather the (seed, mode) results an earlier, perhaps interrupted, run finished")
     parser.add_argument("--quick", action="store_true", help="a few images and steps: checks that the study runs")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         config = replace(config, num_train=8, num_val=4, iters=2, batch_size=2, cache_views=1)
     tic = time.perf_counter()
-    results = run(args.world_seeds, args.modes, args.out, config, args.reuse, progress=True)
+    results = run(args.world_seeds, args.modes, args.out, config, args.reuse, progress=True, collect=args.collect)
     results["seconds"] = round(time.perf_counter() - tic, 1)
     write_text(args.results, json.dumps(results, indent=1) + "\n")
     print(table(results))
