@@ -85,3 +85,36 @@ def test_segment_takes_a_vit_mode(tiny_vit, tmp_path: Path) -> None:
     assert main([*common, "--vit-mode", "naclip", "--out", str(tmp_path / "naclip")]) == 0
     assert (tmp_path / "naclip" / "a.png").is_file()
     assert main([*common, "--onnx", str(tmp_path / "m.onnx"), "--vit-mode", "naclip", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_demo_runs_on_the_tiny_vit_in_a_chosen_mode(tmp_path: Path) -> None:
+    import json
+
+    from mvpseg.checkpoint import read_prompt_checkpoint
+    from mvpseg.cli import main
+
+    torch.manual_seed(0)
+    clip = mvpseg.load_clip("mvpseg-tiny-parts-vit", pretrained=None)
+    assert clip.model.visual.conv1.kernel_size == (16, 16) and clip.image_size == 256  # a 16x16 grid
+    weights = tmp_path / "random-vit.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.model.state_dict().items()}, weights)
+    out = tmp_path / "demo"
+    assert main(["demo", "--world", "parts", "--clip", "mvpseg-tiny-parts-vit", "--vit-mode", "naclip",
+                 "--out", str(out), "--num-train", "6", "--num-val", "3", "--iters", "2", "--batch-size", "3",
+                 "--seeds", "1", "--student-iters", "0", "--overlays", "0", "--no-views-rows",
+                 "--clip-weights", str(weights), "--quiet"]) == 0
+    rows = {row["name"]: row for row in json.loads((out / "results.json").read_text())}
+    assert {"templates", "mvp-seg", "gpr-off"} <= set(rows)
+    assert rows["mvp-seg"]["views"]["js"] is not None  # part views on the 16x16 grid
+    _, metadata = read_prompt_checkpoint(out / "runs" / "mvp-seg" / "seed-0" / "prompts.safetensors")
+    assert metadata["config"]["vit_mode"] == "naclip" and metadata["clip"]["name"] == "mvpseg-tiny-parts-vit"
+
+
+def test_the_shipped_tiny_vit_loads_by_name_offline() -> None:
+    from mvpseg.dense import dense_features
+
+    bundle = mvpseg.load_clip("mvpseg-tiny-parts-vit", pretrained="mvpseg")
+    assert bundle.pretrained == "mvpseg" and bundle.image_size == 256
+    assert (ASSETS / "mvpseg-tiny-parts-vit.safetensors").stat().st_size < 15 * 2**20
+    features = dense_features(bundle.model, torch.zeros(1, 3, 256, 256), vit_mode="scclip")
+    assert features.shape == (1, 128, 16, 16) and torch.isfinite(features).all()
