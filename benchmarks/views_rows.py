@@ -6,7 +6,7 @@
     python benchmarks/views_rows.py runs/parts-demo-s0 runs/parts-demo-s1 runs/parts-demo-s2 \
         --json benchmarks/results_views_rows.json
 
-For each demo output folder (one world seed each): every row's mIoU(S) / mIoU(U) / hIoU (means over prompt seeds),
+For each demo output folder (one world seed each; or a ``views_study.py`` folder, whose settings are its rows): every row's mIoU(S) / mIoU(U) / hIoU (means over prompt seeds),
 the range of mIoU(U) over prompt seeds, part JS and which-prompt-leads JS (means over prompt seeds) with their
 ranges, differ of both, and the world seed's ceilings. The check, per world seed, for a view row against MVP-SEG:
 lead JS at least 0.7 of its ceiling and 1.5 times MVP-SEG's, mIoU(U) no lower than MVP-SEG's by more than
@@ -53,20 +53,41 @@ def check(rows: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
     return result
 
 
+def study_rows(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows of a ``benchmarks/views_study.py`` result in :func:`row_figures`' form (settings as rows)."""
+    rows = {}
+    for name, setting in study["settings"].items():
+        mean = setting["mean"]
+        rows[name] = {**{key: mean[key] for key in ("miou_seen", "miou_unseen", "hiou", "js", "lead_js", "differ",
+                                                     "lead_differ")},
+                      "miou_unseen_range": mean["miou_unseen_range"],
+                      "miou_unseen_seeds": [run["miou_unseen"] for run in setting["runs"]],
+                      "lead_js_seeds": [run["views"]["lead_js"] for run in setting["runs"]],
+                      "ceiling_js": study["ceiling"]["js"], "ceiling_lead_js": study["ceiling"]["lead_js"]}
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("outs", nargs="+", help="mvpseg demo --world parts output folders")
+    parser.add_argument("outs", nargs="+", help="mvpseg demo --world parts output folders, or views_study.py "
+                                                 "output folders (their views_study.json)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     report: dict[str, Any] = {}
     for out in map(Path, args.outs):
-        info = json.loads((out / "run_info.json").read_text())
-        rows = {row["name"]: row_figures(row) for row in json.loads((out / "results.json").read_text())}
-        seed = info["config"]["seed"]
-        entry = {"seconds": info["seconds"], "rows": rows,
-                 "checks": {name: check(rows, name) for name in _VIEW_ROWS if name in rows}}
+        if (out / "views_study.json").exists():  # a study: its settings are the rows, "overlap" and "views*" view rows
+            study = json.loads((out / "views_study.json").read_text())
+            rows, seed, seconds = study_rows(study), study["config"]["seed"], None
+            view_rows = [name for name in rows if name != "mvp-seg" and "@" not in name
+                         and study["settings"][name].get("row", "mvp-seg") == "mvp-seg"]
+        else:
+            info = json.loads((out / "run_info.json").read_text())
+            rows = {row["name"]: row_figures(row) for row in json.loads((out / "results.json").read_text())}
+            seed, seconds, view_rows = info["config"]["seed"], info["seconds"], [n for n in _VIEW_ROWS if n in rows]
+        entry = {"source": str(out), "seconds": seconds, "rows": rows,
+                 "checks": {name: check(rows, name) for name in view_rows}}
         report[str(seed)] = entry
-        print(f"world seed {seed} ({info['seconds'] / 60:.1f} min)")
+        print(f"world seed {seed}" + (f" ({seconds / 60:.1f} min)" if seconds else ""))
         for name, figures in rows.items():
             lead = f"  JS {figures['js']:.3f}  lead JS {figures['lead_js']:.3f}" if "lead_js" in figures else ""
             low, high = figures["miou_unseen_range"]

@@ -88,11 +88,14 @@ def main() -> None:
     val = build_dataset("custom", world, "val")
     clip = load_clip(config.clip, config.clip_weights)
     inference = InferenceConfig(short_side=config.short_side, mode="whole")
-    thing_parts = [module.thing_parts(c) for c in range(len(module.THING_CLASSES))]
-    part_names = [kind[0] for kind in module.PART_KINDS]
-    grid = (config.short_side // feature_stride(clip.model.visual),) * 2
-    ceiling = view_ceiling(val, thing_parts, config.num_prompts, grid)
-    print(f"ceiling: part JS {ceiling['js']:.3f}  lead JS {ceiling['lead_js']:.3f}", flush=True)
+    has_parts = hasattr(module, "PART_KINDS")  # the patterns world has no parts: mIoU only
+    ceiling = None
+    if has_parts:
+        thing_parts = [module.thing_parts(c) for c in range(len(module.THING_CLASSES))]
+        part_names = [kind[0] for kind in module.PART_KINDS]
+        grid = (config.short_side // feature_stride(clip.model.visual),) * 2
+        ceiling = view_ceiling(val, thing_parts, config.num_prompts, grid)
+        print(f"ceiling: part JS {ceiling['js']:.3f}  lead JS {ceiling['lead_js']:.3f}", flush=True)
     results: dict[str, Any] = {"config": asdict(config), "ceiling": ceiling, "settings": {}}
     earlier = out / "views_study.json"
     if earlier.exists():  # keep the settings an earlier call on the same world measured
@@ -114,11 +117,12 @@ def main() -> None:
                 prompts = train(train_config, progress=False)
             segmenter = Segmenter(load_mvpseg(prompts, clip), inference, device="cpu")
             metrics = evaluate(segmenter, val, progress=False)
-            views = measure_views(segmenter, val, thing_parts, part_names)["summary"]
+            views = (measure_views(segmenter, val, thing_parts, part_names)["summary"] if has_parts
+                     else dict.fromkeys(_VIEW_KEYS))
             run = {"seed": seed, **{key: metrics[key] for key in _KEYS}, "views": views,
                    "seconds": round(time.perf_counter() - tic, 1)}
             runs.append(run)
-            if args.figures and seed == config.seed:
+            if args.figures and has_parts and seed == config.seed:
                 (out / "figures" / name).mkdir(parents=True, exist_ok=True)
                 view_figures(segmenter, val, out / "figures" / name, module, count=3)
             print(f"{name} seed {seed}: " + "  ".join(f"{key} {run[key]:.1f}" for key in _KEYS) + "  " +
@@ -126,7 +130,7 @@ def main() -> None:
                   f"  ({run['seconds']:.0f} s)", flush=True)
         mean = {key: float(np.mean([run[key] for run in runs if run[key] is not None])) for key in _KEYS}
         mean.update({key: float(np.mean([run["views"][key] for run in runs if run["views"][key] is not None]))
-                     for key in _VIEW_KEYS})
+                     for key in _VIEW_KEYS if has_parts})
         unseen = [run["miou_unseen"] for run in runs]
         mean["miou_unseen_range"] = [min(unseen), max(unseen)]
         results["settings"][name] = {"row": row, "loss": asdict(loss), "mean": mean, "runs": runs}

@@ -219,3 +219,16 @@ def test_part_views_accumulate_which_prompt_leads() -> None:
     entry = views.result(["thing"], [f"k{k}" for k in range(5)], unseen=[])["classes"]["thing"]
     assert entry["js"] == pytest.approx(0.0)  # both prompts give the thing everywhere: the saturating measure
     assert entry["lead_js"] == pytest.approx(1.0) and entry["lead_differ"] == 1.0
+
+
+def test_the_view_terms_are_train_flags_and_views_classes_takes_any_number_of_names() -> None:
+    from mvpseg.cli import build_parser
+    from mvpseg.cli.flags import overrides
+
+    args = build_parser().parse_args(["train", "--views", "1", "--views-epsilon", "0.02", "--overlap", "0.5",
+                                      "--views-classes", "red car", "grass", "tree"])
+    given = overrides(args)
+    assert given["loss.views"] == 1.0 and given["loss.views_epsilon"] == 0.02 and given["loss.overlap"] == 0.5
+    assert given["loss.views_classes"] == ("red car", "grass", "tree")
+    one = overrides(build_parser().parse_args(["train", "--views-classes", "owl"]))
+    assert one["loss.views_classes"] == ("owl",)

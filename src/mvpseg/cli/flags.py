@@ -148,7 +148,8 @@ def add_config_flags(
             group.add_argument(flag, choices=choices, type=_scalar_parser(type(choices[0]), optional), **options)
         elif typing.get_origin(scalar) is tuple:
             items = typing.get_args(scalar)
-            group.add_argument(flag, nargs=len(items), type=_scalar_parser(items[0], optional), metavar=metavar,
+            count = "*" if items[-1] is Ellipsis else len(items)  # tuple[str, ...]: any number of values
+            group.add_argument(flag, nargs=count, type=_scalar_parser(items[0], optional), metavar=metavar,
                                **options)
         elif scalar in (int, float, str):
             group.add_argument(flag, type=_scalar_parser(scalar, optional), metavar=metavar, **options)
