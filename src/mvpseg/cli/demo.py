@@ -20,7 +20,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "templates, 1 prompt, K prompts, + OCLoss, + GPR = MVP-SEG) with mIoU(S), mIoU(U), hIoU. "
                     "Writes OUT/results.md, OUT/results.json, overlays and per-prompt maps. No network needed. "
                     "--world parts runs it on things made of parts (256 px, an 8x8 feature grid), measures where "
-                    "each prompt looks and adds a row with GPR switched off at inference.",
+                    "each prompt looks (and the ceiling the grid allows), adds a row with GPR switched off at inference "
+                    "and, beyond the paper, rows trained with a view-assignment loss and a map-overlap penalty.",
     )
     add_config_flags(parser, DemoConfig, title="demo", presets=DEMO_PRESETS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
