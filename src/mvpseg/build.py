@@ -29,7 +29,6 @@ from .config import (
     DEFAULT_CLIP,
     TEMPLATE_CLIP,
     TEMPLATE_VIT_MODE,
-    VIT_MODES,
     MVPSegConfig,
     StudentConfig,
     from_dict,
@@ -267,8 +266,6 @@ def from_pretrained(
     """
     if prompts is not None and student is not None:
         raise ValueError("give prompts or a student, not both (a student holds the prompts it was taught with)")
-    if vit_mode is not None and vit_mode not in VIT_MODES:
-        raise ValueError(f"vit_mode must be one of {', '.join(VIT_MODES)}, not {vit_mode!r}")
     if vit_mode is not None and student is not None:
         raise ValueError("a student segments with its own network: vit_mode is for prompts and templates")
     prompts, student = local_checkpoint(prompts, "prompts"), local_checkpoint(student, "student")
