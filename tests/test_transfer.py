@@ -24,7 +24,7 @@ from mvpseg.checkpoint import read_student_checkpoint, save_prompt_checkpoint
 from mvpseg.config import MVPSegConfig, StudentConfig, TransferConfig
 from mvpseg.data import build_dataset
 from mvpseg.transfer import UNSEEN, VOID, assign_unseen, transfer, write_pseudo_labels
-from mvpseg.transfer.pseudo import prompts_fingerprint, teacher_scores, transfer_vocabulary
+from mvpseg.transfer.pseudo import on_pixels, prompts_fingerprint, teacher_scores, transfer_vocabulary
 
 S, U = 3, 9  # a seen class and the "unseen" sentinel used in hand-made maps below
 
@@ -329,3 +329,63 @@ def test_train_and_transfer_record_the_inference_settings_their_models_are_made_
     assert inference_made_for("context60", (520, 520)) == {"short_side": None, "long_side": 520, "mode": "whole",
                                                            "crop_size": 512, "stride": 426}
     assert inference_made_for("voc", (2048, 512))["short_side"] == 512
+
+
+# --- the transfer code's own choices, each pinned by a test that fails if it changes ---------------------------
+
+
+def _bilinear_1d(values: np.ndarray, size: int) -> np.ndarray:
+    """Half-pixel-centre linear interpolation of a 1-D row to ``size`` samples (edges clamped): an independent
+    path to ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis."""
+    source = np.clip((np.arange(size) + 0.5) * len(values) / size - 0.5, 0, len(values) - 1)
+    left = np.floor(source).astype(int)
+    right = np.minimum(left + 1, len(values) - 1)
+    weight = source - left
+    return values[left] * (1 - weight) + values[right] * weight
+
+
+def test_teacher_scores_reach_the_pixels_bilinearly() -> None:
+    # One row of two cells, stride 4: pixels between the cells' centres blend them (nearest would not).
+    cells = np.array([0.0, 4.0])
+    scores = torch.tensor(cells, dtype=torch.float32).view(1, 1, 1, 2)  # (B, U=1, h=1, w=2)
+    pixels = on_pixels(scores, stride=4, size=(4, 6))  # padded to 4 x 8, cropped to 6 columns
+    expected = np.tile(_bilinear_1d(cells, 8)[:6], (4, 1))  # 0, 0, 0.5, 1.5, 2.5, 3.5 in every row
+    np.testing.assert_allclose(pixels[0, 0].numpy(), expected, atol=1e-6)
+    # assign_unseen upsamples smaller scores the same way: class a's lead over class b lasts past the midpoint.
+    a, b = np.array([3.0, 0.0]), np.array([0.0, 1.0])
+    both = torch.tensor(np.stack([a, b]), dtype=torch.float32).view(1, 2, 1, 2)  # (B, U=2, 1, 2)
+    labels = assign_unseen(torch.full((1, 1, 8), UNSEEN), both, [5, 6])
+    expected_labels = np.where(_bilinear_1d(a, 8) >= _bilinear_1d(b, 8), 5, 6)
+    assert labels[0, 0].tolist() == expected_labels.tolist() == [5, 5, 5, 5, 5, 6, 6, 6]
+
+
+@pytest.mark.parametrize("teacher_gpr", [False, True])
+def test_the_online_teacher_ranks_unseen_classes_as_teacher_gpr_says(
+        setup: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, teacher_gpr: bool) -> None:
+    import mvpseg.transfer.loop as loop
+
+    ranked = []  # (stride of the maps, use_gpr) of every ranking of the unseen pixels
+    real = loop.teacher_scores
+
+    def recording(output, unseen, use_gpr):
+        ranked.append((output.fused_logits.shape[-1], use_gpr))
+        return real(output, unseen, use_gpr)
+
+    monkeypatch.setattr(loop, "teacher_scores", recording)
+    transfer(_config(setup, tmp_path / "run", iters=4, teacher_gpr=teacher_gpr), progress=False)
+    # steps 1-2: the teacher (1 cell wide at crop 32), with GPR as asked; steps 3-4: the student, never GPR
+    assert ranked == [(1, teacher_gpr), (1, teacher_gpr), (4, False), (4, False)]
+
+
+@pytest.mark.parametrize("background", [None, False, True])
+def test_a_student_learns_background_when_the_dataset_names_one(
+        tmp_path: Path, tiny_rn: mvpseg.ClipBundle, setup: tuple[Path, Path, Path], background: bool | None) -> None:
+    root = write_custom(tmp_path / "data", class_names=("background", "sky", "grass", "tree"), num_train=4,
+                        num_val=1, size=(64, 64))
+    path = transfer(_config(setup, tmp_path / "run", data_root=str(root), iters=2, self_train_from=1,
+                            student=replace(_config(setup, tmp_path).student, background=background)),
+                    progress=False)
+    tensors, _ = read_student_checkpoint(path)
+    assert ("background" in tensors) == (background is not False)  # none: learned, as the dataset has one
+    named = transfer(_config(setup, tmp_path / "plain", iters=2, self_train_from=1), progress=False)
+    assert "background" not in read_student_checkpoint(named)[0]  # the default dataset names no background
