@@ -89,7 +89,7 @@ def main() -> None:
         report[str(seed)] = entry
         print(f"world seed {seed}" + (f" ({seconds / 60:.1f} min)" if seconds else ""))
         for name, figures in rows.items():
-            lead = f"  JS {figures['js']:.3f}  lead JS {figures['lead_js']:.3f}" if "lead_js" in figures else ""
+            lead = f"  JS {figures['js']:.3f}  lead JS {figures['lead_js']:.3f}" if figures.get("lead_js") is not None else ""
             low, high = figures["miou_unseen_range"]
             print(f"  {name}: {figures['miou_seen']:.1f} / {figures['miou_unseen']:.1f} / {figures['hiou']:.1f}"
                   f" ({low:.1f}-{high:.1f}){lead}")
