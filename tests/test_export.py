@@ -52,7 +52,7 @@ def test_world_prompts_parity_open_vocabulary(world: mvpseg.Segmenter, tmp_path:
     path = export_onnx(world.model, tmp_path / "world.onnx", crop_size=128, source=str(WORLD_PROMPTS))  # dynamo
     metadata = read_onnx_metadata(path)
     assert metadata["kind"] == "prompts" and metadata["classes"] is None and metadata["stride"] == 32
-    onnx_seg = mvpseg.Segmenter.from_onnx(path, config=world.config)  # its text side from the recorded checkpoint
+    onnx_seg = OnnxSegmenter.load(path, config=world.config)  # its text side from the recorded checkpoint
     assert isinstance(onnx_seg, OnnxSegmenter)
     assert_parity(world, onnx_seg, image(200, 300), NAMES)
     small = onnx_seg.predict(image(100, 90, seed=1), NAMES[:3])  # smaller than a crop: padded up to it
@@ -98,10 +98,10 @@ def test_student_from_checkpoint_and_baked_classes(world: mvpseg.Segmenter, tmp_
     torch_seg = mvpseg.Segmenter.from_pretrained(student=checkpoint, device="cpu", config=config)
     open_file = export_onnx(torch_seg.model, tmp_path / "open.onnx", crop_size=64, source=str(checkpoint),
                             dynamo=False)
-    assert_parity(torch_seg, mvpseg.Segmenter.from_onnx(open_file, student=checkpoint, config=config),
+    assert_parity(torch_seg, OnnxSegmenter.load(open_file, student=checkpoint, config=config),
                   image(80, 100, seed=3), NAMES)
     baked = export_onnx(torch_seg.model, tmp_path / "baked.onnx", crop_size=64, classes=NAMES[:3], dynamo=False)
-    baked_seg = mvpseg.Segmenter.from_onnx(baked, config=config)
+    baked_seg = OnnxSegmenter.load(baked, config=config)
     assert baked_seg.model.text_model is None  # no CLIP, no checkpoint: the embeddings are in the file
     assert_parity(torch_seg, baked_seg, image(80, 100, seed=4), NAMES[:3])
     with pytest.raises(ValueError, match="exported for the 3 classes stripes, grass, sky"):

@@ -215,7 +215,7 @@ def test_online_missing_model_and_revision_lines(code: str, source: str, line: s
 def test_a_saved_segmenter_loads_from_its_folder(tmp_path: Path) -> None:
     config = mvpseg.InferenceConfig(short_side=None, mode="whole", precision="fp32")
     seg = mvpseg.Segmenter.from_pretrained(prompts=WORLD_PROMPTS, device="cpu", config=config)
-    folder = seg.save_pretrained(tmp_path / "saved")
+    folder = publish.save_pretrained(seg, tmp_path / "saved")
     again = mvpseg.Segmenter.from_pretrained(prompts=folder, device="cpu", config=config)
     image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     np.testing.assert_allclose(again.predict(image, NAMES, return_scores=True).scores,

@@ -19,6 +19,7 @@ from fakedata import write_custom
 from safetensors.torch import load_file, save_file
 
 import mvpseg
+from mvpseg.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from mvpseg.build import build_student, from_pretrained, load_student
 from mvpseg.checkpoint import load_training_state, save_prompt_checkpoint
 from mvpseg.config import TRANSFER_PRESETS, MVPSegConfig, StudentConfig, TransferConfig
@@ -26,7 +27,6 @@ from mvpseg.data import DataLayoutError, build_dataset
 from mvpseg.losses import segmentation_loss
 from mvpseg.runs import Run, SamplePositions, augmentation, learning_rate, seeded_step
 from mvpseg.transfer import transfer, write_pseudo_labels
-from mvpseg.transfer.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from mvpseg.transfer.loop import synchronise_batchnorms
 from mvpseg.transfer.pseudo import on_pixels, prompts_fingerprint
 

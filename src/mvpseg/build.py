@@ -37,7 +37,7 @@ from .model import MVPHead, MVPSeg
 from .prompts import PromptLearner
 
 if TYPE_CHECKING:
-    from .transfer.student import Student
+    from .student import Student
 
 __all__ = ["ClipWeightsWarning", "build_mvpseg", "build_student", "from_pretrained", "load_mvpseg", "load_student",
            "local_checkpoint"]
@@ -162,12 +162,12 @@ def build_student(teacher: MVPSeg, config: StudentConfig, background: bool = Fal
         background: learn an embedding for the class named "background".
 
     Returns:
-        A :class:`mvpseg.transfer.Student` on the teacher's device, its frozen parts frozen. Its random parts
+        A :class:`mvpseg.student.Student` on the teacher's device, its frozen parts frozen. Its random parts
         draw from torch's global generator: seed it (or fork it) for a reproducible student. Its config
         records a backbone weights file by its name alone (the weights are in the student).
     """
-    from .transfer.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-    from .transfer.student import Student, build_decoder
+    from .backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+    from .student import Student, build_decoder
 
     if teacher.prompts is None:
         raise ValueError("the template baseline has no prompts to teach a student: train prompts first")

@@ -36,7 +36,7 @@ from .version import __version__
 
 if TYPE_CHECKING:
     from .model import MVPSeg
-    from .transfer.student import Student
+    from .student import Student
 
 __all__ = [
     "INFERENCE_FIELDS",

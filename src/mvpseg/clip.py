@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,18 @@ class ClipBundle:
     def fingerprint(self) -> str:
         """:func:`weights_fingerprint` of the model, computed once."""
         return weights_fingerprint(self.model)
+
+    def normalisation(self, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (1, 3, 1, 1) mean and std that images in [0, 1] are normalised with: ``(x - mean) / std``."""
+        return normalisation(self.mean, self.std, device)
+
+
+def normalisation(mean: Sequence[float], std: Sequence[float],
+                  device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel RGB ``mean`` and ``std`` as (1, 3, 1, 1) float32 tensors on ``device``: the one form every
+    path (training, transfer, inference, ONNX) normalises images with."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),  # (3,) -> (1, 3, 1, 1)
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
 
 
 def _register_project_configs() -> None:

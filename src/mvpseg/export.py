@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import INFERENCE_FIELDS, inference_settings
-from .clip import weights_fingerprint
+from .clip import ClipBundle, normalisation, weights_fingerprint
 from .config import InferenceConfig
 from .files import atomic_write
 from .inference import Segmenter, with_overrides
@@ -233,9 +233,17 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 class _OnnxModel(nn.Module):
-    """What a Segmenter needs of its model when onnxruntime runs the windows: the head and the text side."""
+    """The model a Segmenter gets when onnxruntime runs the windows: what it uses of an :class:`mvpseg.MVPSeg`
+    (stride, normalisation, head, text side, recorded settings, window maps), read from the file's metadata.
 
-    def __init__(self, metadata: dict[str, Any], text_model: nn.Module | None) -> None:
+    Args:
+        session: the onnxruntime session of the file.
+        metadata: its :func:`read_onnx_metadata`.
+        text_model: the MVPSeg or student whose text embeddings feed an open-vocabulary file (None: baked classes).
+        path: the file, named in errors.
+    """
+
+    def __init__(self, session: Any, metadata: dict[str, Any], text_model: nn.Module | None, path: Path) -> None:
         super().__init__()
         state = metadata["head"]
         self.head = MVPHead(has_global=state["has_global"], use_gpr=state["use_gpr"], tau1=1.0,
@@ -243,11 +251,43 @@ class _OnnxModel(nn.Module):
         with torch.no_grad():
             for name in ("log_tau1", "log_tau2", "gpr_offset"):
                 getattr(self.head, name).fill_(state[name])
+        self.session, self.metadata, self.path = session, metadata, path
         self.text_model = text_model
+        self.stride = int(metadata["stride"])
+        #: The settings the file was exported with (a Segmenter's defaults).
+        self.inference_settings = inference_settings(metadata.get("inference"))
+
+    @property
+    def clip(self) -> ClipBundle | None:
+        """The text model's CLIP (None for baked classes)."""
+        return getattr(self.text_model, "clip", None)
+
+    def normalisation(self, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (1, 3, 1, 1) mean and std the file's images are normalised with (recorded at export)."""
+        return normalisation(self.metadata["mean"], self.metadata["std"], device)
+
+    def inference_tower(self, fold: bool = True, channels_last: bool = True) -> None:
+        """No torch tower: onnxruntime runs the windows."""
+        return None
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
         assert self.text_model is not None, "a file with baked classes takes no text"
         return self.text_model.text_embeddings(class_names)
+
+    def features(self, crops: torch.Tensor, tower: nn.Module | None = None) -> torch.Tensor:
+        raise NotImplementedError("an ONNX model gives prompt maps, not features: use window_maps")
+
+    def window_maps(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, P, C, h, w) prompt maps of normalised crops (B, 3, H, W), computed by onnxruntime."""
+        feeds = {"images": crops.detach().float().contiguous().numpy()}
+        if self.metadata["classes"] is None:
+            feeds["text"] = text.detach().float().contiguous().cpu().numpy()
+        try:
+            (maps,) = self.session.run(["prompt_maps"], feeds)
+        except Exception as error:  # onnxruntime's RuntimeException, InvalidArgument, ...: one line
+            raise OnnxError(f"onnxruntime failed on {self.path} for windows of {tuple(crops.shape)}: "
+                            f"{_first_line(error)}") from error
+        return torch.from_numpy(maps)
 
 
 def _check_pair(path: str | os.PathLike[str], metadata: dict[str, Any], text_model: nn.Module, source: str) -> None:
@@ -286,41 +326,39 @@ class OnnxSegmenter(Segmenter):
         text_source: how to name ``text_model`` in errors (its checkpoint).
     """
 
+    model: _OnnxModel
+
     def __init__(self, path: str | os.PathLike[str], text_model: nn.Module | None = None,
                  config: InferenceConfig | None = None, threads: int | None = None,
                  overrides: dict[str, Any] | None = None, text_source: str | None = None) -> None:
-        self.metadata = read_onnx_metadata(path)
+        metadata = read_onnx_metadata(path)
         import onnxruntime
 
-        self.path = Path(path)
-        if self.metadata["classes"] is None:
+        if metadata["classes"] is None:
             if text_model is None:
                 raise OnnxError(f"{path} takes class embeddings: give the checkpoint it was exported from")
-            _check_pair(path, self.metadata, text_model, text_source or "the text model")
+            _check_pair(path, metadata, text_model, text_source or "the text model")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime's Fail, InvalidGraph, ...: one line
             raise OnnxError(f"onnxruntime cannot load {path}: {_first_line(error)}") from error
-        self.device = torch.device("cpu")
-        self.crop = int(self.metadata["crop_size"])
-        self.dynamic_size = bool(self.metadata.get("dynamic_size"))
-        recorded = inference_settings(self.metadata.get("inference"))
-        config = with_overrides(config or InferenceConfig(**recorded), overrides)
+        model = _OnnxModel(session, metadata, text_model, Path(path))
+        self.metadata, self.path = metadata, Path(path)
+        self.crop = int(metadata["crop_size"])
+        self.dynamic_size = bool(metadata.get("dynamic_size"))
+        config = with_overrides(config or InferenceConfig(**model.inference_settings), overrides)
         if not self.dynamic_size:  # format v1: one crop size
             config = dataclasses.replace(config, mode="slide", crop_size=self.crop,
                                          stride=None if config.stride is None else min(config.stride, self.crop))
-        self.config = config
-        self.model = _OnnxModel(self.metadata, text_model)  # type: ignore[assignment]
-        self.clip = getattr(text_model, "clip", None)  # type: ignore[assignment]
-        self.stride = int(self.metadata["stride"])
-        self.tower = None
-        self._mean = torch.tensor(self.metadata["mean"]).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.metadata["std"]).view(1, 3, 1, 1)
-        self._text_cache = {}
-        self._identity = None
+        super().__init__(model, config=config, device="cpu")
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime session that runs the windows."""
+        return self.model.session
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], prompts: str | os.PathLike[str] | None = None,
@@ -379,18 +417,7 @@ class OnnxSegmenter(Segmenter):
 
     def window_maps(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, P, C, h, w) prompt maps of crops (B, 3, H, W), computed by onnxruntime."""
-        feeds = {"images": crops.detach().float().contiguous().numpy()}
-        if self.metadata["classes"] is None:
-            feeds["text"] = text.detach().float().contiguous().cpu().numpy()
-        try:
-            (maps,) = self.session.run(["prompt_maps"], feeds)
-        except Exception as error:  # onnxruntime's RuntimeException, InvalidArgument, ...: one line
-            raise OnnxError(f"onnxruntime failed on {self.path} for windows of {tuple(crops.shape)}: "
-                            f"{_first_line(error)}") from error
-        return torch.from_numpy(maps)
-
-    def features(self, crops: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("an ONNX model gives prompt maps, not features: use window_maps")
+        return self.model.window_maps(crops, text)
 
 
 def _first_line(error: BaseException) -> str:

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .clip import weights_fingerprint
+from .clip import ClipBundle, weights_fingerprint
+from .config import TrainConfig
 from .dense import dense_features, feature_stride
 
-__all__ = ["CacheSpaceError", "FeatureCache", "build_feature_cache", "cache_size_bytes", "view_rng",
+__all__ = ["CacheSpaceError", "FeatureCache", "build_feature_cache", "cache_key", "cache_size_bytes", "view_rng",
            "weights_fingerprint"]
 
 _META = "meta.json"
@@ -80,6 +81,20 @@ def _check_space(folder: Path, needed: int, num_samples: int, views: int) -> Non
 def view_rng(seed: int, index: int, view: int) -> np.random.Generator:
     """The random generator of augmented view ``view`` of sample ``index``."""
     return np.random.default_rng([seed, index, view])
+
+
+#: The run settings a feature cache depends on (with the resolved data root, the ViT mode and the CLIP's weights).
+_KEY_FIELDS = {"dataset", "split", "class_names_file", "unseen_file", "transductive", "clip", "pretrained",
+               "crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "seed", "cache_views"}
+
+
+def cache_key(config: TrainConfig, clip: ClipBundle) -> dict[str, Any]:
+    """What the cached views of a prompt-training run depend on: a cache made with another key is not used."""
+    key = {name: value for name, value in config.to_dict().items() if name in _KEY_FIELDS}
+    key["data_root"] = str(Path(config.data_root).resolve())
+    key["vit_mode"] = config.model.vit_mode
+    key["clip_weights"] = clip.fingerprint
+    return key
 
 
 class FeatureCache:

@@ -17,7 +17,6 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ from . import build
 from .clip import weights_fingerprint
 from .config import InferenceConfig
 from .image import ImageInput, load_image
-from .model import MVPSeg, MVPSegOutput
+from .model import ClipModel, MVPSeg, MVPSegOutput
 from .prompts import validate_class_names
 from .runtime import autocast, default_device
 from .upsample import label_log_scores, upsample_log_scores
@@ -96,24 +95,26 @@ class Segmenter:
     """MVP-SEG (or the MaskCLIP template baseline) ready to segment images.
 
     Args:
-        model: an :class:`MVPSeg` (it carries its CLIP).
+        model: an :class:`MVPSeg` or a student (:class:`mvpseg.model.ClipModel`s: each carries its CLIP), or any
+            model offering what the Segmenter uses of one (``mvpseg.export.OnnxSegmenter``'s windows in onnxruntime).
         config: how images are resized and windowed; default the settings the model's checkpoint was
             made for (``model.inference_settings``, set by the loaders) over InferenceConfig's defaults.
         device: where to run; default CUDA when available.
     """
 
-    def __init__(self, model: MVPSeg, config: InferenceConfig | None = None,
+    def __init__(self, model: ClipModel, config: InferenceConfig | None = None,
                  device: str | torch.device | None = None) -> None:
         self.device = default_device(device)
         self.config = config or InferenceConfig(**getattr(model, "inference_settings", {}))
+        #: The frozen CLIP the model holds (None for an ONNX file whose classes are baked in).
         self.clip = model.clip
-        self.clip.model.to(self.device)
+        if self.clip is not None:
+            self.clip.model.to(self.device)
         self.model = model.to(self.device).eval()
         self.stride = model.stride
         #: The image tower inference runs: for ResNets a BatchNorm-folded, NHWC copy (the CLIP's own is kept).
         self.tower = model.inference_tower(fold=self.config.fold_batchnorm, channels_last=self.config.channels_last)
-        self._mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1)
+        self._mean, self._std = model.normalisation(self.device)  # (1, 3, 1, 1) each
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._identity: dict[str, Any] | None = None
 
@@ -154,27 +155,6 @@ class Segmenter:
         model = build.from_pretrained(clip, pretrained, prompts, device=target, student=student, vit_mode=vit_mode)
         base = config or InferenceConfig(**getattr(model, "inference_settings", {}))
         return cls(model, config=with_overrides(base, overrides), device=target)
-
-    @classmethod
-    def from_onnx(cls, path: str | os.PathLike[str], prompts: str | os.PathLike[str] | None = None,
-                  student: str | os.PathLike[str] | None = None, config: InferenceConfig | None = None,
-                  clip: str | None = None, pretrained: str | os.PathLike[str] | None = "auto",
-                  overrides: Mapping[str, Any] | None = None) -> Segmenter:
-        """A Segmenter whose windows run through onnxruntime (:class:`mvpseg.export.OnnxSegmenter`; the
-        ``export`` extra). ``prompts``/``student``: the checkpoint whose text embeddings feed an open-vocabulary
-        file (default: the one it was exported from; it must be that one); unused when its classes are baked
-        in. ``config`` defaults to the settings the file records; ``overrides`` are laid over it."""
-        from .export import OnnxSegmenter  # a leaf
-
-        return OnnxSegmenter.load(path, prompts=prompts, student=student, clip=clip, pretrained=pretrained,
-                                  config=config, overrides=dict(overrides or {}))
-
-    def save_pretrained(self, folder: str | os.PathLike[str], metrics: str | os.PathLike[str] | None = None,
-                        repo: str | None = None) -> Path:
-        """Write this model's checkpoint, config.json and model card to ``folder`` (:func:`mvpseg.publish.save_pretrained`)."""
-        from .publish import save_pretrained  # a leaf
-
-        return save_pretrained(self.model, folder, metrics=metrics, repo=repo)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of ``config.precision`` on this device (:mod:`mvpseg.runtime`)."""

@@ -20,7 +20,7 @@ from .config import MVPSegConfig
 from .dense import dense_features, feature_stride, inference_tower
 from .prompts import PromptLearner, template_embeddings
 
-__all__ = ["MVPSegConfig", "MVPHead", "MVPSeg", "MVPSegOutput", "cosine_maps"]
+__all__ = ["ClipModel", "MVPSegConfig", "MVPHead", "MVPSeg", "MVPSegOutput", "cosine_maps"]
 
 
 def cosine_maps(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -127,24 +127,21 @@ class MVPHead(nn.Module):
         return MVPSegOutput(fused_logits=fused, presence_logits=presence, prompt_maps=prompt_maps)
 
 
-class MVPSeg(nn.Module):
-    """MVP-SEG on a frozen CLIP: learned multi-view prompts, or MaskCLIP's templates when ``prompts`` is None.
+class ClipModel(nn.Module):
+    """What every mvpseg model is (:class:`MVPSeg`, :class:`mvpseg.student.Student`): a frozen CLIP it holds,
+    dense features scored by their cosine against class embeddings, and a head (:class:`MVPHead`) over those maps.
 
-    The top model receives built parts; :func:`mvpseg.build_mvpseg` knows sizes.
+    A subclass sets ``self.head`` and defines ``features(images, tower=None)`` and ``text_embeddings(names)``.
 
     Args:
         clip: the frozen CLIP (its model is not registered as a submodule: never trained, never saved).
-        prompts: a :class:`PromptLearner`, or None for the 85-template baseline.
-        head: the fusion and GPR head.
-        config: the configuration the parts were built from.
     """
 
-    def __init__(self, clip: ClipBundle, prompts: PromptLearner | None, head: MVPHead, config: MVPSegConfig) -> None:
+    head: MVPHead
+
+    def __init__(self, clip: ClipBundle) -> None:
         super().__init__()
         self._clip = [clip]  # a list hides the CLIP from nn.Module registration and state_dict
-        self.prompts = prompts
-        self.head = head
-        self.config = config
 
     @property
     def clip(self) -> ClipBundle:
@@ -155,6 +152,60 @@ class MVPSeg(nn.Module):
     def clip_model(self) -> nn.Module:
         """The open_clip ``CLIP`` module."""
         return self._clip[0].model
+
+    def normalisation(self, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (1, 3, 1, 1) mean and std the model's images are normalised with: its CLIP's."""
+        return self.clip.normalisation(device)
+
+    cosine_maps = staticmethod(cosine_maps)
+
+    def features(self, images: torch.Tensor, tower: nn.Module | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor, class_names: Sequence[str] | None = None,
+                text: torch.Tensor | None = None) -> MVPSegOutput:
+        """Segment normalised images against a vocabulary.
+
+        Args:
+            images: (B, 3, H, W) float, normalised with CLIP's mean and std.
+            class_names: C class names (ignored when ``text`` is given).
+            text: precomputed (P, C, D) embeddings from :meth:`text_embeddings`.
+
+        Returns:
+            :class:`MVPSegOutput` at the model's stride (h, w) = (H, W) / stride.
+        """
+        return self.segment_features(self.features(images), class_names, text)
+
+    def segment_features(self, features: torch.Tensor, class_names: Sequence[str] | None = None,
+                         text: torch.Tensor | None = None) -> MVPSegOutput:
+        """Like :meth:`forward`, from dense features (B, D, h, w) (e.g. a feature cache)."""
+        if text is None:
+            if class_names is None:
+                raise ValueError("give class_names or text embeddings")
+            text = self.text_embeddings(class_names)
+        return self.head(self.cosine_maps(features, text))
+
+
+class MVPSeg(ClipModel):
+    """MVP-SEG on a frozen CLIP: learned multi-view prompts, or MaskCLIP's templates when ``prompts`` is None.
+
+    The top model receives built parts; :func:`mvpseg.build_mvpseg` knows sizes.
+
+    Args:
+        clip: the frozen CLIP.
+        prompts: a :class:`PromptLearner`, or None for the 85-template baseline.
+        head: the fusion and GPR head.
+        config: the configuration the parts were built from.
+    """
+
+    def __init__(self, clip: ClipBundle, prompts: PromptLearner | None, head: MVPHead, config: MVPSegConfig) -> None:
+        super().__init__(clip)
+        self.prompts = prompts
+        self.head = head
+        self.config = config
 
     @property
     def stride(self) -> int:
@@ -181,28 +232,3 @@ class MVPSeg(nn.Module):
         """
         visual = self.clip_model.visual if tower is None else tower
         return F.normalize(dense_features(visual, images, self.config.vit_mode).float(), dim=1)
-
-    cosine_maps = staticmethod(cosine_maps)
-
-    def forward(self, images: torch.Tensor, class_names: Sequence[str] | None = None,
-                text: torch.Tensor | None = None) -> MVPSegOutput:
-        """Segment normalised images against a vocabulary.
-
-        Args:
-            images: (B, 3, H, W) float, normalised with CLIP's mean and std.
-            class_names: C class names (ignored when ``text`` is given).
-            text: precomputed (P, C, D) embeddings from :meth:`text_embeddings`.
-
-        Returns:
-            :class:`MVPSegOutput` at feature resolution (h, w) = (H, W) / stride.
-        """
-        return self.segment_features(self.features(images), class_names, text)
-
-    def segment_features(self, features: torch.Tensor, class_names: Sequence[str] | None = None,
-                         text: torch.Tensor | None = None) -> MVPSegOutput:
-        """Like :meth:`forward`, from L2-normalised dense features (B, D, h, w) (e.g. a feature cache)."""
-        if text is None:
-            if class_names is None:
-                raise ValueError("give class_names or text embeddings")
-            text = self.text_embeddings(class_names)
-        return self.head(self.cosine_maps(features, text))

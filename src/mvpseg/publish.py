@@ -29,8 +29,9 @@ from .hub import CONFIG_FILE, DEFAULT_FILES, checkpoint_in_folder
 from .version import __version__
 
 if TYPE_CHECKING:
+    from .inference import Segmenter
     from .model import MVPSeg
-    from .transfer.student import Student
+    from .student import Student
 
 __all__ = ["clip_licence", "model_card", "model_config", "push_to_hub", "save_pretrained", "upload"]
 
@@ -183,14 +184,15 @@ def _read_metrics(metrics: str | os.PathLike[str] | dict[str, Any] | None) -> di
     return data
 
 
-def save_pretrained(source: str | os.PathLike[str] | MVPSeg | Student, folder: str | os.PathLike[str],
+def save_pretrained(source: str | os.PathLike[str] | MVPSeg | Student | Segmenter, folder: str | os.PathLike[str],
                     metrics: str | os.PathLike[str] | dict[str, Any] | None = None, repo: str | None = None,
                     licence: str = "mit") -> Path:
     """Write a model folder: the checkpoint, config.json and a model card (README.md).
 
     Args:
         source: a checkpoint file, a run folder (its ``student.safetensors`` or ``prompts.safetensors``),
-            or a model (:class:`mvpseg.MVPSeg` with prompts, or a student), saved in mvpseg's format.
+            or a model (:class:`mvpseg.MVPSeg` with prompts, a student, or a :class:`mvpseg.Segmenter` around
+            either), saved in mvpseg's format.
         folder: the destination (created; the three files are replaced, nothing else is touched).
         metrics: a ``metrics.json`` of ``mvpseg eval`` (or its dict) for the card.
         repo: the Hub id the card's loading lines name (default a placeholder).
@@ -208,7 +210,8 @@ def save_pretrained(source: str | os.PathLike[str] | MVPSeg | Student, folder: s
         if isinstance(source, (str, os.PathLike)):
             path = find_checkpoint(source)
         else:
-            path = _save_model(source, Path(scratch) / "model.safetensors")
+            model = getattr(source, "model", source)  # a Segmenter's model, or the model itself
+            path = _save_model(model, Path(scratch) / "model.safetensors")
         kind, tensors, metadata = _read_any(path, with_tensors=True)  # every tensor read: a truncated file fails here
         config = model_config(kind, tensors, metadata)
         target = folder / DEFAULT_FILES[kind]

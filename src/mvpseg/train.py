@@ -22,7 +22,7 @@ from .checkpoint import CheckpointError, save_prompt_checkpoint
 from .clip import ClipBundle, load_clip
 from .config import TRAIN_PRESETS, TrainConfig, inference_made_for
 from .data import SegmentationDataset, build_dataset
-from .feature_cache import FeatureCache, build_feature_cache
+from .feature_cache import FeatureCache, build_feature_cache, cache_key
 from .losses import total_loss
 from .runs import Run, RunLog, SamplePositions, augmentation
 
@@ -54,17 +54,10 @@ def training_vocabulary(dataset: SegmentationDataset, transductive: bool) -> tup
     return names, label_map
 
 
-# What a feature cache depends on (with the resolved data root and the ViT mode).
-_CACHE_KEY = {"dataset", "split", "class_names_file", "unseen_file", "transductive", "clip", "pretrained",
-              "crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "seed", "cache_views"}
-
 def _feature_cache(config: TrainConfig, samples: SamplePositions, clip: ClipBundle, normalize,
                    device: torch.device, context: Any, progress: bool) -> FeatureCache:
     """Build (rank 0) or open the feature cache of this run's augmented views."""
-    key = {name: value for name, value in config.to_dict().items() if name in _CACHE_KEY}
-    key["data_root"] = str(Path(config.data_root).resolve())
-    key["vit_mode"] = config.model.vit_mode
-    key["clip_weights"] = clip.fingerprint
+    key = cache_key(config, clip)
     folder = Path(config.feature_cache)
     if distributed.is_main_process():
         build_feature_cache(folder, key, config.cache_views, len(samples.dataset), samples.view, clip.model,
@@ -113,8 +106,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     model = build_mvpseg(clip, config.model, generator=torch.Generator().manual_seed(config.seed)).to(device)
     optimizer = run.begin(model)
 
-    mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
+    mean, std = clip.normalisation(device)
     samples = SamplePositions(dataset, augmentation(config), label_map, config.seed)
     if config.feature_cache:
         samples.cache = _feature_cache(config, samples, clip, lambda x: (x - mean) / std, device, run.autocast,

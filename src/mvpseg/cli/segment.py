@@ -205,8 +205,10 @@ def run(args: argparse.Namespace) -> int:
     watch = distributed.PeerWatch(dead_after_s=args.peer_timeout, startup_s=max(120.0, 12 * args.peer_timeout))
     try:
         if args.onnx:
-            segmenter = Segmenter.from_onnx(args.onnx, prompts=args.prompts, student=args.student, clip=args.clip,
-                                            pretrained=clip_source(args), overrides=inference_overrides(args))
+            from ..export import OnnxSegmenter
+
+            segmenter = OnnxSegmenter.load(args.onnx, prompts=args.prompts, student=args.student, clip=args.clip,
+                                           pretrained=clip_source(args), overrides=inference_overrides(args))
         else:
             segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
                                                   student=args.student, vit_mode=args.vit_mode,

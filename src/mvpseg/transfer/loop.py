@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..backbones import frozen_batchnorms
 from ..build import build_student, from_pretrained
 from ..checkpoint import save_student_checkpoint
 from ..config import InferenceConfig, TransferConfig, inference_made_for
@@ -29,7 +30,7 @@ from ..data import build_dataset
 from ..inference import Segmenter
 from ..losses import segmentation_loss
 from ..runs import Run, RunLog, SamplePositions, augmentation, deterministic_algorithms, seeded_step
-from .backbones import frozen_batchnorms
+from ..student import BACKGROUND, DeepLabV3PlusDecoder, DepthwiseSeparableASPPDecoder, Student
 from .pseudo import (
     VOID,
     assign_unseen,
@@ -39,7 +40,6 @@ from .pseudo import (
     teacher_scores,
     transfer_vocabulary,
 )
-from .student import BACKGROUND, DeepLabV3PlusDecoder, DepthwiseSeparableASPPDecoder, Student
 
 __all__ = ["synchronise_batchnorms", "transfer"]
 
@@ -125,8 +125,7 @@ def _transfer(config: TransferConfig, run: Run, progress: bool, callback: Callab
     student = synchronise_batchnorms(student, run.world_size, config.batch_size // run.world_size, device)
     optimizer = run.begin(student, no_decay=lambda name: "log_tau" in name)  # temperatures: no weight decay
 
-    mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
+    mean, std = clip.normalisation(device)
     self_training = config.self_training_step
     online = not offline and run.start < self_training
     # The teacher sees the student's crops whole, as inference sees a window.

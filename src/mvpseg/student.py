@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from ..clip import ClipBundle
-from ..config import StudentConfig
-from ..model import MVPHead, MVPSegOutput, cosine_maps
-from ..prompts import PromptLearner, validate_class_names
 from .backbones import Backbone, freeze_batchnorm
+from .clip import ClipBundle
+from .config import StudentConfig
+from .model import ClipModel, MVPHead
+from .prompts import PromptLearner, validate_class_names
 
 __all__ = ["BACKGROUND", "DeepLabV2Decoder", "DeepLabV3PlusDecoder", "DepthwiseSeparableASPPDecoder", "Student",
            "build_decoder"]
@@ -166,13 +166,13 @@ def build_decoder(arch: str, head: str, channels: tuple[int, int], width: int, e
     raise ValueError(f"unknown student architecture {arch!r}: use deeplabv2 or deeplabv3plus")
 
 
-class Student(nn.Module):
+class Student(ClipModel):
     """MVP-SEG+'s student: a DeepLab scored against the frozen prompts' text embeddings.
 
     The top model receives built parts; :func:`mvpseg.build.build_student` knows the sizes.
 
     Args:
-        clip: the frozen CLIP whose text tower encodes the prompts (not registered: never trained, never saved).
+        clip: the frozen CLIP whose text tower encodes the prompts.
         prompts: the teacher's prompts, frozen (saved with the student, so that it answers any class names).
         backbone: the ResNet trunk.
         decoder: DeepLabv2 or DeepLabv3+ decoder ending in a projection to D.
@@ -188,8 +188,7 @@ class Student(nn.Module):
     def __init__(self, clip: ClipBundle, prompts: PromptLearner, backbone: Backbone, decoder: nn.Module,
                  head: MVPHead, config: StudentConfig, background: nn.Parameter | None = None,
                  normalisation: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
-        super().__init__()
-        self._clip = [clip]
+        super().__init__(clip)
         self.prompts = prompts.requires_grad_(False)
         self.backbone, self.decoder, self.head, self.config = backbone, decoder, head, config
         self.background = background
@@ -202,14 +201,6 @@ class Student(nn.Module):
         self.register_buffer("input_shift", ((clip_mean - mean) / std).view(1, 3, 1, 1), persistent=False)
         for part in self.frozen_parts():
             freeze_batchnorm(part)
-
-    @property
-    def clip(self) -> ClipBundle:
-        return self._clip[0]
-
-    @property
-    def clip_model(self) -> nn.Module:
-        return self._clip[0].model
 
     @property
     def stride(self) -> int:
@@ -256,14 +247,3 @@ class Student(nn.Module):
         background = F.normalize(self.background.float(), dim=0).to(text.device)  # (D,)
         replaced = background.view(1, 1, -1).expand(text.shape[0], 1, -1)  # (K + 1, 1, D)
         return torch.cat([text[:, :row], replaced, text[:, row + 1 :]], dim=1)
-
-    cosine_maps = staticmethod(cosine_maps)
-
-    def forward(self, images: torch.Tensor, class_names: Sequence[str] | None = None,
-                text: torch.Tensor | None = None) -> MVPSegOutput:
-        """Segment normalised images (B, 3, H, W) against a vocabulary -> :class:`MVPSegOutput` at the student's stride."""
-        if text is None:
-            if class_names is None:
-                raise ValueError("give class_names or text embeddings")
-            text = self.text_embeddings(class_names)
-        return self.head(self.cosine_maps(self.features(images), text))
