@@ -211,7 +211,7 @@ def test_output_state_compares_background_and_threshold(tmp_path: Path) -> None:
 
 
 def test_output_names_never_collide(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from mvpseg.cli.inputs import collect_images
+    from mvpseg.inputs import collect_images
 
     folder = tmp_path / "photos"
     _photos(folder, 2)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 import mvpseg
 from mvpseg.cli import main
-from mvpseg.cli.inputs import collect_images, shard
+from mvpseg.inputs import collect_images, shard
 
 
 @pytest.fixture()

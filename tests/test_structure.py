@@ -15,8 +15,8 @@ import pytest
 import mvpseg
 from mvpseg import config as configs
 from mvpseg.cli import build_parser, main
+from mvpseg.cli.common import run_config
 from mvpseg.cli.flags import field_help
-from mvpseg.cli.train import run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "mvpseg"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mvpseg.cli import build_parser
-from mvpseg.cli.train import run_config
+from mvpseg.cli.common import run_config
 from mvpseg.cli.transfer import with_student_preset
 from mvpseg.config import STUDENT_PRESETS, TRANSFER_PRESETS, StudentConfig, TransferConfig, from_dict
 

@@ -467,7 +467,7 @@ def test_presets_are_maskclip_plus_configs() -> None:
 
 def test_a_dataset_alias_keeps_its_preset() -> None:
     from mvpseg.cli import build_parser
-    from mvpseg.cli.train import run_config
+    from mvpseg.cli.common import run_config
 
     args = build_parser().parse_args(["transfer", "--dataset", "coco_stuff", "--data-root", "x", "--prompts", "p"])
     config = run_config(args, TransferConfig, TRANSFER_PRESETS)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..inputs import ImageInputs, collect_images, parse_shard, read_input_list, shard
 from ..vocabulary import Vocabulary, parse_classes, read_classes_file
 from .common import (
     UsageError,
@@ -16,7 +17,6 @@ from .common import (
     clip_source,
     inference_overrides,
 )
-from .inputs import ImageInputs, collect_images, parse_shard, read_input_list, shard
 
 __all__ = ["add_parser", "parse_class_list", "parse_vocabulary", "run"]
 

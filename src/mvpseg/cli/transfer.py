@@ -7,8 +7,17 @@ import sys
 from pathlib import Path
 
 from ..config import EVAL_PRESETS, STUDENT_PRESETS, TRANSFER_PRESETS, TransferConfig
-from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
-from .train import RENAME, add_run_flags, launch, run_config
+from .common import (
+    RENAME,
+    UsageError,
+    add_clip_arguments,
+    add_inference_flags,
+    add_run_flags,
+    clip_source,
+    inference_config,
+    launch,
+    run_config,
+)
 
 __all__ = ["add_parser", "run_pseudo_label", "run_transfer"]
 

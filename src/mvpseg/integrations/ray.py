@@ -47,7 +47,7 @@ def image_rows(arguments: Sequence[str], recursive: bool = False,
         recursive: take folders' subfolders too.
         listed: paths from input lists.
     """
-    from ..cli.inputs import collect_images
+    from ..inputs import collect_images
 
     return [{"path": str(item.path), "name": item.name}
             for item in collect_images(arguments, recursive=recursive, listed=listed).images]
