@@ -26,8 +26,8 @@ from typing import Any
 from cpuinfo import cpu_summary
 from PIL import Image
 
+from mvpseg.world.patterns import CLASS_NAMES, generate_scene, scene_rng
 from mvpseg.world.prompts_asset import WORLD_PROMPTS
-from mvpseg.world.scene import CLASS_NAMES, generate_scene, scene_rng
 
 CLASSES = ",".join(CLASS_NAMES)
 

@@ -15,10 +15,10 @@ import mvpseg
 from mvpseg.cli import main
 from mvpseg.data import read_label
 from mvpseg.world import parts
+from mvpseg.world.drawing import scene_rng
 from mvpseg.world.layout import write_world
 from mvpseg.world.pretrain import build_tiny_clip, initial_state
 from mvpseg.world.pretrain import main as pretrain_main
-from mvpseg.world.scene import scene_rng
 from mvpseg.world.views import PartViews, js_divergence, view_diversity
 
 _NUM_THINGS = len(parts.THING_CLASSES)

@@ -95,8 +95,8 @@ def test_a_local_ray_cluster_segments_like_the_segmenter(tmp_path: Path) -> None
         import ray
     else:
         ray = pytest.importorskip("ray")
+    from mvpseg.world.patterns import CLASS_NAMES, generate_scene, scene_rng
     from mvpseg.world.prompts_asset import WORLD_PROMPTS
-    from mvpseg.world.scene import CLASS_NAMES, generate_scene, scene_rng
 
     folder = tmp_path / "world"
     folder.mkdir()

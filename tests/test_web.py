@@ -31,7 +31,7 @@ from PIL import Image
 
 from mvpseg.viz import palette
 from mvpseg.web import NOT_AN_IMAGE
-from mvpseg.world.scene import CLASS_NAMES, generate_scene, scene_rng
+from mvpseg.world.patterns import CLASS_NAMES, generate_scene, scene_rng
 
 CHROMIUM = os.environ.get("MVPSEG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 

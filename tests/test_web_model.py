@@ -97,7 +97,7 @@ def test_serve_says_what_is_missing_and_refuses_a_taken_port_at_once(monkeypatch
 def test_serve_defaults_to_the_shipped_tiny_clip_and_world_prompts() -> None:
     from mvpseg.cli import build_parser
     from mvpseg.cli.serve import load_segmenter
-    from mvpseg.world.scene import CLASS_NAMES, generate_scene, scene_rng
+    from mvpseg.world.patterns import CLASS_NAMES, generate_scene, scene_rng
 
     segmenter = load_segmenter(build_parser().parse_args(["serve", "--device", "cpu"]))
     assert segmenter.clip.name == "mvpseg-tiny" and segmenter.model.prompts is not None
@@ -132,8 +132,8 @@ def test_the_page_and_segment_agree_on_the_default_model(tmp_path: Path) -> None
 
     from mvpseg.cli import build_parser, main
     from mvpseg.cli.serve import load_segmenter
+    from mvpseg.world.patterns import CLASS_NAMES, generate_scene, scene_rng
     from mvpseg.world.prompts_asset import WORLD_PROMPTS
-    from mvpseg.world.scene import CLASS_NAMES, generate_scene, scene_rng
 
     photo = tmp_path / "scene.png"
     Image.fromarray(generate_scene(scene_rng(3, 1, 0)).image).resize((160, 144)).save(photo)

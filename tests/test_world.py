@@ -14,9 +14,7 @@ from safetensors.torch import load_file
 
 from mvpseg.data import read_label
 from mvpseg.world.layout import write_world
-from mvpseg.world.pretrain import build_tiny_clip
-from mvpseg.world.pretrain import main as pretrain_main
-from mvpseg.world.scene import (
+from mvpseg.world.patterns import (
     CLASS_NAMES,
     STUFF_CLASSES,
     THING_CLASSES,
@@ -29,6 +27,30 @@ from mvpseg.world.scene import (
     scene_rng,
     twin_spec,
 )
+from mvpseg.world.pretrain import build_tiny_clip
+from mvpseg.world.pretrain import main as pretrain_main
+
+
+def test_every_world_declares_the_registry_interface() -> None:
+    """Each world of WORLDS has every name the registry's docstring lists, HAS_PARTS a bool, and HAS_PARTS
+    true exactly where the world has part kinds and its scenes carry part masks."""
+    from mvpseg.world import registry
+    from mvpseg.world.registry import INTERFACE, PARTS_INTERFACE, WORLDS, get_world
+
+    assert set(WORLDS) == {"patterns", "parts"}
+    for name in INTERFACE + PARTS_INTERFACE:
+        assert f"``{name}" in registry.__doc__, name  # the docstring lists the interface
+    for name in WORLDS:
+        module = get_world(name)
+        missing = [attr for attr in INTERFACE if not hasattr(module, attr)]
+        assert not missing, (name, missing)
+        assert isinstance(module.HAS_PARTS, bool), name
+        assert module.HAS_PARTS == hasattr(module, "PART_KINDS"), name
+        assert module.HAS_PARTS == all(hasattr(module, attr) for attr in PARTS_INTERFACE), name
+        scene = module.generate_scene(module.scene_rng(0, 0, 0))
+        assert (scene.parts is not None) == module.HAS_PARTS, name
+        assert scene.image.shape[:2] == (module.IMAGE_SIZE,) * 2
+    assert get_world("patterns").HAS_PARTS is False and get_world("parts").HAS_PARTS is True
 
 
 def test_class_lists() -> None:

@@ -214,7 +214,7 @@ def write_examples(folder: str | Path, count: int = 4, seed: int = 0) -> list[Pa
     Returns:
         The files written.
     """
-    from .world.scene import CLASS_NAMES, UNSEEN_CLASSES, generate_scene, scene_rng
+    from .world.patterns import CLASS_NAMES, UNSEEN_CLASSES, generate_scene, scene_rng
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -393,7 +393,7 @@ def serve(segmenter: Segmenter, host: str = "127.0.0.1", port: int = 7860, max_u
         examples: world scenes offered as examples.
         auth: (user, password) pairs; when given, the page asks for one of them.
     """
-    from .world.scene import CLASS_NAMES
+    from .world.patterns import CLASS_NAMES
 
     workdir = Path(tempfile.mkdtemp(prefix="mvpseg-serve-"))
     try:

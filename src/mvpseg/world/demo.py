@@ -260,7 +260,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
     val = build_dataset("custom", world, "val")
     clip = load_clip(config.clip, config.clip_weights)
     inference = InferenceConfig(short_side=config.short_side, mode="whole")
-    has_parts = hasattr(world_module, "PART_KINDS")
+    has_parts = world_module.HAS_PARTS
     rows: list[dict[str, Any]] = []
     keys = ("miou_seen", "miou_unseen", "hiou", "miou")
     shown: Segmenter | None = None  # MVP-SEG of the first seed: the pictures' model

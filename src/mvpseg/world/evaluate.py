@@ -31,9 +31,9 @@ from safetensors.torch import load_file
 from mvpseg.dense import dense_features
 from mvpseg.metrics import ConfusionMatrix
 from mvpseg.prompts import TEMPLATES, template_embeddings
+from mvpseg.world.drawing import scene_rng
 from mvpseg.world.pretrain import build_tiny_clip, model_name, to_model_input
 from mvpseg.world.registry import get_world
-from mvpseg.world.scene import scene_rng
 
 __all__ = ["evaluate_tiny_clip", "load_tiny_clip", "presence_auc", "WORLD_TEMPLATES", "EVAL_SPLIT", "PROBE_SPLIT"]
 

@@ -26,8 +26,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mvpseg.viz import voc_palette
+from mvpseg.world.drawing import scene_rng
 from mvpseg.world.registry import get_world
-from mvpseg.world.scene import scene_rng
 
 __all__ = ["write_world", "SPLIT_CODES"]
 
@@ -86,7 +86,7 @@ def write_world(
     module = get_world(world)
     image_size = image_size or module.IMAGE_SIZE
     root = Path(root)
-    has_parts = hasattr(module, "PART_KINDS")
+    has_parts = module.HAS_PARTS
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation") + (("SegmentationPart",) if has_parts else ()):
         (root / sub).mkdir(parents=True, exist_ok=True)
     if has_parts:

@@ -3,16 +3,17 @@
 Each *thing* is an assembly of 2-3 parts in a fixed layout (a cap over a stem, a body on two legs, a
 ring around a core, a tower of three, a head over a body on legs), with pose, size, aspect and colour
 varied. Parts come from a shared inventory of 8 *part kinds*, each with its own texture (a pattern of
-:mod:`mvpseg.world.scene`), colour family and outline, so that every unseen thing is built from part
+:mod:`mvpseg.world.drawing`), colour family and outline, so that every unseen thing is built from part
 kinds that seen things also have (as a cow shares legs and a head with a horse): an unseen thing is a
-new combination of known parts. Stuff backgrounds, noise and captions are the first world's.
+new combination of known parts. Stuff backgrounds, noise and captions are the shared drawing's
+(:mod:`mvpseg.world.drawing`), as in the patterns world.
 
 Images are 256 px, so a stride-32 CLIP sees an 8x8 grid: a lone thing spans 5-7 cells, a thing in a
 group 3-4, and each part one to three. Ground truth: class masks and, for measuring only (never for
 training, never named in captions), part masks whose value is the part kind.
 
-The module offers the same functions as :mod:`mvpseg.world.scene` (``sample_spec``, ``twin_spec``,
-``render``, ``caption``, ``generate_scene``), so the pretraining, evaluation and layout code serve both.
+The module offers the same interface as :mod:`mvpseg.world.patterns` (:mod:`mvpseg.world.registry` lists it),
+so the pretraining, evaluation and layout code serve both; ``HAS_PARTS`` is true here.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mvpseg.world import scene as _base
-from mvpseg.world.scene import IGNORE_INDEX, STUFF_CLASSES, Scene, scene_rng
+from mvpseg.world import drawing as _drawing
+from mvpseg.world.drawing import IGNORE_INDEX, STUFF_CLASSES, Scene, scene_rng
 
 __all__ = [
+    "HAS_PARTS",
     "PART_KINDS",
     "LAYOUTS",
     "THINGS",
@@ -47,9 +49,12 @@ __all__ = [
     "thing_parts",
 ]
 
+#: This world's things have parts: ``PART_KINDS``, :func:`thing_parts`, part masks in ``Scene.parts``.
+HAS_PARTS = True
+
 IMAGE_SIZE = 256
 
-#: Part kinds: (name, texture (a pattern of scene.pattern_mask), superellipse exponent of its outline, edge wobble).
+#: Part kinds: (name, texture (a pattern of drawing.pattern_mask), superellipse exponent of its outline, edge wobble).
 PART_KINDS: tuple[tuple[str, str, float, float], ...] = (
     ("dotted", "dots", 2.0, 0.00),
     ("striped", "stripes", 4.0, 0.00),
@@ -145,7 +150,7 @@ def _kind_colors(rng: np.random.Generator, kind: int) -> tuple[tuple[int, int, i
         a, b = rng.integers(0, 256, size=(2, 3))
         if signature:
             hue = kind / len(PART_KINDS) + rng.normal(0, 15 / 360)
-            a = _base.hsv_to_rgb(hue % 1.0, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
+            a = _drawing.hsv_to_rgb(hue % 1.0, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
         if abs(float(a @ luma - b @ luma)) > 60:
             return tuple(int(v) for v in a), tuple(int(v) for v in b)  # type: ignore[return-value]
 
@@ -158,7 +163,7 @@ def _sample_assembly(rng: np.random.Generator, label: int, center: tuple[float, 
         angle=float(rng.uniform(-0.35, 0.35)),
         aspect=float(rng.uniform(0.85, 1.15)),
         pattern_angle=float(rng.uniform(0, np.pi)),
-        period=float(rng.uniform(*_base.PERIOD_RANGE)),
+        period=float(rng.uniform(*_drawing.PERIOD_RANGE)),
         colors=tuple(_kind_colors(rng, kind) for kind in thing_parts(label)),
         offset=(float(rng.uniform(0, 64)), float(rng.uniform(0, 64))),
     )
@@ -200,7 +205,7 @@ def twin_spec(spec: PartsSceneSpec, rng: np.random.Generator, swap: str = "thing
     change.
     """
     if swap == "stuff":
-        return dataclasses.replace(spec, stuff=_base.other_stuff(spec.stuff, rng, _NUM_THINGS))
+        return dataclasses.replace(spec, stuff=_drawing.other_stuff(spec.stuff, rng, _NUM_THINGS))
     if swap != "thing":
         raise ValueError(f"swap must be 'thing' or 'stuff', not {swap!r}")
     present = {t.label for t in spec.things}
@@ -260,7 +265,7 @@ def render_parts(spec: PartsSceneSpec) -> tuple[np.ndarray, np.ndarray, np.ndarr
         frac, amplitude, freq, phase = spec.horizon
         top = yy < frac * size + amplitude * np.sin(2 * np.pi * freq * xx / size + phase)
     for stuff, region in zip(spec.stuff, [top, ~top][: len(spec.stuff)]):
-        np.copyto(image, _base.stuff_texture(CLASS_NAMES[stuff], rng, yy, xx), where=region[..., None])
+        np.copyto(image, _drawing.stuff_texture(CLASS_NAMES[stuff], rng, yy, xx), where=region[..., None])
         label[region] = stuff
     for thing in spec.things:
         reach = 1.9 * thing.size * max(thing.aspect, 1.0) + 2  # layouts stay within 1.1 R of the centre
@@ -274,7 +279,7 @@ def render_parts(spec: PartsSceneSpec) -> tuple[np.ndarray, np.ndarray, np.ndarr
         theta = np.arctan2(by - thing.center[0], bx - thing.center[1])
         kinds = thing_parts(thing.label)
         for kind, mask in _part_regions(thing, by, bx):
-            foreground = _base.pattern_mask(PART_KINDS[kind][1], u, v, thing.period, r, theta)
+            foreground = _drawing.pattern_mask(PART_KINDS[kind][1], u, v, thing.period, r, theta)
             fg, bg = (np.array(c, dtype=np.float32) for c in thing.colors[kinds.index(kind)])
             fill = bg + foreground[..., None].astype(np.float32) * (fg - bg)  # (h, w, 3)
             np.copyto(image[y0:y1, x0:x1], fill, where=mask[..., None])
@@ -293,8 +298,8 @@ def render(spec: PartsSceneSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def caption(label: np.ndarray, rng: np.random.Generator, min_fraction: float = 0.015,
             stuff_probability: float = 0.5, stuff_only: bool = False) -> str:
-    """A sentence naming the things (always) and the stuff (sometimes), never the parts (see scene.caption)."""
-    return _base.describe(label, rng, THING_CLASSES, STUFF_CLASSES, min_fraction, stuff_probability, stuff_only)
+    """A sentence naming the things (always) and the stuff (sometimes), never the parts (see patterns.caption)."""
+    return _drawing.describe(label, rng, THING_CLASSES, STUFF_CLASSES, min_fraction, stuff_probability, stuff_only)
 
 
 def generate_scene(rng: np.random.Generator, size: int = IMAGE_SIZE) -> Scene:

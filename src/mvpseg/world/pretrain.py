@@ -43,8 +43,8 @@ from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from mvpseg.files import atomic_write
+from mvpseg.world.drawing import scene_rng
 from mvpseg.world.registry import get_world
-from mvpseg.world.scene import scene_rng
 
 __all__ = ["PretrainConfig", "pretrain", "main", "TINY_CONFIG_PATH", "WEIGHTS_NAME", "STATE_NAME", "build_tiny_clip",
            "initial_state"]
