@@ -5,7 +5,7 @@ Every run is the real command line in a subprocess, on N world scenes (128 x 128
 CLIP and world prompts, on the CPU.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/batch_bench.py [--images 300] [--shards 3]
-        [--kill-after 100] [--no-ray] [--out benchmarks/results_batch.json]
+        [--kill-after 100] [--no-ray] [--out benchmarks/results/batch.json]
 """
 
 from __future__ import annotations

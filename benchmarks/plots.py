@@ -1,4 +1,4 @@
-"""Scaling curves of ``benchmarks/results.json`` as PNG files (matplotlib: ``pip install -e ".[bench]"``)."""
+"""Scaling curves of ``benchmarks/results/suite.json`` as PNG files (matplotlib: ``pip install -e ".[bench]"``)."""
 
 from __future__ import annotations
 

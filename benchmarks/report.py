@@ -1,4 +1,4 @@
-"""``docs/benchmarks.md`` from ``benchmarks/results.json``."""
+"""``docs/benchmarks.md`` from ``benchmarks/results/suite.json``."""
 
 from __future__ import annotations
 
@@ -307,11 +307,11 @@ def students_section(students: dict[str, Any] | None) -> list[str]:
 
 
 def student_world_section(world: dict[str, Any] | None) -> list[str]:
-    """World accuracy of the demo's student at output stride 8 and 16 (benchmarks/student_world.py)."""
+    """World accuracy of the demo's student at output stride 8 and 16 (benchmarks/studies/student_world.py)."""
     if not world:
         return []
     student = world["student"]
-    lines = [f"World accuracy (`python benchmarks/student_world.py`, {world['date']}): the demo's MVP-SEG+ student "
+    lines = [f"World accuracy (`python benchmarks/studies/student_world.py`, {world['date']}): the demo's MVP-SEG+ student "
              f"({student['arch']} on the tiny CLIP's trunk, {student['head_channels']} channels) taught by the shipped "
              f"world prompts, {world['num_train']} training images, {world['iters']} steps (self-training from "
              f"{world['self_train_from']}), evaluated on {world['num_val']} val images, at output stride 8 and 16.", "",
@@ -372,7 +372,7 @@ def write(results: dict[str, Any], path: Path, figures: list[Path], students: di
     hand-written paragraphs of ``benchmarks/report_notes.md`` (or ``notes``) in their sections."""
     lines = ["# Benchmarks", "",
              "Speed and memory of mvpseg's inference and training, measured by `python benchmarks/run.py "
-             "[--device cuda] [--quick] [--threads N]` (this page and `benchmarks/results.json` "
+             "[--device cuda] [--quick] [--threads N]` (this page and `benchmarks/results/suite.json` "
              "are its output; paragraphs written by hand come from `benchmarks/report_notes.md`; a quick run writes "
              "`docs/benchmarks_quick.md` instead). CLIP weights are random (speed does not depend on their values); the ResNet's "
              "BatchNorm statistics are set from one synthetic scene so that features vary over the image as a "

@@ -1,9 +1,10 @@
 """mvpseg's benchmark suite: inference and training speed and memory, RN50 and ViT-B-16.
 
-Writes ``benchmarks/results.json``, ``docs/benchmarks.md`` and the scaling plots ``docs/benchmarks_*.png``
-(``--quick``: ``benchmarks/results_quick.json``, ``results_students_quick.json``, ``docs/benchmarks_quick.md`` and
-``docs/benchmarks_quick_*.png``, so that a quick run never replaces a full run's files)
-(with ``--device cuda``: ``results_cuda.json``, ``benchmarks_cuda.md`` and ``benchmarks_cuda_*.png``).
+Writes ``benchmarks/results/suite.json``, ``results/students.json``, ``docs/benchmarks.md`` and the scaling plots
+``docs/benchmarks_*.png`` (``--quick``: ``benchmarks/results/suite_quick.json``, ``results/students_quick.json``,
+``docs/benchmarks_quick.md`` and ``docs/benchmarks_quick_*.png``, so that a quick run never replaces a full run's
+files) (with ``--device cuda``: ``results/suite_cuda.json``, ``benchmarks_cuda.md`` and ``benchmarks_cuda_*.png``).
+Every result file of the suite and of the studies (``benchmarks/studies/``) lies in ``benchmarks/results/``.
 
     pip install -e ".[bench]"
     python benchmarks/run.py [--device cuda] [--quick] [--threads N]
@@ -33,6 +34,8 @@ import train_bench
 from common import CLIPS, Section, Settings, machine
 
 REPOSITORY = Path(__file__).resolve().parent.parent
+#: The folder of every result file (the suite's and the studies').
+RESULTS = REPOSITORY / "benchmarks" / "results"
 
 
 def memory_cases(settings: Settings, section: Section, stash: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -85,7 +88,7 @@ def threads_comparison(settings: Settings, section: Section, clip: Any) -> dict[
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    """The figures the issue asks for at the top of results.json."""
+    """The figures the issue asks for at the top of results/suite.json."""
     inference = results["inference"]
     summary: dict[str, Any] = {"overhead_ratio": {}, "hardware_ratio": {}, "overhead_ratio_2048": {},
                                "hardware_ratio_2048": {}}
@@ -167,11 +170,11 @@ def notes(results: dict[str, Any]) -> list[str]:
 
 def students(suffix: str) -> dict[str, Any] | None:
     """The MVP-SEG+ student figures (benchmarks/student_bench.py), when they were measured."""
-    path = REPOSITORY / "benchmarks" / f"results_students{suffix}.json"
+    path = RESULTS / f"students{suffix}.json"
     if not path.is_file():
         return None
     figures = json.loads(path.read_text())
-    world = REPOSITORY / "benchmarks" / "results_student_world.json"  # benchmarks/student_world.py: accuracy
+    world = RESULTS / "student_world.json"  # benchmarks/studies/student_world.py: accuracy
     if world.is_file():
         figures["world"] = json.loads(world.read_text())
     return figures
@@ -203,7 +206,7 @@ def main() -> None:
     parser.add_argument("--end-to-end", action="store_true",
                         help="also time mvpseg.train itself, with and without the feature cache (default in full mode)")
     parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results[_cuda].json)")
+    parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/suite[_cuda].json)")
     parser.add_argument("--report", default=None, help="Markdown report (default docs/benchmarks[_cuda].md)")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the report and plots from an existing results JSON, measure nothing")
@@ -211,7 +214,7 @@ def main() -> None:
     require_plotting(args.no_plots)
     suffix = file_suffix(args.device, args.quick)
     students_suffix = file_suffix(args.device, quick=False)  # the published student figures a report shows
-    out = Path(args.out) if args.out else REPOSITORY / "benchmarks" / f"results{suffix}.json"
+    out = Path(args.out) if args.out else RESULTS / f"suite{suffix}.json"
     report_path = Path(args.report) if args.report else REPOSITORY / "docs" / f"benchmarks{suffix}.md"
     if args.report_only:
         results = json.loads(out.read_text())
@@ -240,7 +243,7 @@ def main() -> None:
     results["threads"] = threads_comparison(settings, section, stash["RN50"]["clip"])
     results["memory"] = memory_cases(settings, section, stash)
     results["training"] = train_bench.run(settings, section, end_to_end_run=args.end_to_end or not args.quick)
-    student_bench.write(settings, section, path=REPOSITORY / "benchmarks" / f"results_students{suffix}.json")
+    student_bench.write(settings, section, path=RESULTS / f"students{suffix}.json")
     results["summary"] = summarise(results)
     results["sections"] = section.records
     results["run_seconds"] = time.perf_counter() - start

@@ -4,7 +4,7 @@ Each figure is the median wall time of fresh ``python -m mvpseg ... --help`` pro
 start-up included), with PYTHONPATH pointing at the tree's ``src``. ``--revision REV`` also times the
 package as it was at REV (checked out into a temporary git worktree), for a before/after.
 
-    python benchmarks/startup_bench.py [--revision fbc7629] [--repeats 7] [--out benchmarks/results_startup.json]
+    python benchmarks/startup_bench.py [--revision fbc7629] [--repeats 7] [--out benchmarks/results/startup.json]
 """
 
 from __future__ import annotations

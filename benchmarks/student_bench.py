@@ -13,7 +13,7 @@ excluded.
 
     python benchmarks/student_bench.py [--device cuda] [--quick] [--threads N] [--training] [--presets fast,...]
 
-Writes ``benchmarks/results_students[_cuda].json`` (with the machine it ran on); ``python benchmarks/run.py
+Writes ``benchmarks/results/students[_cuda].json`` (with the machine it ran on); ``python benchmarks/run.py
 --report-only`` puts it into ``docs/benchmarks.md``. The full suite (``benchmarks/run.py``) runs it too.
 """
 
@@ -186,7 +186,7 @@ def write(settings: Settings, section: Section, path: Path | None = None, preset
                "machine": machine(settings.device), **run(settings, section, presets, training)}
     results["sections"] = section.records
     suffix = "" if settings.device.type == "cpu" else f"_{settings.device.type}"
-    path = path or HERE / f"results_students{suffix}.json"
+    path = path or HERE / "results" / f"students{suffix}.json"
     if merge and path.is_file():  # keep the presets measured earlier (each has its own MVP-SEG rounds)
         earlier = json.loads(path.read_text())
         kept = {name: {"date": earlier["date"], **figures} for name, figures in earlier.get("students", {}).items()
@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results_students[_cuda].json)")
+    parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/students[_cuda].json)")
     parser.add_argument("--training", action="store_true", help="also time a training step of each preset (slow)")
     parser.add_argument("--presets", default=None, help=f"comma-separated presets (default: all of {', '.join(STUDENT_PRESETS)})")
     parser.add_argument("--merge", action="store_true", help="keep the other presets of the results file")

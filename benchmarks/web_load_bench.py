@@ -8,7 +8,7 @@ counts as failed. Reports p50/p95 latency per request (upload, queue, segmentati
 the server's peak resident memory (VmHWM of its process), and the failures.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/web_load_bench.py [--clients 8] [--requests 5]
-        [--size 640] [--out benchmarks/results_web_load.json]
+        [--size 640] [--out benchmarks/results/web_load.json]
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def test_the_published_report_is_report_py_output_with_the_hand_written_paragrap
     finally:
         sys.path.remove(str(BENCHMARKS))
     docs = BENCHMARKS.parent / "docs"
-    results = json.loads((BENCHMARKS / "results.json").read_text())
+    results = json.loads((BENCHMARKS / "results" / "suite.json").read_text())
     results["notes"] = run.notes(results)
     figures = sorted(docs.glob("benchmarks_*_scaling.png"))
     report.write(results, tmp_path / "benchmarks.md", figures, run.students(""))

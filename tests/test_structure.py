@@ -159,7 +159,7 @@ def _private_uses(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("folder", ["benchmarks", "src/mvpseg/world"])
 def test_no_private_names_of_other_modules(folder: str) -> None:
-    uses = {str(path.relative_to(ROOT)): _private_uses(path) for path in sorted((ROOT / folder).glob("*.py"))}
+    uses = {str(path.relative_to(ROOT)): _private_uses(path) for path in sorted((ROOT / folder).rglob("*.py"))}
     assert not {path: found for path, found in uses.items() if found}
 
 

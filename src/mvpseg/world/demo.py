@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,11 @@ from .layout import write_world
 from .registry import get_world
 from .views import measure_views, view_ceiling, view_figures
 
-__all__ = ["DemoConfig", "ABLATION", "VIEW_ROWS", "format_results", "row_train_config", "run_demo"]
+__all__ = ["DemoConfig", "ABLATION", "VIEW_ROWS", "StudentRow", "format_results", "learned_row_run", "row_train_config",
+           "run_demo", "run_figures", "student_row", "student_transfer_config"]
+
+#: The figures of every run of a row (means over seeds in the row).
+KEYS = ("miou_seen", "miou_unseen", "hiou", "miou")
 
 
 # (row name, model overrides, loss weights): the paper's ablation, one piece added per row.
@@ -184,9 +189,45 @@ def row_train_config(config: DemoConfig, world: Path, name: str, seed: int, out:
         feature_cache=str(out / "feature-cache" / f"seed-{seed}"), cache_views=config.cache_views or views)
 
 
+def run_figures(segmenter: Segmenter, val, world_module: ModuleType, seed: int, views: bool) -> dict[str, Any]:
+    """One run's figures as the demo records them: seed, mIoU(S), mIoU(U), hIoU, mIoU and per_class on ``val``;
+    with ``views`` in a world with parts (``HAS_PARTS``), where the prompts look (:func:`measure_views`)."""
+    metrics = evaluate(segmenter, val, progress=False)
+    run = {"seed": seed, **{key: metrics[key] for key in KEYS}, "per_class": metrics["per_class"]}
+    if world_module.HAS_PARTS and views:
+        run["views"] = measure_views(segmenter, val, [world_module.thing_parts(c) for c in
+                                                      range(len(world_module.THING_CLASSES))],
+                                     [kind[0] for kind in world_module.PART_KINDS])
+    return run
+
+
+def learned_row_run(train_config: TrainConfig, clip: ClipBundle, val, world_module: ModuleType,
+                    inference: InferenceConfig, reuse: bool = False,
+                    progress: bool = False) -> tuple[dict[str, Any], Segmenter]:
+    """One seed of a learned row, as the demo runs it: train the prompts, evaluate them, measure their views.
+
+    Args:
+        train_config: the prompt-training run (:func:`row_train_config`, perhaps changed).
+        clip: the CLIP the prompts are trained over.
+        val: the world's val split.
+        world_module: the world (:func:`mvpseg.world.registry.get_world`).
+        inference: how the prompts' Segmenter segments.
+        reuse: evaluate the run's ``prompts.safetensors`` when it exists instead of training again.
+        progress: show training's progress.
+
+    Returns:
+        The run's figures (:func:`run_figures`, views included where the world has parts) and its Segmenter.
+    """
+    prompts = Path(train_config.out) / "prompts.safetensors"
+    if not (reuse and prompts.is_file()):
+        prompts = train(train_config, progress=progress)
+    segmenter = Segmenter(load_mvpseg(prompts, clip), inference, device="cpu")
+    return run_figures(segmenter, val, world_module, train_config.seed, views=True), segmenter
+
+
 def _row(name: str, label: str, runs: list[dict[str, Any]], tic: float, progress: bool) -> dict[str, Any]:
     """A row of the table: the mean of its runs' figures (one run per seed), each run's figures, the time."""
-    keys = ("miou_seen", "miou_unseen", "hiou", "miou")
+    keys = KEYS
     row: dict[str, Any] = {"name": name, "label": label}
     row.update({key: _mean([run[key] for run in runs]) for key in keys})
     row["per_class"] = {c: _mean([run["per_class"][c] for run in runs]) for c in runs[0]["per_class"]}
@@ -224,14 +265,57 @@ def student_transfer_config(config: DemoConfig, world: Path, out: Path) -> Trans
                               head_channels=config.student_head_channels, freeze_bn="backbone"))
 
 
-def _student(config: DemoConfig, world: Path, clip: ClipBundle, out: Path, progress: bool):
-    """Write the teacher's pseudo-labels of the training images, train the student, load it."""
-    transfer_config = student_transfer_config(config, world, out)
-    teacher = Segmenter(load_mvpseg(transfer_config.prompts, clip),
-                        InferenceConfig(short_side=config.short_side, mode="whole"), device="cpu")
-    write_pseudo_labels(teacher, build_dataset("custom", world, "train"), transfer_config.pseudo_labels,
-                        progress=progress, teacher={"prompts_sha256": prompts_fingerprint(transfer_config.prompts)})
-    return load_student(transfer(transfer_config, progress=progress), clip)
+@dataclass
+class StudentRow:
+    """What :func:`student_row` gives back."""
+
+    figures: dict[str, Any]  # the run as the demo's MVP-SEG+ row records it: seed, mIoU(S), ..., per_class
+    segmenter: Segmenter  # the student's
+    train_seconds: float | None  # training and loading the student; None when a finished one was reused
+
+
+def student_row(config: DemoConfig, world: Path, clip: ClipBundle, val, out: Path, *,
+                prompts: str | Path | None = None, student: StudentConfig | None = None,
+                run_out: str | Path | None = None, pseudo_labels: bool = True, reuse: bool = False,
+                progress: bool = False) -> StudentRow:
+    """The demo's MVP-SEG+ row: the teacher's pseudo-labels of the world's training images, the student
+    trained on them then on its own (:func:`student_transfer_config`), evaluated on ``val``.
+
+    Args:
+        config: the demo's settings.
+        world: the written world (:func:`write_world`).
+        clip: the tiny CLIP (the teacher's, and the student's trunk).
+        val: the world's val split.
+        out: the demo's output folder (the run's folders lie below it).
+        prompts: the teacher's prompts (default: the demo's, the ``mvp-seg`` row's of the first seed).
+        student: the student network (default: the demo's).
+        run_out: the student run's folder (default: the demo's); the pseudo-labels stay the demo's.
+        pseudo_labels: write the teacher's pseudo-labels first (False: they are written already, e.g. by
+            an earlier call for another student of the same teacher).
+        reuse: load the run's finished ``student.safetensors`` when it exists instead of training again.
+        progress: show progress bars.
+
+    Returns:
+        The row's figures, the student's Segmenter and its training time.
+    """
+    run = student_transfer_config(config, world, out)
+    changes = {"prompts": prompts, "student": student, "out": run_out}
+    run = replace(run, **{key: str(value) if isinstance(value, Path) else value
+                          for key, value in changes.items() if value is not None})
+    inference = InferenceConfig(short_side=config.short_side, mode="whole")
+    if pseudo_labels:
+        teacher = Segmenter(load_mvpseg(run.prompts, clip), inference, device="cpu")
+        write_pseudo_labels(teacher, build_dataset("custom", world, "train"), run.pseudo_labels,
+                            progress=progress, teacher={"prompts_sha256": prompts_fingerprint(run.prompts)})
+    tic = time.perf_counter()
+    finished = Path(run.out) / "student.safetensors"
+    reused = reuse and finished.is_file()
+    model = load_student(finished if reused else transfer(run, progress=progress), clip)
+    seconds = None if reused else round(time.perf_counter() - tic, 1)
+    segmenter = Segmenter(model, inference, device="cpu")
+    metrics = evaluate(segmenter, val, progress=False)
+    figures = {"seed": config.seed, **{key: metrics[key] for key in KEYS}, "per_class": metrics["per_class"]}
+    return StudentRow(figures, segmenter, seconds)
 
 
 def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
@@ -262,17 +346,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
     inference = InferenceConfig(short_side=config.short_side, mode="whole")
     has_parts = world_module.HAS_PARTS
     rows: list[dict[str, Any]] = []
-    keys = ("miou_seen", "miou_unseen", "hiou", "miou")
     shown: Segmenter | None = None  # MVP-SEG of the first seed: the pictures' model
-
-    def run_figures(segmenter: Segmenter, seed: int, learned: bool) -> dict[str, Any]:
-        metrics = evaluate(segmenter, val, progress=False)
-        run = {"seed": seed, **{key: metrics[key] for key in keys}, "per_class": metrics["per_class"]}
-        if has_parts and learned:
-            run["views"] = measure_views(segmenter, val, [world_module.thing_parts(c) for c in
-                                                          range(len(world_module.THING_CLASSES))],
-                                         [kind[0] for kind in world_module.PART_KINDS])
-        return run
 
     view_rows = config.views_rows if config.views_rows is not None else has_parts
     shown_views: dict[str, Segmenter] = {}  # the first seed of each view row: its figures
@@ -296,14 +370,14 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
         for offset in range(1 if overrides is None else config.seeds):
             seed = config.seed + offset
             if overrides is None:
-                model = build_mvpseg(clip, None, vit_mode=config.vit_mode)
+                segmenter = Segmenter(build_mvpseg(clip, None, vit_mode=config.vit_mode), inference, device="cpu")
+                run = run_figures(segmenter, val, world_module, seed, views=False)
             else:
                 train_config = row_train_config(config, world, name, seed, out)
                 if progress:
                     print(f"training: {label}, seed {seed}", flush=True)
-                model = load_mvpseg(train(train_config, progress=progress), clip)
-            segmenter = Segmenter(model, inference, device="cpu")
-            runs.append(run_figures(segmenter, seed, overrides is not None))
+                run, segmenter = learned_row_run(train_config, clip, val, world_module, inference, progress=progress)
+            runs.append(run)
             if name == "mvp-seg" and offset == 0:
                 shown = segmenter
             if name in _FIGURES and offset == 0:
@@ -315,7 +389,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
         for seed in range(config.seed, config.seed + config.seeds):
             model = load_mvpseg(out / "runs" / "mvp-seg" / f"seed-{seed}" / "prompts.safetensors", clip)
             model.head.use_gpr = False
-            runs.append(run_figures(Segmenter(model, inference, device="cpu"), seed, True))
+            runs.append(run_figures(Segmenter(model, inference, device="cpu"), val, world_module, seed, views=True))
         rows.append(with_ceiling(_row("gpr-off", _LABELS["gpr-off"], runs, tic, progress)))
     student = None
     if config.student_iters > 0:
@@ -323,10 +397,9 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
         label = _LABELS["mvp-seg+"]
         if progress:
             print(f"training: {label}, taught by the MVP-SEG prompts of seed {config.seed}", flush=True)
-        student = Segmenter(_student(config, world, clip, out, progress), inference, device="cpu")
-        metrics = evaluate(student, val, progress=False)
-        runs = [{"seed": config.seed, **{key: metrics[key] for key in keys}, "per_class": metrics["per_class"]}]
-        rows.append(_row("mvp-seg+", label, runs, tic, progress))
+        result = student_row(config, world, clip, val, out, progress=progress)
+        student = result.segmenter
+        rows.append(_row("mvp-seg+", label, [result.figures], tic, progress))
     if shown is not None:
         _pictures(shown, val, out, config.overlays, student)
         if has_parts:

@@ -1,16 +1,16 @@
 """World accuracy of the MVP-SEG+ student at output stride 8 against 16: a short run of the demo's student.
 
-The demo's MVP-SEG+ row (``mvpseg.world.demo.student_transfer_config``: DeepLabv2 on the tiny CLIP's
+The demo's MVP-SEG+ row (``mvpseg.world.demo.student_row``: DeepLabv2 on the tiny CLIP's
 own trunk, AdamW, pseudo-labels written once, then self-training) is trained twice from the same
 teacher, seed and data, once with the backbone at output stride 8 (the demo's) and once at 16, and
 each student is evaluated on the world's val split (mIoU(S), mIoU(U), hIoU, as the demo). The teacher
 is the shipped world prompts (the demo's MVP-SEG row, first seed, on the world of seed 0). Shorter
 than the demo: fewer world images and steps (``--num-train``, ``--num-val``, ``--iters``).
 
-    python benchmarks/student_world.py [--num-train 600] [--num-val 100] [--iters 300] [--work /tmp/world]
+    python benchmarks/studies/student_world.py [--num-train 600] [--num-val 100] [--iters 300] [--work /tmp/world]
         [--strides 8,16] [--reuse]
 
-Writes ``benchmarks/results_student_world.json`` (rows of other strides already there are kept, so the two
+Writes ``benchmarks/results/student_world.json`` (rows of other strides already there are kept, so the two
 strides may run as two processes; ``--reuse`` evaluates a finished student of the work folder again).
 """
 
@@ -25,19 +25,17 @@ from typing import Any
 
 import torch
 
-from mvpseg.build import load_mvpseg, load_student
+from mvpseg.build import load_mvpseg
 from mvpseg.clip import load_clip
 from mvpseg.config import STUDENT_PRESETS, DemoConfig, InferenceConfig, StudentConfig
 from mvpseg.data import build_dataset
 from mvpseg.evaluate import evaluate
 from mvpseg.inference import Segmenter
-from mvpseg.transfer import transfer, write_pseudo_labels
-from mvpseg.transfer.pseudo import prompts_fingerprint
-from mvpseg.world.demo import student_transfer_config
+from mvpseg.world.demo import student_row, student_transfer_config
 from mvpseg.world.layout import write_world
 from mvpseg.world.prompts_asset import WORLD_PROMPTS
 
-HERE = Path(__file__).resolve().parent
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def main() -> None:
@@ -47,7 +45,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=300, help="student steps (self-training from 3/4 of them)")
     parser.add_argument("--work", default="/tmp/mvpseg-student-world")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=str(HERE / "results_student_world.json"))
+    parser.add_argument("--out", default=str(RESULTS / "student_world.json"))
     parser.add_argument("--strides", default="8,16", help="the output strides to train and compare")
     parser.add_argument("--reuse", action="store_true", help="evaluate WORK/osN/student.safetensors when it exists")
     parser.add_argument("--student-preset", default=None,
@@ -69,8 +67,7 @@ def main() -> None:
                                                         seed=demo.seed, progress=False)
     clip = load_clip(demo.clip, demo.clip_weights)
     inference = InferenceConfig(short_side=demo.short_side, mode="whole")
-    base = student_transfer_config(demo, world, work)
-    base = dataclasses.replace(base, prompts=str(WORLD_PROMPTS))
+    base = dataclasses.replace(student_transfer_config(demo, world, work), prompts=str(WORLD_PROMPTS))
     teacher = Segmenter(load_mvpseg(base.prompts, clip), inference, device="cpu")
     val = build_dataset("custom", world, "val")
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "teacher": WORLD_PROMPTS.name,
@@ -79,9 +76,7 @@ def main() -> None:
                                "student": dataclasses.asdict(base.student), "rows": {}}
     metrics = evaluate(teacher, val, progress=False)
     results["rows"]["teacher (MVP-SEG)"] = {key: metrics[key] for key in ("miou_seen", "miou_unseen", "hiou", "miou")}
-    if not reusing:
-        write_pseudo_labels(teacher, build_dataset("custom", world, "train"), base.pseudo_labels, progress=False,
-                            teacher={"prompts_sha256": prompts_fingerprint(base.prompts)})
+    labelled = reusing  # the teacher's pseudo-labels: written by the first student's run
     previous = Path(args.out)
     if previous.is_file():
         kept = json.loads(previous.read_text())
@@ -92,17 +87,14 @@ def main() -> None:
         student_config = dataclasses.replace(base.student, output_stride=stride)
         if preset:
             student_config = StudentConfig(**{"backbone_weights": None, **STUDENT_PRESETS[preset]})
-        config = dataclasses.replace(base, out=str(work / folder(stride)), student=student_config)
-        tic = time.perf_counter()
-        finished = Path(config.out) / "student.safetensors"
-        student = load_student(finished if args.reuse and finished.is_file() else transfer(config, progress=False), clip)
-        seconds = time.perf_counter() - tic
-        metrics = evaluate(Segmenter(student, inference, device="cpu"), val, progress=False)
-        row = {key: metrics[key] for key in ("miou_seen", "miou_unseen", "hiou", "miou")}
+        result = student_row(demo, world, clip, val, work, prompts=WORLD_PROMPTS, student=student_config,
+                             run_out=work / folder(stride), pseudo_labels=not labelled, reuse=args.reuse)
+        labelled = True
+        row = {key: result.figures[key] for key in ("miou_seen", "miou_unseen", "hiou", "miou")}
         name = f"student preset {preset} (random backbone)" if preset else "student"
         results["rows"][f"{name}, output stride {stride}"] = {
-            **row, "map_stride": student.stride, "threads": torch.get_num_threads(),
-            "train_seconds": None if args.reuse and finished.is_file() else round(seconds, 1)}
+            **row, "map_stride": result.segmenter.stride, "threads": torch.get_num_threads(),
+            "train_seconds": result.train_seconds}
         print(f"{name}, output stride {stride}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -2,7 +2,7 @@
 
 ::
 
-    python benchmarks/prompt_similarity.py demo-out [--rows k-prompts k-prompts+ocloss mvp-seg]
+    python benchmarks/studies/prompt_similarity.py demo-out [--rows k-prompts k-prompts+ocloss mvp-seg]
 
 For each row and prompt seed of an ``mvpseg demo`` output folder (any world; the CLIP is the one the
 prompts record): the mean |cos| between the segmentation prompts' mean context vectors, and the mean cosine

@@ -2,7 +2,7 @@
 
 ::
 
-    python benchmarks/vit_mode_speed.py            # benchmarks/results_vit_mode_speed.json
+    python benchmarks/studies/vit_mode_speed.py    # benchmarks/results/vit_mode_speed.json
 
 Each round predicts the same 683x512 photo (short side 512, two 512-px windows, 20 classes, templates)
 once per mode, modes in a rotating order, so that the machine's load falls on every mode alike; the
@@ -23,7 +23,7 @@ from statistics import median
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: cpuinfo, inference_bench
 from cpuinfo import cpu_summary  # noqa: E402
 from inference_bench import counting_flops  # noqa: E402
 
@@ -34,7 +34,7 @@ from mvpseg.dense import dense_features  # noqa: E402
 from mvpseg.files import write_text  # noqa: E402
 from mvpseg.inference import Segmenter  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results_vit_mode_speed.json"
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "vit_mode_speed.json"
 NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table",
          "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor"]
 

@@ -3,8 +3,8 @@
 ::
 
     for seed in 0 1 2; do mvpseg demo --world parts --seed $seed --out runs/parts-demo-s$seed; done
-    python benchmarks/views_rows.py runs/parts-demo-s0 runs/parts-demo-s1 runs/parts-demo-s2 \
-        --json benchmarks/results_views_rows.json
+    python benchmarks/studies/views_rows.py runs/parts-demo-s0 runs/parts-demo-s1 runs/parts-demo-s2 \
+        --json benchmarks/results/views_rows_parts_demo.json
 
 For each demo output folder (one world seed each; or a ``views_study.py`` folder, whose settings are its rows): every row's mIoU(S) / mIoU(U) / hIoU (means over prompt seeds),
 the range of mIoU(U) over prompt seeds, part JS and which-prompt-leads JS (means over prompt seeds) with their
@@ -54,7 +54,7 @@ def check(rows: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def study_rows(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The rows of a ``benchmarks/views_study.py`` result in :func:`row_figures`' form (settings as rows)."""
+    """The rows of a ``benchmarks/studies/views_study.py`` result in :func:`row_figures`' form (settings as rows)."""
     rows = {}
     for name, setting in study["settings"].items():
         mean = setting["mean"]

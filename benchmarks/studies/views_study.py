@@ -2,12 +2,12 @@
 
 ::
 
-    python benchmarks/views_study.py --out runs/views-study --world-seed 0 --num-train 300 --num-val 60 \
+    python benchmarks/studies/views_study.py --out runs/views-study --world-seed 0 --num-train 300 --num-val 60 \
         --iters 250 --seeds 2 --setting mvp-seg --setting views:views=1 --setting overlap:overlap=1 \
-        --json benchmarks/results_views_study.json
+        --json benchmarks/results/views_study_parts_seed0.json
 
 Each ``--setting NAME[@ROW][:field=value,...]`` is the demo's MVP-SEG row (or the row ROW, e.g. ``k-prompts``;
-:func:`mvpseg.world.demo.row_train_config`) with those :class:`mvpseg.config.LossWeights` fields changed (the
+:func:`mvpseg.world.demo.row_train_config`, run as the demo runs it: :func:`mvpseg.world.demo.learned_row_run`) with those :class:`mvpseg.config.LossWeights` fields changed (the
 view terms taken over the world's things); the ``--world`` (parts by default, written with the demo's preset)
 is shared by every setting, and every setting trains on the same prompt seeds from the same feature caches.
 Per setting and prompt seed: mIoU(S) / mIoU(U) / hIoU and both measures of :mod:`mvpseg.world.views` (part JS
@@ -28,19 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from mvpseg.build import load_mvpseg
 from mvpseg.clip import load_clip
 from mvpseg.config import DEMO_PRESETS, DemoConfig, InferenceConfig, LossWeights
 from mvpseg.data import build_dataset
 from mvpseg.dense import feature_stride
-from mvpseg.evaluate import evaluate
 from mvpseg.files import write_text
-from mvpseg.inference import Segmenter
-from mvpseg.train import train
-from mvpseg.world.demo import row_train_config
+from mvpseg.world.demo import learned_row_run, row_train_config
 from mvpseg.world.layout import write_world
 from mvpseg.world.registry import get_world
-from mvpseg.world.views import measure_views, view_ceiling, view_figures
+from mvpseg.world.views import view_ceiling, view_figures
 
 _KEYS = ("miou_seen", "miou_unseen", "hiou")
 _VIEW_KEYS = ("js", "lead_js", "differ", "lead_differ", "lead_js_unseen")
@@ -88,11 +84,10 @@ def main() -> None:
     val = build_dataset("custom", world, "val")
     clip = load_clip(config.clip, config.clip_weights)
     inference = InferenceConfig(short_side=config.short_side, mode="whole")
-    has_parts = hasattr(module, "PART_KINDS")  # the patterns world has no parts: mIoU only
+    has_parts = module.HAS_PARTS  # the patterns world has no parts: mIoU only
     ceiling = None
     if has_parts:
         thing_parts = [module.thing_parts(c) for c in range(len(module.THING_CLASSES))]
-        part_names = [kind[0] for kind in module.PART_KINDS]
         grid = (config.short_side // feature_stride(clip.model.visual),) * 2
         ceiling = view_ceiling(val, thing_parts, config.num_prompts, grid)
         print(f"ceiling: part JS {ceiling['js']:.3f}  lead JS {ceiling['lead_js']:.3f}", flush=True)
@@ -112,14 +107,9 @@ def main() -> None:
                 loss = replace(loss, views_classes=tuple(module.THING_CLASSES))
             train_config = replace(train_config, loss=loss, out=str(out / "runs" / name / f"seed-{seed}"))
             tic = time.perf_counter()
-            prompts = Path(train_config.out) / "prompts.safetensors"
-            if not (args.reuse and prompts.exists()):
-                prompts = train(train_config, progress=False)
-            segmenter = Segmenter(load_mvpseg(prompts, clip), inference, device="cpu")
-            metrics = evaluate(segmenter, val, progress=False)
-            views = (measure_views(segmenter, val, thing_parts, part_names)["summary"] if has_parts
-                     else dict.fromkeys(_VIEW_KEYS))
-            run = {"seed": seed, **{key: metrics[key] for key in _KEYS}, "views": views,
+            figures, segmenter = learned_row_run(train_config, clip, val, module, inference, reuse=args.reuse)
+            views = figures["views"]["summary"] if has_parts else dict.fromkeys(_VIEW_KEYS)
+            run = {"seed": seed, **{key: figures[key] for key in _KEYS}, "views": views,
                    "seconds": round(time.perf_counter() - tic, 1)}
             runs.append(run)
             if args.figures and has_parts and seed == config.seed:

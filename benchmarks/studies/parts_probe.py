@@ -2,7 +2,8 @@
 
 ::
 
-    python benchmarks/parts_probe.py --world demo-out/world --num-train 400 --num-test 150
+    python benchmarks/studies/parts_probe.py --world demo-out/world --num-train 400 --num-test 150 \
+        --json benchmarks/results/parts_probe.json
 
 Features: :func:`mvpseg.dense_features` of the shipped ``mvpseg-tiny-parts`` (8x8 grid on 256-px images),
 upsampled bilinearly to 64x64 and read at the pixels of things. Two linear probes (Adam, cross-entropy) on

@@ -1,11 +1,14 @@
 """The demo's MVP-SEG and MVP-SEG+ rows for one world seed, without the rest of the ablation.
 
 It writes the world of ``--seed``, trains the ``mvp-seg`` prompts of that seed exactly as ``mvpseg demo``
-does (:func:`mvpseg.world.demo.row_train_config`), writes their pseudo-labels and trains the MVP-SEG+
-student of :func:`mvpseg.world.demo.student_transfer_config`, once per ``--head`` (mvpseg's head is the
-demo's; MaskCLIP+'s is measured beside it), and prints and writes every row.
+does (:func:`mvpseg.world.demo.row_train_config`), and runs the demo's MVP-SEG+ row
+(:func:`mvpseg.world.demo.student_row`: their pseudo-labels, then the student) once per ``--head`` (mvpseg's
+head is the demo's; MaskCLIP+'s is measured beside it), and prints and writes every row.
 
-    OMP_NUM_THREADS=2 python benchmarks/demo_student_rows.py --seed 0 --out /tmp/rows-0 --heads mvpseg maskclip
+    OMP_NUM_THREADS=2 python benchmarks/studies/demo_student_rows.py --seed 0 --out /tmp/rows-0 --heads mvpseg maskclip
+
+The published figures: ``benchmarks/results/demo_student_rows_mvpseg_head.json`` and
+``benchmarks/results/demo_student_rows_maskclip_head.json`` (each seed's ``OUT/rows.json`` gathered).
 
 The demo's MVP-SEG row is the mean over 3 prompt seeds; the MVP-SEG row here is the seed's own, the one
 that teaches the student (the demo's MVP-SEG+ row uses it too).
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mvpseg.build import load_mvpseg, load_student
+from mvpseg.build import load_mvpseg
 from mvpseg.clip import load_clip
 from mvpseg.config import DemoConfig, InferenceConfig
 from mvpseg.data import build_dataset
@@ -29,9 +32,7 @@ from mvpseg.evaluate import evaluate
 from mvpseg.files import write_text
 from mvpseg.inference import Segmenter
 from mvpseg.train import train
-from mvpseg.transfer import transfer, write_pseudo_labels
-from mvpseg.transfer.pseudo import prompts_fingerprint
-from mvpseg.world.demo import row_train_config, student_transfer_config
+from mvpseg.world.demo import row_train_config, student_row, student_transfer_config
 from mvpseg.world.layout import write_world
 
 KEYS = ("miou_seen", "miou_unseen", "hiou", "miou")
@@ -60,21 +61,15 @@ def main() -> None:
     prompts = out / "runs" / "mvp-seg" / f"seed-{config.seed}" / "prompts.safetensors"
     if not (args.reuse and prompts.is_file()):
         prompts = train(row_train_config(config, world, "mvp-seg", config.seed, out), progress=False)
-    teacher = load_mvpseg(prompts, clip)
-    rows["mvp-seg"] = evaluate(Segmenter(teacher, inference, device="cpu"), val, progress=False)
+    rows["mvp-seg"] = evaluate(Segmenter(load_mvpseg(prompts, clip), inference, device="cpu"), val, progress=False)
     base = student_transfer_config(config, world, out)
-    if not (args.reuse and (Path(base.pseudo_labels) / "meta.json").is_file()):
-        write_pseudo_labels(Segmenter(teacher, inference, device="cpu"), build_dataset("custom", world, "train"),
-                            base.pseudo_labels, progress=False,
-                            teacher={"prompts_sha256": prompts_fingerprint(prompts)})
+    labelled = args.reuse and (Path(base.pseudo_labels) / "meta.json").is_file()
     for head in args.heads:
         student = base.student if head == "mvpseg" else replace(base.student, head="maskclip", head_channels=None)
-        run = replace(base, out=f"{base.out}-{head}", student=student)
-        start = time.perf_counter()
-        finished = Path(run.out) / "student.safetensors"
-        model = load_student(finished if args.reuse and finished.is_file() else transfer(run, progress=False), clip)
-        rows[f"mvp-seg+ ({head} head)"] = evaluate(Segmenter(model, inference, device="cpu"), val, progress=False)
-        rows[f"mvp-seg+ ({head} head)"]["train_seconds"] = round(time.perf_counter() - start, 1)
+        result = student_row(config, world, clip, val, out, prompts=prompts, student=student,
+                             run_out=f"{base.out}-{head}", pseudo_labels=not labelled, reuse=args.reuse)
+        labelled = True  # one teacher: its pseudo-labels serve every head
+        rows[f"mvp-seg+ ({head} head)"] = {**result.figures, "train_seconds": result.train_seconds}
     results = {name: {key: metrics[key] for key in (*KEYS, "train_seconds") if key in metrics}
                for name, metrics in rows.items()}
     info = {"seed": config.seed, "seconds": round(time.perf_counter() - tic, 1), "threads": torch.get_num_threads(),

@@ -9,8 +9,8 @@ views (:mod:`mvpseg.world.views`).
 
 ::
 
-    python benchmarks/vit_modes.py --world-seeds 0 1 2          # benchmarks/results_vit_modes.json
-    python benchmarks/vit_modes.py --quick --out /tmp/vit-modes  # a few images and steps: the script runs
+    python benchmarks/studies/vit_modes.py --world-seeds 0 1 2          # benchmarks/results/vit_modes.json
+    python benchmarks/studies/vit_modes.py --quick --out /tmp/vit-modes --results /tmp/vit-modes.json  # a check
 
 Each (world seed, mode) result is written as it is done (``OUT/seed-N/MODE/result.json``) and kept by
 a rerun with ``--reuse``, so an interrupted study continues where it stopped; ``--collect`` writes the
@@ -30,34 +30,26 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: cpuinfo
 from cpuinfo import cpu_summary  # noqa: E402
 
-from mvpseg.build import build_mvpseg, load_mvpseg  # noqa: E402
+from mvpseg.build import build_mvpseg  # noqa: E402
 from mvpseg.clip import load_clip  # noqa: E402
 from mvpseg.config import DEMO_PRESETS, VIT_MODES, DemoConfig, InferenceConfig  # noqa: E402
 from mvpseg.data import build_dataset  # noqa: E402
-from mvpseg.evaluate import evaluate  # noqa: E402
 from mvpseg.files import write_text  # noqa: E402
 from mvpseg.inference import Segmenter  # noqa: E402
-from mvpseg.train import train  # noqa: E402
 from mvpseg.world import views as world_views  # noqa: E402
-from mvpseg.world.demo import row_train_config  # noqa: E402
+from mvpseg.world.demo import learned_row_run, row_train_config, run_figures  # noqa: E402
 from mvpseg.world.layout import write_world  # noqa: E402
 from mvpseg.world.registry import get_world  # noqa: E402
 
 KEYS = ("miou_seen", "miou_unseen", "hiou")
-RESULTS = Path(__file__).parent / "results_vit_modes.json"
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "vit_modes.json"
 
 
 def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: metrics[key] for key in KEYS}
-
-
-def _views(segmenter: Segmenter, val, world) -> dict[str, Any]:
-    result = world_views.measure_views(segmenter, val, [world.thing_parts(c) for c in range(len(world.THING_CLASSES))],
-                                       [kind[0] for kind in world.PART_KINDS])
-    return result["summary"]
 
 
 def _mode(config: DemoConfig, world_dir: Path, clip, val, out: Path, progress: bool) -> dict[str, Any]:
@@ -66,16 +58,16 @@ def _mode(config: DemoConfig, world_dir: Path, clip, val, out: Path, progress: b
     inference = InferenceConfig(short_side=config.short_side, mode="whole")
     tic = time.perf_counter()
     templates = Segmenter(build_mvpseg(clip, None, vit_mode=config.vit_mode), inference, device="cpu")
-    row: dict[str, Any] = {"mode": config.vit_mode, "templates": _figures(evaluate(templates, val, progress=False))}
+    row: dict[str, Any] = {"mode": config.vit_mode,
+                           "templates": _figures(run_figures(templates, val, world, config.seed, views=False))}
     runs = []
     for offset in range(config.seeds):
         seed = config.seed + offset
         train_config = row_train_config(config, world_dir, "mvp-seg", seed, out)
         if progress:
             print(f"  {config.vit_mode}: training MVP-SEG, prompt seed {seed}", flush=True)
-        segmenter = Segmenter(load_mvpseg(train(train_config, progress=False), clip), inference, device="cpu")
-        runs.append({"seed": seed, **_figures(evaluate(segmenter, val, progress=False)),
-                     "views": _views(segmenter, val, world)})
+        figures, _ = learned_row_run(train_config, clip, val, world, inference)
+        runs.append({"seed": seed, **_figures(figures), "views": figures["views"]["summary"]})
     row["mvp_seg"] = {key: float(np.mean([run[key] for run in runs])) for key in KEYS}
     row["mvp_seg"]["spread"] = {key: [min(run[key] for run in runs), max(run[key] for run in runs)] for key in KEYS}
     summary_keys = [key for key, value in runs[0]["views"].items() if isinstance(value, (int, float))]
