@@ -28,14 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mvpseg.clip import load_clip
-from mvpseg.config import DEMO_PRESETS, DemoConfig, InferenceConfig, LossWeights
-from mvpseg.data import build_dataset
+from mvpseg.config import DEMO_PRESETS, DemoConfig, LossWeights
 from mvpseg.dense import feature_stride
 from mvpseg.files import write_text
-from mvpseg.world.demo import learned_row_run, row_train_config
-from mvpseg.world.layout import write_world
-from mvpseg.world.registry import get_world
+from mvpseg.world.demo import demo_setup, learned_row_run, row_train_config
 from mvpseg.world.views import view_ceiling, view_figures
 
 _KEYS = ("miou_seen", "miou_unseen", "hiou")
@@ -78,12 +74,8 @@ def main() -> None:
     values.update({key: getattr(args, key) for key in ("num_train", "num_val", "iters") if getattr(args, key)})
     config = DemoConfig(**values)
     out = Path(config.out)
-    module = get_world(config.world)
-    world = write_world(out / "world", config.num_train, config.num_val, seed=config.seed, progress=False,
-                        world=config.world)
-    val = build_dataset("custom", world, "val")
-    clip = load_clip(config.clip, config.clip_weights)
-    inference = InferenceConfig(short_side=config.short_side, mode="whole")
+    setup = demo_setup(config)
+    module, world, val, clip, inference = setup.module, setup.world, setup.val, setup.clip, setup.inference
     has_parts = module.HAS_PARTS  # the patterns world has no parts: mIoU only
     ceiling = None
     if has_parts:

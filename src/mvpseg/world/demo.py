@@ -46,8 +46,8 @@ from .layout import write_world
 from .registry import get_world
 from .views import measure_views, view_ceiling, view_figures
 
-__all__ = ["DemoConfig", "ABLATION", "VIEW_ROWS", "StudentRow", "format_results", "learned_row_run", "row_train_config",
-           "run_demo", "run_figures", "student_row", "student_transfer_config"]
+__all__ = ["DemoConfig", "ABLATION", "VIEW_ROWS", "DemoSetup", "StudentRow", "demo_setup", "format_results",
+           "learned_row_run", "row_train_config", "run_demo", "run_figures", "student_row", "student_transfer_config"]
 
 #: The figures of every run of a row (means over seeds in the row).
 KEYS = ("miou_seen", "miou_unseen", "hiou", "miou")
@@ -318,6 +318,27 @@ def student_row(config: DemoConfig, world: Path, clip: ClipBundle, val, out: Pat
     return StudentRow(figures, segmenter, seconds)
 
 
+@dataclass
+class DemoSetup:
+    """What every row of a demo shares: the world module, the world on disk, its val split, the CLIP and the
+    inference settings (the world's one scale, the whole image)."""
+
+    module: ModuleType
+    world: Path
+    val: Any
+    clip: ClipBundle
+    inference: InferenceConfig
+
+
+def demo_setup(config: DemoConfig, progress: bool = False) -> DemoSetup:
+    """Write the demo's world under ``config.out`` (kept when already there) and load what its rows share."""
+    world = write_world(Path(config.out) / "world", config.num_train, config.num_val, seed=config.seed,
+                        progress=progress, world=config.world)
+    return DemoSetup(get_world(config.world), world, build_dataset("custom", world, "val"),
+                     load_clip(config.clip, config.clip_weights),
+                     InferenceConfig(short_side=config.short_side, mode="whole"))
+
+
 def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Run the demo end to end and write ``results.md``, ``results.json`` and pictures to ``config.out``.
 
@@ -338,12 +359,8 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    world_module = get_world(config.world)
-    world = write_world(out / "world", config.num_train, config.num_val, seed=config.seed, progress=progress,
-                        world=config.world)
-    val = build_dataset("custom", world, "val")
-    clip = load_clip(config.clip, config.clip_weights)
-    inference = InferenceConfig(short_side=config.short_side, mode="whole")
+    setup = demo_setup(config, progress)
+    world_module, world, val, clip, inference = setup.module, setup.world, setup.val, setup.clip, setup.inference
     has_parts = world_module.HAS_PARTS
     rows: list[dict[str, Any]] = []
     shown: Segmenter | None = None  # MVP-SEG of the first seed: the pictures' model
