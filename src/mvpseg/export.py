@@ -346,7 +346,6 @@ class OnnxSegmenter(Segmenter):
         except Exception as error:  # onnxruntime's Fail, InvalidGraph, ...: one line
             raise OnnxError(f"onnxruntime cannot load {path}: {_first_line(error)}") from error
         model = _OnnxModel(session, metadata, text_model, Path(path))
-        self.metadata, self.path = metadata, Path(path)
         self.crop = int(metadata["crop_size"])
         self.dynamic_size = bool(metadata.get("dynamic_size"))
         config = with_overrides(config or InferenceConfig(**model.inference_settings), overrides)
@@ -359,6 +358,16 @@ class OnnxSegmenter(Segmenter):
     def session(self) -> Any:
         """The onnxruntime session that runs the windows."""
         return self.model.session
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The file's :func:`read_onnx_metadata`."""
+        return self.model.metadata
+
+    @property
+    def path(self) -> Path:
+        """The ONNX file."""
+        return self.model.path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], prompts: str | os.PathLike[str] | None = None,
