@@ -34,14 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: 
 from cpuinfo import cpu_summary  # noqa: E402
 
 from mvpseg.build import build_mvpseg  # noqa: E402
-from mvpseg.clip import load_clip  # noqa: E402
-from mvpseg.config import DEMO_PRESETS, VIT_MODES, DemoConfig, InferenceConfig  # noqa: E402
-from mvpseg.data import build_dataset  # noqa: E402
+from mvpseg.config import DEMO_PRESETS, VIT_MODES, DemoConfig  # noqa: E402
+from mvpseg.dense import feature_stride  # noqa: E402
 from mvpseg.files import write_text  # noqa: E402
 from mvpseg.inference import Segmenter  # noqa: E402
 from mvpseg.world import views as world_views  # noqa: E402
-from mvpseg.world.demo import learned_row_run, row_train_config, run_figures  # noqa: E402
-from mvpseg.world.layout import write_world  # noqa: E402
+from mvpseg.world.demo import DemoSetup, demo_setup, learned_row_run, row_train_config, run_figures  # noqa: E402
 from mvpseg.world.registry import get_world  # noqa: E402
 
 KEYS = ("miou_seen", "miou_unseen", "hiou")
@@ -52,10 +50,9 @@ def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: metrics[key] for key in KEYS}
 
 
-def _mode(config: DemoConfig, world_dir: Path, clip, val, out: Path, progress: bool) -> dict[str, Any]:
+def _mode(config: DemoConfig, setup: DemoSetup, out: Path, progress: bool) -> dict[str, Any]:
     """The template and MVP-SEG rows of one mode on one world."""
-    world = get_world(config.world)
-    inference = InferenceConfig(short_side=config.short_side, mode="whole")
+    world, world_dir, val, clip, inference = setup.module, setup.world, setup.val, setup.clip, setup.inference
     tic = time.perf_counter()
     templates = Segmenter(build_mvpseg(clip, None, vit_mode=config.vit_mode), inference, device="cpu")
     row: dict[str, Any] = {"mode": config.vit_mode,
@@ -98,12 +95,10 @@ def run(world_seeds: list[int], modes: list[str], out: Path, config: DemoConfig,
                 results["seeds"][str(world_seed)] = rows
             continue
         seed_config = replace(config, seed=world_seed)
-        world_dir = write_world(seed_out / "world", config.num_train, config.num_val, seed=world_seed,
-                                progress=progress, world=config.world)
-        val = build_dataset("custom", world_dir, "val")
-        clip = load_clip(config.clip, config.clip_weights)
-        grid = (config.short_side // clip.model.visual.conv1.kernel_size[0],) * 2
-        rows["ceiling"] = world_views.view_ceiling(val, [world.thing_parts(c) for c in range(len(world.THING_CLASSES))],
+        setup = demo_setup(replace(seed_config, out=str(seed_out)), progress)
+        grid = (config.short_side // feature_stride(setup.clip.model.visual),) * 2
+        rows["ceiling"] = world_views.view_ceiling(setup.val, [world.thing_parts(c) for c in
+                                                               range(len(world.THING_CLASSES))],
                                                    config.num_prompts, grid)
         write_text(ceiling_file, json.dumps(rows["ceiling"], indent=1) + "\n")
         for mode in modes:
@@ -114,8 +109,7 @@ def run(world_seeds: list[int], modes: list[str], out: Path, config: DemoConfig,
                 continue
             if progress:
                 print(f"world seed {world_seed}, mode {mode}", flush=True)
-            rows[mode] = _mode(replace(seed_config, vit_mode=mode, out=str(mode_out)), world_dir, clip, val, mode_out,
-                               progress)
+            rows[mode] = _mode(replace(seed_config, vit_mode=mode, out=str(mode_out)), setup, mode_out, progress)
             write_text(done, json.dumps(rows[mode], indent=1) + "\n")
             if progress:
                 t, m = rows[mode]["templates"], rows[mode]["mvp_seg"]

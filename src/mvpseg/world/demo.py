@@ -189,11 +189,16 @@ def row_train_config(config: DemoConfig, world: Path, name: str, seed: int, out:
         feature_cache=str(out / "feature-cache" / f"seed-{seed}"), cache_views=config.cache_views or views)
 
 
+def _evaluated(segmenter: Segmenter, val, seed: int) -> dict[str, Any]:
+    """A run's seed, mIoU(S), mIoU(U), hIoU, mIoU and per_class on ``val``."""
+    metrics = evaluate(segmenter, val, progress=False)
+    return {"seed": seed, **{key: metrics[key] for key in KEYS}, "per_class": metrics["per_class"]}
+
+
 def run_figures(segmenter: Segmenter, val, world_module: ModuleType, seed: int, views: bool) -> dict[str, Any]:
     """One run's figures as the demo records them: seed, mIoU(S), mIoU(U), hIoU, mIoU and per_class on ``val``;
     with ``views`` in a world with parts (``HAS_PARTS``), where the prompts look (:func:`measure_views`)."""
-    metrics = evaluate(segmenter, val, progress=False)
-    run = {"seed": seed, **{key: metrics[key] for key in KEYS}, "per_class": metrics["per_class"]}
+    run = _evaluated(segmenter, val, seed)
     if world_module.HAS_PARTS and views:
         run["views"] = measure_views(segmenter, val, [world_module.thing_parts(c) for c in
                                                       range(len(world_module.THING_CLASSES))],
@@ -227,11 +232,10 @@ def learned_row_run(train_config: TrainConfig, clip: ClipBundle, val, world_modu
 
 def _row(name: str, label: str, runs: list[dict[str, Any]], tic: float, progress: bool) -> dict[str, Any]:
     """A row of the table: the mean of its runs' figures (one run per seed), each run's figures, the time."""
-    keys = KEYS
     row: dict[str, Any] = {"name": name, "label": label}
-    row.update({key: _mean([run[key] for run in runs]) for key in keys})
+    row.update({key: _mean([run[key] for run in runs]) for key in KEYS})
     row["per_class"] = {c: _mean([run["per_class"][c] for run in runs]) for c in runs[0]["per_class"]}
-    row["spread"] = {key: [min(values), max(values), float(np.std(values))] for key in keys
+    row["spread"] = {key: [min(values), max(values), float(np.std(values))] for key in KEYS
                      if len(values := [run[key] for run in runs if run[key] is not None]) > 1}
     if any(run.get("views") for run in runs):
         row["views"] = {key: _mean([run["views"]["summary"][key] for run in runs])
@@ -313,9 +317,7 @@ def student_row(config: DemoConfig, world: Path, clip: ClipBundle, val, out: Pat
     model = load_student(finished if reused else transfer(run, progress=progress), clip)
     seconds = None if reused else round(time.perf_counter() - tic, 1)
     segmenter = Segmenter(model, inference, device="cpu")
-    metrics = evaluate(segmenter, val, progress=False)
-    figures = {"seed": config.seed, **{key: metrics[key] for key in KEYS}, "per_class": metrics["per_class"]}
-    return StudentRow(figures, segmenter, seconds)
+    return StudentRow(_evaluated(segmenter, val, config.seed), segmenter, seconds)
 
 
 @dataclass
