@@ -25,6 +25,9 @@ from .config import VIT_MODES
 __all__ = ["dense_features", "feature_stride", "fold_batchnorm", "inference_tower", "VIT_MODES"]
 
 # How the last ViT block is run (mvpseg.config.VIT_MODES); s = head_width ** -0.5, per head:
+# - "vanilla": the last block untouched (its query-key attention, residual and MLP): CLIP's own
+#   patch tokens, the baseline every mode fixes. Real CLIP's last block attends globally, so its
+#   patch tokens lose their place; MaskCLIP's value path beats it by tens of mIoU.
 # - "maskclip": each token takes its own value path; the block's residual and MLP are kept
 #   (``y = x + out_proj(v_proj(ln_1 x)); y = y + mlp(ln_2 y)``), as MaskCLIP's code does.
 # - "value": the value path alone, no residual and no MLP (``y = out_proj(v_proj(ln_1 x))``).
@@ -160,6 +163,8 @@ def _last_block(block: nn.Module, x: torch.Tensor, mode: str, grid: tuple[int, i
     ``grid`` is the patch grid (naclip, resclip); ``middle_attention`` (B, n, L, L) the mean attention
     of the middle blocks (resclip).
     """
+    if mode == "vanilla":
+        return _block(block, x)[0]
     attention: nn.MultiheadAttention = block.attn
     width = x.shape[-1]
     if mode in ("maskclip", "value"):

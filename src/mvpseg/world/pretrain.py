@@ -66,6 +66,9 @@ class PretrainConfig:
     world: str = "patterns"  # the world of the images and captions: patterns (the first) or parts
     init: str = ""  # start from these tiny-CLIP weights (safetensors; the attention pool's positions resized)
     init_towers: str = "all"  # what --init gives: all (the whole CLIP) or text (text tower and temperature only)
+    teacher: str = ""  # distil from this tiny CLIP's pooled image embedding (safetensors of --teacher-model)
+    teacher_model: str = "mvpseg-tiny-parts"  # open_clip name or config JSON of --teacher
+    distill_weight: float = 1.0  # weight of the distillation term, 1 - cos(student, teacher) per image
     steps: int = 6000  # optimisation steps
     batch_size: int = 128  # image-caption pairs per step
     lr: float = 1e-3  # peak AdamW learning rate
@@ -341,6 +344,11 @@ def pretrain(config: PretrainConfig) -> Path:
     model = build_tiny_clip(config.model)
     if config.init:
         model.load_state_dict(initial_state(model, config.init, config.init_towers), strict=True)
+    teacher = None
+    if config.teacher:
+        teacher = build_tiny_clip(config.teacher_model)
+        teacher.load_state_dict(initial_state(teacher, config.teacher), strict=True)
+        teacher = teacher.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(model_name(config.model))
     channels_last = hasattr(model.visual, "attnpool")  # ResNet towers: oneDNN convs run faster NHWC
     if channels_last:
@@ -368,7 +376,7 @@ def pretrain(config: PretrainConfig) -> Path:
                 "config": json.dumps(dataclasses.asdict(config))}
     log_path = out / "pretrain_log.csv"
     first_step, running, elapsed = 0, None, 0.0
-    header = ["step", "loss", "accuracy", "lr", "logit_scale", "seconds"]
+    header = ["step", "loss", "accuracy", "lr", "logit_scale", "seconds", "distill"]
     if resuming:
         first_step, running = _load_state(state_path, model, optimizer, rng)
         # keep the log's rows of the steps already taken, and its clock
@@ -423,6 +431,12 @@ def pretrain(config: PretrainConfig) -> Path:
         logits = scale * image_features @ text_features.t()  # (B, B)
         targets = torch.arange(len(index))
         loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+        distill = torch.zeros(())
+        if teacher is not None:
+            with torch.no_grad():
+                target = F.normalize(teacher.encode_image(x).float(), dim=-1)  # (B, D)
+            distill = (1 - (image_features * target).sum(dim=-1)).mean()
+            loss = loss + config.distill_weight * distill
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -433,7 +447,7 @@ def pretrain(config: PretrainConfig) -> Path:
         if step % config.log_every == 0 or step == config.steps - 1:
             accuracy = (logits.argmax(dim=1) == targets).float().mean().item()
             log.writerow([step, f"{loss.item():.4f}", f"{accuracy:.3f}", f"{_lr_at(step, config):.6f}",
-                          f"{scale.item():.2f}", f"{time.time() - start:.1f}"])
+                          f"{scale.item():.2f}", f"{time.time() - start:.1f}", f"{distill.item():.4f}"])
             log_file.flush()
         if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
             save_weights(model, weights, metadata={**metadata, "step": str(step + 1)})
