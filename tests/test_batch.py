@@ -192,6 +192,47 @@ def test_skip_existing_redoes_outputs_made_by_another_model_synonyms_or_settings
     assert status == 0 and "1 redone" in err
 
 
+def test_skip_existing_redoes_outputs_made_with_another_vit_mode(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A rerun with another --vit-mode is another model: every image is redone (the shipped ViT, by name alone)."""
+    photo = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(photo)
+    out = tmp_path / "out"
+
+    def segment(mode: str) -> str:
+        capsys.readouterr()
+        assert main(["segment", str(photo), "--clip", "mvpseg-tiny-parts-vit", "--classes", "owl,turtle,grass,sky",
+                     "--short-side", "64", "--mode", "whole", "--vit-mode", mode, "--out", str(out),
+                     "--skip-existing", "--device", "cpu"]) == 0
+        return capsys.readouterr().err
+
+    segment("scclip")
+    assert json.loads((out / "a.json").read_text())["made_with"]["model"]["config"]["vit_mode"] == "scclip"
+    assert "1 skipped: already done" in segment("scclip")
+    err = segment("naclip")
+    assert "segmented 1 of 1 images" in err and "1 redone: made differently" in err
+    assert json.loads((out / "a.json").read_text())["made_with"]["model"]["config"]["vit_mode"] == "naclip"
+
+
+def test_every_setting_that_changes_labels_is_recorded_in_made_with(tiny_vit: mvpseg.ClipBundle) -> None:
+    """Each InferenceConfig field is recorded unless declared speed-only, and the model's whole config too."""
+    import dataclasses
+
+    from mvpseg.build import build_mvpseg
+    from mvpseg.config import InferenceConfig, MVPSegConfig
+    from mvpseg.outputs import run_record
+
+    speed_only = {"batch_size", "upsample_budget_mib", "upsample_rows", "text_batch", "fold_batchnorm",
+                  "channels_last"}
+    assert set(InferenceConfig.SPEED_FIELDS) == speed_only  # a new speed-only field must be declared here too
+    model = build_mvpseg(tiny_vit, MVPSegConfig(vit_mode="naclip"), generator=torch.Generator().manual_seed(0))
+    record = run_record(mvpseg.Segmenter(model, device="cpu"), ["cat", "dog"])
+    for field in dataclasses.fields(InferenceConfig):
+        assert (field.name in record["inference"]) != (field.name in speed_only), field.name
+    assert record["model"]["config"] == {f.name: (list(v) if isinstance(v := getattr(model.config, f.name), tuple)
+                                                  else v) for f in dataclasses.fields(MVPSegConfig)}
+
+
 def test_output_state_compares_background_and_threshold(tmp_path: Path) -> None:
     from mvpseg.inference import Prediction
     from mvpseg.outputs import output_state, write_outputs

@@ -59,6 +59,21 @@ def test_the_callable_writes_what_segment_writes(tiny_vit: mvpseg.ClipBundle, tm
     assert {path.name: path.read_bytes() for path in (tmp_path / "ray").iterdir()} == files
 
 
+def test_the_callable_takes_the_vit_mode_and_redoes_outputs_of_another(tiny_vit: mvpseg.ClipBundle,
+                                                                        tmp_path: Path) -> None:
+    weights = tmp_path / "tiny-vit.safetensors"
+    save_file(dict(tiny_vit.model.state_dict()), weights)
+    photos = _photos(tmp_path / "photos", 1)
+    rows = {"path": np.asarray([str(photos[0])]), "name": np.asarray([photos[0].stem])}
+    common = dict(clip="test-tiny-vit", pretrained=str(weights), device="cpu", out=tmp_path / "ray",
+                  inference={"short_side": 64, "mode": "whole"}, skip_existing=True)
+    naclip = SegmentBatch(["cat", "dog"], vit_mode="naclip", **common)
+    assert naclip.segmenter.model.config.vit_mode == "naclip"
+    assert list(naclip(rows)["status"]) == ["done"]
+    assert list(SegmentBatch(["cat", "dog"], vit_mode="naclip", **common)(rows)["status"]) == ["skipped"]
+    assert list(SegmentBatch(["cat", "dog"], vit_mode="qq", **common)(rows)["status"]) == ["done"]
+
+
 def test_names_are_unique_over_the_whole_dataset_and_those_of_segment(tiny_vit: mvpseg.ClipBundle,
                                                                         tmp_path: Path) -> None:
     weights = tmp_path / "tiny-vit.safetensors"

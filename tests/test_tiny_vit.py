@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,42 @@ def test_the_shipped_tiny_vit_loads_by_name_offline() -> None:
     assert (ASSETS / "mvpseg-tiny-parts-vit.safetensors").stat().st_size < 15 * 2**20
     features = dense_features(bundle.model, torch.zeros(1, 3, 256, 256), vit_mode="scclip")
     assert features.shape == (1, 128, 16, 16) and torch.isfinite(features).all()
+
+
+@pytest.mark.parametrize("name", ["mvpseg-tiny", "mvpseg-tiny-parts", "mvpseg-tiny-parts-vit"])
+def test_every_shipped_tiny_clip_loads_by_its_name_alone(name: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """No --pretrained: the shipped weights, in Python and on the command line; a wrong tag lists 'mvpseg'."""
+    import numpy as np
+    from PIL import Image
+
+    from mvpseg.cli import main
+
+    shipped = mvpseg.load_clip(name, pretrained="mvpseg")
+    assert mvpseg.load_clip(name, pretrained="auto").fingerprint == shipped.fingerprint
+    assert mvpseg.Segmenter.from_pretrained(clip=name, device="cpu").clip.fingerprint == shipped.fingerprint
+    photo = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 80, 3), dtype=np.uint8)).save(photo)
+    assert main(["segment", str(photo), "--clip", name, "--classes", "owl,grass", "--short-side", "64",
+                 "--mode", "whole", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "out" / "a.json").read_text())["made_with"]["model"]["clip"] == shipped.fingerprint
+    with pytest.raises(ValueError, match=r"known: mvpseg\)"):
+        mvpseg.load_clip(name, pretrained="openai")
+
+
+def test_vanilla_mode_is_the_untouched_towers_projected_patch_tokens() -> None:
+    """``vanilla``: open_clip's own forward (last block as trained) gives the same patch tokens, projected."""
+    import copy
+
+    from mvpseg.dense import dense_features
+
+    bundle = mvpseg.load_clip("mvpseg-tiny-parts-vit", pretrained="mvpseg")
+    images = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    visual = copy.deepcopy(bundle.model.visual)
+    visual.output_tokens = True
+    with torch.no_grad():
+        _, tokens = visual(images)  # (B, h*w, W) after ln_post
+    expected = (tokens @ visual.proj).transpose(1, 2).reshape(2, -1, 16, 16)  # (B, h*w, D) -> (B, D, h, w)
+    features = dense_features(bundle.model, images, vit_mode="vanilla")
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(features, dense_features(bundle.model, images, vit_mode="maskclip"), atol=1e-3)

@@ -24,7 +24,7 @@ from .checkpoint import (
     read_prompt_checkpoint,
     read_student_checkpoint,
 )
-from .clip import ClipBundle, ClipWeightsUnavailable, load_clip
+from .clip import ClipBundle, ClipWeightsUnavailable, default_weights, load_clip
 from .config import (
     DEFAULT_CLIP,
     TEMPLATE_CLIP,
@@ -248,7 +248,8 @@ def from_pretrained(
         clip: open_clip architecture; default the checkpoint's, else (MaskCLIP's templates)
             :data:`mvpseg.config.TEMPLATE_CLIP`, ViT-B-16.
         pretrained: open_clip tag, local weights file, or None for random weights; "auto": the weights
-            the checkpoint was learned on (a tag, or the shipped tiny CLIP's "mvpseg"), else "openai".
+            the checkpoint was learned on (a tag, or the shipped tiny CLIP's "mvpseg"), else the name's own
+            (:func:`mvpseg.clip.default_weights`: "mvpseg" for the shipped tiny CLIPs, else "openai").
         prompts: a prompt checkpoint: a file, a model folder, or a Hugging Face Hub id (``org/name[@revision]``,
             :mod:`mvpseg.hub`); None uses MaskCLIP's 85 templates.
         device: where to load CLIP.
@@ -275,7 +276,7 @@ def from_pretrained(
     name = clip or learned_name or (DEFAULT_CLIP if source_file is not None else TEMPLATE_CLIP)
     if pretrained == "auto":
         if name != learned_name or learned_source is None:
-            pretrained = "openai"
+            pretrained = default_weights(name)
         elif is_weights_file(learned_source):
             raise ClipWeightsUnavailable(
                 f"{Path(source_file).name} was made with {name} weights from the file {learned_source!r}: "  # type: ignore[arg-type]

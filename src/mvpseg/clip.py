@@ -24,12 +24,26 @@ from torch import nn
 
 from .config import TINY_CLIP_NAME
 
-__all__ = ["ClipBundle", "ClipWeightsUnavailable", "load_clip", "weights_fingerprint", "CACHE_ENV", "TINY_CLIP_NAME"]
+__all__ = ["ClipBundle", "ClipWeightsUnavailable", "load_clip", "weights_fingerprint", "default_weights", "CACHE_ENV",
+           "SHIPPED_TAG", "TINY_CLIP_NAME"]
 
 #: Environment variable naming a directory where open_clip caches (and looks for) downloaded weights.
 CACHE_ENV = "MVPSEG_CLIP_CACHE"
 _ASSETS = Path(__file__).parent / "world" / "assets"
 _registered = False
+#: The tag of the weights shipped inside the package for the project's tiny CLIPs ("mvpseg-tiny", ...).
+SHIPPED_TAG = "mvpseg"
+
+
+def _shipped_weights(name: str) -> Path | None:
+    """The weights file shipped for a project CLIP name, or None for any other name."""
+    return _ASSETS / f"{name}.safetensors" if name.startswith(TINY_CLIP_NAME) else None
+
+
+def default_weights(name: str) -> str:
+    """The weights a CLIP name loads when none are named ("auto"): the shipped ones ("mvpseg") for the
+    project's tiny CLIPs, else OpenAI's ("openai")."""
+    return SHIPPED_TAG if _shipped_weights(name) is not None else "openai"
 
 
 class ClipWeightsUnavailable(RuntimeError):
@@ -201,8 +215,8 @@ def load_clip(
         name: an open_clip architecture name ("RN50", "ViT-B-16", ...) or "mvpseg-tiny".
         pretrained: an open_clip tag ("openai", "laion2b_s34b_b88k"), a local checkpoint file (OpenAI's
             TorchScript ``.pt`` archive, an open_clip ``.pt``/``.bin``/``.safetensors`` state dict), or
-            None for random weights. For "mvpseg-tiny" the tag "mvpseg" selects the weights shipped
-            inside the package.
+            None for random weights. For the project's tiny CLIPs ("mvpseg-tiny", "mvpseg-tiny-parts-vit", ...)
+            the tag "mvpseg" selects the weights shipped inside the package. "auto": :func:`default_weights`.
         device: where to put the model.
         cache_dir: open_clip's download cache; defaults to ``$MVPSEG_CLIP_CACHE`` when set.
 
@@ -221,9 +235,12 @@ def load_clip(
             f"(open_clip.list_models() lists them) or {TINY_CLIP_NAME!r}"
         )
     cache_dir = cache_dir or os.environ.get(CACHE_ENV) or None
+    if pretrained == "auto":
+        pretrained = default_weights(name)
     pretrained_str = source = None if pretrained is None else str(pretrained)
-    if name.startswith(TINY_CLIP_NAME) and pretrained_str == "mvpseg":
-        pretrained_str = str(_ASSETS / f"{name}.safetensors")
+    shipped = _shipped_weights(name)
+    if shipped is not None and pretrained_str == SHIPPED_TAG:
+        pretrained_str = str(shipped)
         if not Path(pretrained_str).is_file():
             raise ClipWeightsUnavailable(
                 f"the shipped weights of {name!r} are missing from this installation "
@@ -259,6 +276,7 @@ def load_clip(
     else:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained_str not in tags:
+            tags = tags + [SHIPPED_TAG] * (shipped is not None)
             raise ValueError(
                 f"{pretrained_str!r} is neither a known open_clip tag for {name!r} (known: "
                 f"{', '.join(tags) or 'none'}) nor an existing file"

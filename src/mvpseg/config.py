@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, ClassVar, Literal, get_args, get_type_hints
 
 __all__ = [
     "DEFAULT_CLIP",
@@ -49,7 +49,7 @@ TEMPLATE_VIT_MODE = "scclip"
 TINY_CLIP_NAME = "mvpseg-tiny"
 
 #: How the last ViT block runs for dense features (see :mod:`mvpseg.dense`).
-ViTMode = Literal["maskclip", "value", "qq", "csa", "naclip", "resclip", "scclip"]
+ViTMode = Literal["maskclip", "value", "qq", "csa", "naclip", "resclip", "scclip", "vanilla"]
 VIT_MODES: tuple[str, ...] = get_args(ViTMode)
 #: Numeric precision: "auto" is fp32 on the CPU and bf16 (fp16 where bf16 is unsupported) autocast on CUDA.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -100,7 +100,7 @@ class MVPSegConfig:
     tau1_init: float | None = None  # initial fusion scale tau1; default CLIP's logit scale / K
     tau2_init: float = 0.07  # initial GPR temperature tau2 (CLIP's initial temperature)
     learn_temperatures: bool = True  # train tau1 and tau2 (log-parametrised) along with the prompts
-    vit_mode: ViTMode = "maskclip"  # last ViT block for dense features: maskclip, value, qq (ClearCLIP), csa (SCLIP), naclip, resclip or scclip
+    vit_mode: ViTMode = "maskclip"  # last ViT block for dense features: maskclip, value, qq (ClearCLIP), csa (SCLIP), naclip, resclip, scclip, or vanilla (untouched: the baseline)
 
     def __post_init__(self) -> None:
         if self.num_prompts < 1:
@@ -179,6 +179,16 @@ class InferenceConfig:
         if self.text_batch < 1:
             raise ValueError("text_batch must be positive")
 
+    #: Fields that change speed and memory only, never the labels: every other field is recorded with what
+    #: it made (``made_with``) and tells ``--skip-existing`` to redo outputs made otherwise.
+    SPEED_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "upsample_budget_mib", "upsample_rows", "text_batch",
+                                               "fold_batchnorm", "channels_last")
+
+    @classmethod
+    def result_fields(cls) -> tuple[str, ...]:
+        """The fields that change what a segmentation gives: all but :attr:`SPEED_FIELDS`."""
+        return tuple(f.name for f in fields(cls) if f.name not in cls.SPEED_FIELDS)
+
     @staticmethod
     def default_stride(crop_size: int) -> int:
         """The window step of a crop when none is given: ZegCLIP's ratio, 426 for 512 (83 %)."""
@@ -242,7 +252,7 @@ class RunConfig:
     class_names_file: str | None = None  # replace the dataset's class names (one per line)
     unseen_file: str | None = None  # replace the unseen split (unseen class names, one per line)
     clip: str = DEFAULT_CLIP  # open_clip architecture (RN50, RN101, ViT-B-16, ... or mvpseg-tiny)
-    pretrained: str | None = "openai"  # open_clip tag or local weights file; none: random weights
+    pretrained: str | None = "auto"  # open_clip tag or local weights file; none: random weights; auto: the CLIP's own (mvpseg for the shipped tiny CLIPs, else openai)
     out: str = "runs/mvpseg"  # run folder: checkpoints, config and logs
     iters: int = 2000  # optimisation steps
     batch_size: int = 8  # global batch size, split evenly over processes

@@ -37,7 +37,7 @@ from torch import nn
 
 from .checkpoint import INFERENCE_FIELDS, inference_settings
 from .clip import ClipBundle, normalisation, weights_fingerprint
-from .config import InferenceConfig
+from .config import InferenceConfig, to_dict
 from .files import atomic_write
 from .inference import Segmenter, with_overrides
 from .model import MVPHead, MVPSeg, cosine_maps
@@ -151,7 +151,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], crop_size: int | 
         "format": ONNX_FORMAT, "format_version": ONNX_VERSION, "mvpseg_version": __version__, "kind": _kind(model),
         "source": source, "clip": {"name": clip.name, "pretrained": _source_name(clip.pretrained),
                                    "fingerprint": clip.fingerprint},
-        "weights": weights_fingerprint(model),
+        "weights": weights_fingerprint(model), "config": to_dict(model.config),
         "mean": list(map(float, clip.mean)), "std": list(map(float, clip.std)), "stride": stride,
         "crop_size": crop_size, "inference": settings, "dynamic_size": True,
         "classes": names, "num_prompts": int(outputs[0].shape[1]), "embed_dim": int(sample_text.shape[-1]),
@@ -399,7 +399,8 @@ class OnnxSegmenter(Segmenter):
     def identity(self) -> dict[str, Any]:
         """As :meth:`Segmenter.identity`, read from the file (runtime "onnxruntime"; baked classes too)."""
         identity = {"kind": self.metadata["kind"], "clip": self.metadata["clip"].get("fingerprint"),
-                    "weights": self.metadata.get("weights"), "runtime": "onnxruntime"}
+                    "weights": self.metadata.get("weights"), "config": self.metadata.get("config"),
+                    "runtime": "onnxruntime"}
         if self.metadata["classes"] is not None:
             identity["baked_classes"] = list(self.metadata["classes"])
         return identity

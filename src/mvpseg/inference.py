@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import build
 from .clip import weights_fingerprint
-from .config import InferenceConfig
+from .config import InferenceConfig, to_dict
 from .image import ImageInput, load_image
 from .model import ClipModel, MVPSeg, MVPSegOutput
 from .prompts import validate_class_names
@@ -162,13 +162,15 @@ class Segmenter:
 
     def identity(self) -> dict[str, Any]:
         """What this segmenter's outputs come from: the model's kind ("prompts", "templates" or "student"), its
-        CLIP's and its own trained weights' fingerprints (:func:`mvpseg.clip.weights_fingerprint`) and the
-        runtime ("torch"). ``mvpseg segment`` records it in each summary; ``--skip-existing`` compares it."""
+        CLIP's and its own trained weights' fingerprints (:func:`mvpseg.clip.weights_fingerprint`), its config
+        (the ViT mode among it) and the runtime ("torch"). ``mvpseg segment`` records it in each summary;
+        ``--skip-existing`` compares it."""
         if self._identity is None:
             kind = "student" if not isinstance(self.model, MVPSeg) else (
                 "prompts" if self.model.prompts is not None else "templates")
             self._identity = {"kind": kind, "clip": self.clip.fingerprint,
-                              "weights": weights_fingerprint(self.model), "runtime": "torch"}
+                              "weights": weights_fingerprint(self.model), "config": to_dict(self.model.config),
+                              "runtime": "torch"}
         return dict(self._identity)
 
     # --- text -------------------------------------------------------------------------------------

@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["output_paths", "output_state", "outputs_done", "run_record", "summary_of", "write_outputs"]
 
-#: The InferenceConfig fields that change what a segmentation gives (batch sizes and memory budgets do not).
-_RESULT_FIELDS = ("short_side", "long_side", "mode", "crop_size", "precision")
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"  # the last chunk of every complete PNG
 
@@ -46,12 +43,13 @@ def run_record(segmenter: Segmenter, classes: Sequence[ClassNames], background: 
     """What makes a run's outputs what they are, as JSON values: recorded in each summary ("made_with").
 
     Returns:
-        {"model": :meth:`mvpseg.Segmenter.identity`, "classes": each class's names (synonyms included),
-        "background": its names or None, "background_threshold", "inference": the settings that change the
-        labels (sizes, mode, crop, the window stride in effect, precision, device)}.
+        {"model": :meth:`mvpseg.Segmenter.identity` (its kind, weights and config: the ViT mode),
+        "classes": each class's names (synonyms included), "background": its names or None,
+        "background_threshold", "inference": the settings that change the labels
+        (:meth:`mvpseg.InferenceConfig.result_fields`, the window stride in effect, device)}.
     """
     config = segmenter.config
-    inference: dict[str, Any] = {name: getattr(config, name) for name in _RESULT_FIELDS}
+    inference: dict[str, Any] = {name: getattr(config, name) for name in config.result_fields()}
     inference["stride"] = config.window_stride
     inference["device"] = segmenter.device.type
     return json.loads(json.dumps({

@@ -36,9 +36,10 @@ def add_clip_arguments(parser: argparse.ArgumentParser, default_from: str = "the
                             f"default: {default_from}, else {DEFAULT_CLIP} (with MaskCLIP's templates: "
                             f"{TEMPLATE_CLIP})")
     group.add_argument("--pretrained", default=None,
-                       help="open_clip pretrained tag (openai, laion2b_s34b_b88k, ...; 'mvpseg' for mvpseg-tiny's "
-                            f"shipped weights), or 'none' for random weights (default: {default_from} when it names a "
-                            f"tag, else openai)")
+                       help="open_clip pretrained tag (openai, laion2b_s34b_b88k, ...; 'mvpseg' for the shipped "
+                            f"weights of the tiny CLIPs mvpseg-tiny*), or 'none' for random weights (default: "
+                            f"{default_from} when it names a tag, else the CLIP's own: mvpseg for the tiny CLIPs, "
+                            f"else openai)")
     group.add_argument("--clip-weights", metavar="PATH", default=None,
                        help="a local CLIP weights file (OpenAI .pt or open_clip .pt/.bin/.safetensors); "
                             "overrides --pretrained. Without network, download it elsewhere and pass it here, "

@@ -63,6 +63,7 @@ class SegmentBatch:
         prompts: a prompt checkpoint (None: MaskCLIP's templates), or ``student`` a student checkpoint.
         clip: open_clip architecture (default the checkpoint's).
         pretrained: CLIP weights: a tag, a file, or "auto" (the checkpoint's).
+        vit_mode: a ViT's dense mode (``--vit-mode``); default the prompts', else SC-CLIP's for the templates.
         device: "cuda", "cpu", ...; default CUDA when the actor has one.
         inference: InferenceConfig fields over the checkpoint's settings (``{"short_side": 512}``).
         out: write ``NAME.png``, ``NAME_overlay.png`` and ``NAME.json`` there, as ``mvpseg segment`` does.
@@ -76,7 +77,8 @@ class SegmentBatch:
                  student: str | os.PathLike[str] | None = None, clip: str | None = None,
                  pretrained: str | None = "auto", device: str | None = None,
                  inference: Mapping[str, Any] | None = None, out: str | os.PathLike[str] | None = None,
-                 skip_existing: bool = False, with_labels: bool = True, max_pixels: int | None = None) -> None:
+                 skip_existing: bool = False, with_labels: bool = True, max_pixels: int | None = None,
+                 vit_mode: str | None = None) -> None:
         from ..inference import Segmenter
         from ..vocabulary import Vocabulary
 
@@ -85,7 +87,7 @@ class SegmentBatch:
         self.background_threshold = background_threshold
         self.class_names = Vocabulary.of(self.classes, self.background, warn=False).display_names
         self.segmenter = Segmenter.from_pretrained(clip=clip, pretrained=pretrained, prompts=prompts, student=student,
-                                                   device=device, overrides=dict(inference or {}))
+                                                   device=device, overrides=dict(inference or {}), vit_mode=vit_mode)
         from ..outputs import run_record
 
         self.made_with = run_record(self.segmenter, self.classes, self.background, background_threshold)
