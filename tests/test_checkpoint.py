@@ -38,6 +38,26 @@ def test_round_trip_gives_the_same_model(tiny_rn: mvpseg.ClipBundle, tmp_path: P
         torch.testing.assert_close(loaded(images, ["a", "b"]).final_logits(), model(images, ["a", "b"]).final_logits())
 
 
+def test_changes_on_load_are_built_in_and_recorded(tiny_vit: mvpseg.ClipBundle, tmp_path: Path) -> None:
+    """load_mvpseg(changes=...): the config says what the model does (GPR off, another mode), and so the record."""
+    from mvpseg.outputs import run_record
+
+    path = save_prompt_checkpoint(tmp_path / "prompts.safetensors", _trained(tiny_vit))
+    plain = load_mvpseg(path, tiny_vit)
+    changed = load_mvpseg(path, tiny_vit, {"use_gpr": False, "vit_mode": "naclip"})
+    assert plain.head.use_gpr and plain.config.vit_mode == "maskclip"
+    assert not changed.head.use_gpr and changed.config.use_gpr is False and changed.config.vit_mode == "naclip"
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        output = changed(images, ["a", "b"])
+        assert output.presence is None  # GPR off: no presence scores
+        assert not torch.allclose(output.final_logits(), plain(images, ["a", "b"]).final_logits())
+    records = [run_record(mvpseg.Segmenter(model, device="cpu"), ["a", "b"])["model"] for model in (plain, changed)]
+    assert records[0]["weights"] == records[1]["weights"] and records[0]["config"] != records[1]["config"]
+    with pytest.raises(ValueError, match="vit_mode must be one of"):
+        load_mvpseg(path, tiny_vit, {"vit_mode": "nope"})
+
+
 def test_checkpoint_for_another_clip_is_refused(tiny_rn: mvpseg.ClipBundle, tiny_vit: mvpseg.ClipBundle,
                                                 tmp_path: Path) -> None:
     path = save_prompt_checkpoint(tmp_path / "p.safetensors", _trained(tiny_rn))

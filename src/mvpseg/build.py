@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,12 +88,14 @@ def build_mvpseg(clip: ClipBundle, config: MVPSegConfig | None = None,
     return MVPSeg(clip, prompts=prompts, head=head, config=config).to(clip.model.token_embedding.weight.device)
 
 
-def load_mvpseg(path: str | os.PathLike[str], clip: ClipBundle) -> MVPSeg:
+def load_mvpseg(path: str | os.PathLike[str], clip: ClipBundle, changes: Mapping[str, Any] | None = None) -> MVPSeg:
     """Rebuild MVP-SEG from a prompt checkpoint around a loaded CLIP, checking that they fit.
 
     Args:
         path: a prompt checkpoint.
         clip: the CLIP to pair it with; must be the architecture the prompts were learned on.
+        changes: :class:`mvpseg.MVPSegConfig` fields laid over the checkpoint's config before the model is
+            built (``{"vit_mode": "naclip"}``, ``{"use_gpr": False}``): the model's config records them.
 
     Returns:
         The model with the checkpoint's prompts and temperatures, in eval mode.
@@ -101,7 +104,7 @@ def load_mvpseg(path: str | os.PathLike[str], clip: ClipBundle) -> MVPSeg:
         CheckpointError: the file is not a prompt checkpoint, or was made for another CLIP.
     """
     tensors, metadata = read_prompt_checkpoint(path)
-    config = MVPSegConfig.from_dict(metadata["config"])
+    config = MVPSegConfig.from_dict({**metadata["config"], **(changes or {})})
     _check_clip(path, metadata["clip"], clip)
     model = build_mvpseg(clip, config)  # the contexts are then overwritten with the file's
     _load_tensors(path, model, tensors)
@@ -289,7 +292,5 @@ def from_pretrained(
         return load_student(student, bundle)
     if prompts is None:
         return build_mvpseg(bundle, None, vit_mode=vit_mode or TEMPLATE_VIT_MODE).eval()
-    model = load_mvpseg(prompts, bundle)
-    if vit_mode is not None:  # the user's choice over the mode the prompts were learned with
-        model.config = dataclasses.replace(model.config, vit_mode=vit_mode)
-    return model
+    # the user's choice of mode over the one the prompts were learned with
+    return load_mvpseg(prompts, bundle, None if vit_mode is None else {"vit_mode": vit_mode})

@@ -118,7 +118,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], crop_size: int | 
         The path written.
     """
     require_onnx("mvpseg export")
-    settings = dict(inference_settings(getattr(model, "inference_settings", None)))
+    settings = dict(model.inference_settings)
     typed = dict(inference_settings(inference))
     if crop_size is not None:
         typed["crop_size"] = crop_size

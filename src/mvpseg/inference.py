@@ -105,7 +105,7 @@ class Segmenter:
     def __init__(self, model: ClipModel, config: InferenceConfig | None = None,
                  device: str | torch.device | None = None) -> None:
         self.device = default_device(device)
-        self.config = config or InferenceConfig(**getattr(model, "inference_settings", {}))
+        self.config = config or InferenceConfig(**model.inference_settings)
         #: The frozen CLIP the model holds (None for an ONNX file whose classes are baked in).
         self.clip = model.clip
         if self.clip is not None:
@@ -153,7 +153,7 @@ class Segmenter:
         """
         target = default_device(device)
         model = build.from_pretrained(clip, pretrained, prompts, device=target, student=student, vit_mode=vit_mode)
-        base = config or InferenceConfig(**getattr(model, "inference_settings", {}))
+        base = config or InferenceConfig(**model.inference_settings)
         return cls(model, config=with_overrides(base, overrides), device=target)
 
     def autocast(self) -> contextlib.AbstractContextManager:

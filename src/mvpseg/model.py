@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +143,9 @@ class ClipModel(nn.Module):
     def __init__(self, clip: ClipBundle) -> None:
         super().__init__()
         self._clip = [clip]  # a list hides the CLIP from nn.Module registration and state_dict
+        #: The InferenceConfig scale fields its checkpoint was made for (:data:`mvpseg.checkpoint.INFERENCE_FIELDS`,
+        #: set by the loaders; empty for a model built in code): a Segmenter's default settings.
+        self.inference_settings: dict[str, Any] = {}
 
     @property
     def clip(self) -> ClipBundle:

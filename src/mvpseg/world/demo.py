@@ -406,8 +406,8 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
         tic = time.perf_counter()
         runs = []
         for seed in range(config.seed, config.seed + config.seeds):
-            model = load_mvpseg(out / "runs" / "mvp-seg" / f"seed-{seed}" / "prompts.safetensors", clip)
-            model.head.use_gpr = False
+            model = load_mvpseg(out / "runs" / "mvp-seg" / f"seed-{seed}" / "prompts.safetensors", clip,
+                                {"use_gpr": False})
             runs.append(run_figures(Segmenter(model, inference, device="cpu"), val, world_module, seed, views=True))
         rows.append(with_ceiling(_row("gpr-off", _LABELS["gpr-off"], runs, tic, progress)))
     student = None
