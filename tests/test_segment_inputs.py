@@ -123,7 +123,7 @@ def test_synonyms_and_threshold_from_the_command_line(weights: Path, tmp_path: P
                  *_common(weights, tmp_path / "all")]) == 0
     assert (np.asarray(Image.open(tmp_path / "all" / "a.png")) == 0).all()  # every score is below 1
     capsys.readouterr()
-    for extra, message in ((["--background-threshold", "0.5"], "needs --background"),
+    for extra, message in ((["--background-threshold", "0.5"], "needs a background class"),
                            (["--background", "bg", "--background-threshold", "2"], "between 0 and 1"),
                            (["--background", "bg,sky"], "one class"),
                            (["--background", "cat"], "duplicate class names: cat")):

@@ -286,7 +286,7 @@ def test_background_threshold_and_bad_vocabularies_on_the_page(page: Page, tmp_p
     page.locator("#threshold input[type='number']").fill("0.5")
     page.locator("#threshold input[type='number']").press("Enter")
     page.locator("#run").click()
-    assert "needs a background name" in _toast(page, "background")
+    assert "needs a background class" in _toast(page, "background")
     page.locator("#background textarea").fill("background")
     page.locator("#threshold input[type='number']").fill("1")
     page.locator("#threshold input[type='number']").press("Enter")

@@ -48,12 +48,29 @@ def test_the_page_gives_what_the_segmenter_gives(model: PageModel) -> None:
     ("cat, dog, cat", "", 0.0, "Duplicate class names: cat"),
     ("cat", "cat", 0.0, "Duplicate class names: cat"),
     ("cat, dog", "sky, ground", 0.0, "one class"),
-    ("cat, dog", "", 0.3, "needs a background name"),
+    ("cat, dog", "", 0.3, "needs a background class"),
 ])
 def test_bad_text_gets_one_message(model: PageModel, classes: str, background: str, threshold: float,
                                    message: str) -> None:
     with pytest.raises(PageInputError, match=message):
         model.segment(_image(), classes, background, threshold)
+
+
+def test_the_page_python_and_the_command_line_say_the_same_threshold_rule(model: PageModel) -> None:
+    """One rule (vocabulary.background_threshold_problem): the same sentence on the page and in Python."""
+    from mvpseg.vocabulary import background_threshold_problem
+
+    for background, threshold in (("", 0.3), ("background", 1.5)):
+        problem = background_threshold_problem(threshold, background)
+        assert problem
+        with pytest.raises(PageInputError) as page_error:
+            model.segment(_image(), "cat, dog", background, threshold)
+        assert str(page_error.value).lower().rstrip(".") == problem.lower()
+        with pytest.raises(ValueError) as python_error:
+            model.segmenter.predict(_image(), ["cat", "dog"], background=background or None,
+                                    background_threshold=threshold)
+        assert str(python_error.value) == problem
+    assert background_threshold_problem(None, None) is None and background_threshold_problem(0.0, "bg") is None
 
 
 def test_a_file_that_is_not_an_image(model: PageModel, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "TEMPLATE_VIT_MODE",
     "TINY_CLIP_NAME",
     "VIT_MODES",
+    "check_vit_mode",
     "PRECISIONS",
     "DemoConfig",
     "DEMO_PRESETS",
@@ -51,6 +52,13 @@ TINY_CLIP_NAME = "mvpseg-tiny"
 #: How the last ViT block runs for dense features (see :mod:`mvpseg.dense`).
 ViTMode = Literal["maskclip", "value", "qq", "csa", "naclip", "resclip", "scclip", "vanilla"]
 VIT_MODES: tuple[str, ...] = get_args(ViTMode)
+
+
+def check_vit_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`VIT_MODES`, else a one-line ValueError naming them."""
+    if mode not in VIT_MODES:
+        raise ValueError(f"vit_mode must be one of {', '.join(VIT_MODES)}, not {mode!r}")
+    return mode
 #: Numeric precision: "auto" is fp32 on the CPU and bf16 (fp16 where bf16 is unsupported) autocast on CUDA.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -107,8 +115,7 @@ class MVPSegConfig:
             raise ValueError(f"num_prompts must be at least 1, got {self.num_prompts}")
         if self.num_context is not None and self.num_context < 1:
             raise ValueError(f"num_context must be at least 1, got {self.num_context}")
-        if self.vit_mode not in VIT_MODES:
-            raise ValueError(f"vit_mode must be one of {', '.join(VIT_MODES)}, not {self.vit_mode!r}")
+        check_vit_mode(self.vit_mode)
         if self.tau2_init <= 0 or (self.tau1_init is not None and self.tau1_init <= 0):
             raise ValueError("temperatures must be positive")
 
@@ -179,6 +186,8 @@ class InferenceConfig:
         if self.text_batch < 1:
             raise ValueError("text_batch must be positive")
 
+    #: The scale fields a checkpoint or an ONNX file records: the settings its model was made for.
+    SCALE_FIELDS: ClassVar[tuple[str, ...]] = ("short_side", "long_side", "mode", "crop_size", "stride")
     #: Fields that change speed and memory only, never the labels: every other field is recorded with what
     #: it made (``made_with``) and tells ``--skip-existing`` to redo outputs made otherwise.
     SPEED_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "upsample_budget_mib", "upsample_rows", "text_batch",

@@ -31,7 +31,7 @@ from .model import ClipModel, MVPSeg, MVPSegOutput
 from .prompts import validate_class_names
 from .runtime import autocast, default_device
 from .upsample import label_log_scores, upsample_log_scores
-from .vocabulary import ClassNames, Vocabulary, max_over_names
+from .vocabulary import ClassNames, Vocabulary, background_threshold_problem, max_over_names
 
 __all__ = ["InferenceConfig", "Prediction", "Segmenter", "sliding_windows", "with_overrides"]
 
@@ -355,12 +355,9 @@ class Segmenter:
             ValueError: a bad vocabulary, or a threshold without a background or outside [0, 1].
         """
         vocabulary = Vocabulary.of(class_names, background)
-        if background_threshold is not None:
-            if background is None or (isinstance(background, str) and not background.strip()):
-                raise ValueError("a background threshold needs a background class: give background=NAME "
-                                 "(--background NAME)")
-            if not 0.0 <= background_threshold <= 1.0:
-                raise ValueError(f"the background threshold is a score in [0, 1], not {background_threshold}")
+        problem = background_threshold_problem(background_threshold, background)
+        if problem:
+            raise ValueError(problem)
         array = load_image(image)
         resized = self.resize(array)
         output = self.predict_torch(resized, vocabulary)

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ClassNames", "Vocabulary", "VocabularyWarning", "max_over_names", "parse_class_lines", "parse_classes",
-           "read_classes_file"]
+__all__ = ["ClassNames", "Vocabulary", "VocabularyWarning", "background_threshold_problem", "max_over_names",
+           "parse_class_lines", "parse_classes", "read_classes_file"]
 
 #: One class: a name, or its names (display name first).
 ClassNames = str | Sequence[str]
@@ -42,6 +42,18 @@ ClassNames = str | Sequence[str]
 CLASS_SEPARATOR = ","
 #: Separates a class's names in text and files.
 NAME_SEPARATOR = "|"
+
+
+def background_threshold_problem(threshold: float | None, background: ClassNames | None) -> str | None:
+    """What is wrong with a background threshold (None: nothing, or no threshold): the one rule that Python,
+    ``mvpseg segment`` and the page apply, each raising its own error with this sentence."""
+    if threshold is None:
+        return None
+    if background is None or (isinstance(background, str) and not background.strip()):
+        return "a background threshold needs a background class (the pixels below it become that class): name one"
+    if not 0.0 <= threshold <= 1.0:
+        return f"a background threshold is a score between 0 and 1, not {threshold}"
+    return None
 
 
 class VocabularyWarning(UserWarning):

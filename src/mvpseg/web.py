@@ -39,7 +39,7 @@ from PIL import Image
 from .files import atomic_write
 from .image import ImageInput, ImageReadError, load_image
 from .viz import colorize, overlay, prompt_map_grid
-from .vocabulary import Vocabulary, parse_class_lines, parse_classes
+from .vocabulary import Vocabulary, background_threshold_problem, parse_class_lines, parse_classes
 
 if TYPE_CHECKING:
     import gradio
@@ -166,10 +166,9 @@ class PageModel:
         """
         vocabulary = self.vocabulary(classes, background)
         threshold = float(threshold or 0.0)
-        if threshold > 0 and not (background or "").strip():
-            raise PageInputError("A background threshold needs a background name: type one (e.g. background).")
-        if not 0.0 <= threshold <= 1.0:
-            raise PageInputError("The background threshold is a score between 0 and 1.")
+        problem = background_threshold_problem(threshold or None, background)  # 0 on the page: no threshold
+        if problem:
+            raise PageInputError(problem[0].upper() + problem[1:] + ".")
         try:
             array = load_image(image)
         except ImageReadError as error:

@@ -9,8 +9,8 @@ from ..config import InferenceConfig
 from .common import UsageError, add_clip_arguments, clip_source
 from .flags import add_config_flags, overrides
 
-#: The inference settings a file records (mvpseg.checkpoint.INFERENCE_FIELDS; this module imports no torch).
-_SCALE_FIELDS = ("short_side", "long_side", "mode", "crop_size", "stride")
+#: The inference settings a file records.
+_SCALE_FIELDS = InferenceConfig.SCALE_FIELDS
 
 __all__ = ["add_parser", "run"]
 

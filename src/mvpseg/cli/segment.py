@@ -135,12 +135,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def check_background_threshold(threshold: float | None, background: str | None) -> None:
     """Refuse ``--background-threshold`` outside [0, 1] or without ``--background`` (one line, exit 2)."""
-    if threshold is None:
-        return
-    if not background or not background.strip():
-        raise UsageError("--background-threshold needs --background NAME: the pixels below it become that class")
-    if not 0.0 <= threshold <= 1.0:
-        raise UsageError(f"--background-threshold is a score between 0 and 1, not {threshold}")
+    from ..vocabulary import background_threshold_problem
+
+    problem = background_threshold_problem(threshold, background)
+    if problem:
+        raise UsageError(f"--background-threshold: {problem}")
 
 
 def _report_inputs(inputs: ImageInputs, quiet: bool) -> None:
