@@ -43,7 +43,7 @@ __all__ = [
 #: The CLIP used when none is named (and no checkpoint names one).
 DEFAULT_CLIP = "RN50"
 #: The CLIP and ViT mode of zero-training segmentation (no prompts, no student): the first of mvpseg's
-#: dense modes in published tables, SC-CLIP on ViT-B/16 (README, "Zero-training defaults").
+#: dense modes in published tables, SC-CLIP on ViT-B/16 (docs/modes.md).
 TEMPLATE_CLIP = "ViT-B-16"
 TEMPLATE_VIT_MODE = "scclip"
 #: The project's own tiny CLIP, pretrained on the synthetic world and shipped inside the package.
