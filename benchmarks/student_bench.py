@@ -139,7 +139,7 @@ def run(settings: Settings, section: Section, presets: list[str] | None = None,
             teacher_onnx = onnx_segmenter(teacher_model, names, Path(scratch))
             runners["onnxruntime"] = lambda: teacher_onnx.predict(image, names)
         runs = predict_rounds(runners, settings)
-        result["mvpseg_predict"] = {"stride": teacher.stride, **{name: _figures(runs[name]) for name in backends}}
+        result["mvpseg_predict"] = {"stride": teacher.feature_stride, **{name: _figures(runs[name]) for name in backends}}
         del runners
     batch_size, crop = (2, 512) if settings.quick else (4, 512)
     whole_crop = segmenter(clip, teacher_model, device, short_side=None, mode="whole")
@@ -150,7 +150,7 @@ def run(settings: Settings, section: Section, presets: list[str] | None = None,
         # a random backbone: the predict time does not depend on the weights
         config = StudentConfig(**{"backbone_weights": None, **STUDENT_PRESETS[name]})
         student = build_student(teacher_model, config).to(device)
-        figures: dict[str, Any] = {**dataclasses.asdict(config), "stride": student.stride,
+        figures: dict[str, Any] = {**dataclasses.asdict(config), "stride": student.feature_stride,
                                    "parameters": sum(p.numel() for p in student.parameters() if p.requires_grad)}
         if training:
             with section(f"students: {name} training step"):

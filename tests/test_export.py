@@ -51,7 +51,7 @@ def world() -> mvpseg.Segmenter:
 def test_world_prompts_parity_open_vocabulary(world: mvpseg.Segmenter, tmp_path: Path) -> None:
     path = export_onnx(world.model, tmp_path / "world.onnx", crop_size=128, source=str(WORLD_PROMPTS))  # dynamo
     metadata = read_onnx_metadata(path)
-    assert metadata["kind"] == "prompts" and metadata["classes"] is None and metadata["stride"] == 32
+    assert metadata["kind"] == "prompts" and metadata["classes"] is None and metadata["feature_stride"] == 32
     onnx_seg = OnnxSegmenter.load(path, config=world.config)  # its text side from the recorded checkpoint
     assert isinstance(onnx_seg, OnnxSegmenter)
     assert_parity(world, onnx_seg, image(200, 300), NAMES)
@@ -85,7 +85,7 @@ def test_random_student_parity(world: mvpseg.Segmenter, backbone: str, arch: str
     torch_seg = mvpseg.Segmenter(student, config, device="cpu")
     path = export_onnx(student, tmp_path / "student.onnx", crop_size=64, dynamo=False)  # the faster exporter
     onnx_seg = OnnxSegmenter(path, student, config=config)
-    assert onnx_seg.stride == student.stride
+    assert onnx_seg.feature_stride == student.feature_stride
     assert_parity(torch_seg, onnx_seg, image(96, 120, seed=2), NAMES)
 
 
@@ -233,3 +233,23 @@ def test_onnxruntime_errors_and_a_missing_extra_are_one_line(exported: dict[str,
                  "--out", str(tmp_path / "y"), "--quiet"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "pip install 'mvpseg[export]'" in lines[0]
+
+
+def test_export_rounds_the_crop_as_inference_does(tiny_vit: mvpseg.ClipBundle, tmp_path: Path) -> None:
+    """One rounding rule (InferenceConfig.window_on_cells): a patch-8 ViT takes a 44-px crop as 40, in both."""
+    from mvpseg.export import OnnxSegmenter
+
+    model = mvpseg.build_mvpseg(tiny_vit, None, vit_mode="naclip")
+    config = mvpseg.InferenceConfig(short_side=None, crop_size=44, stride=22, precision="fp32")
+    assert config.window_on_cells(8) == (40, 24) and config.window_on_cells(32) == (32, 32)
+    torch_seg = mvpseg.Segmenter(model, config=config, device="cpu")
+    path = export_onnx(model, tmp_path / "vit.onnx", inference={"crop_size": 44, "stride": 22})  # not a multiple of 32
+    metadata = read_onnx_metadata(path)
+    assert metadata["inference"]["crop_size"] == 40 and metadata["feature_stride"] == 8
+    onnx_seg = OnnxSegmenter(path, model, config=config)
+    assert onnx_seg.feature_stride == torch_seg.feature_stride == 8
+    assert onnx_seg.window_boxes(96, 120) == torch_seg.window_boxes(96, 120)
+    assert {y1 - y0 for y0, y1, _, _ in torch_seg.window_boxes(96, 120)} == {40}
+    image = np.random.default_rng(0).integers(0, 256, (96, 120, 3), dtype=np.uint8)
+    got, expected = onnx_seg.predict(image, ["cat", "dog"]), torch_seg.predict(image, ["cat", "dog"])
+    assert (got.labels == expected.labels).mean() >= 0.999

@@ -88,7 +88,7 @@ def test_student_maps_come_at_its_stride(teacher: mvpseg.MVPSeg, arch: str, head
     torch.manual_seed(0)
     student = build_student(teacher, StudentConfig(arch=arch, head=head, backbone="clip", output_stride=output_stride,
                                                    head_channels=16 if head == "mvpseg" else None)).eval()
-    assert student.stride == stride
+    assert student.feature_stride == stride
     with torch.no_grad():
         output = student(torch.randn(2, 3, 64, 96), ["cat", "dog", "grass"])
     assert output.fused_logits.shape == (2, 3, 64 // stride, 96 // stride)
@@ -105,7 +105,7 @@ def test_torchvision_backbones_build_offline_from_a_local_file(teacher: mvpseg.M
     student = build_student(teacher, StudentConfig(backbone="resnet50", backbone_weights=str(weights), output_stride=16,
                                                    head="mvpseg", head_channels=8))
     torch.testing.assert_close(student.backbone.stem[0].weight, reference.conv1.weight)
-    assert student.stride == 16
+    assert student.feature_stride == 16
     with torch.no_grad():
         assert student.eval()(torch.randn(1, 3, 64, 64), ["a"]).fused_logits.shape == (1, 1, 4, 4)
     bad = tmp_path / "bad.safetensors"
@@ -191,7 +191,7 @@ def test_transfer_trains_a_student_that_segments_like_a_segmenter(setup: tuple[P
                                                  device="cpu", config=mvpseg.InferenceConfig(short_side=64))
     prediction = segmenter.predict(np.zeros((40, 50, 3), np.uint8), ["sky", "a new class", "tree"])
     assert prediction.labels.shape == (40, 50) and prediction.presence is None
-    assert segmenter.stride == 8
+    assert segmenter.feature_stride == 8
 
 
 class _Killed(Exception):
@@ -236,7 +236,7 @@ def test_written_pseudo_labels_teach_like_the_online_teacher(setup: tuple[Path, 
     meta = json.loads((tmp_path / "labels" / "meta.json").read_text())
     assert meta["unseen"] == ["tree"] and meta["images"] == 6
     path = transfer(_config(setup, tmp_path / "offline", pseudo_labels=str(tmp_path / "labels")), progress=False)
-    assert load_student(path, mvpseg.load_clip("test-tiny-rn", str(weights))).stride == 8
+    assert load_student(path, mvpseg.load_clip("test-tiny-rn", str(weights))).feature_stride == 8
 
 
 def _pseudo_worker(rank: int, rendezvous: str, config_dir: str, weights: str, prompts: str, data_root: str,

@@ -93,7 +93,7 @@ def main() -> None:
         row = {key: result.figures[key] for key in ("miou_seen", "miou_unseen", "hiou", "miou")}
         name = f"student preset {preset} (random backbone)" if preset else "student"
         results["rows"][f"{name}, output stride {stride}"] = {
-            **row, "map_stride": result.segmenter.stride, "threads": torch.get_num_threads(),
+            **row, "map_stride": result.segmenter.feature_stride, "threads": torch.get_num_threads(),
             "train_seconds": result.train_seconds}
         print(f"{name}, output stride {stride}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -152,8 +152,8 @@ class InferenceConfig:
     short_side: int | None = 512  # resize so the short side has this length; 0 or none keeps the size
     long_side: int | None = None  # resize so the long side has this length (mmseg's img_scale=(L, L) with keep_ratio); overrides short_side
     mode: Literal["slide", "whole"] = "slide"  # slide: overlapping crop windows (ZegCLIP); whole: the image at once (MaskCLIP)
-    crop_size: int = 512  # sliding-window side (rounded down to a multiple of the feature stride)
-    stride: int | None = None  # sliding-window step, at most the crop (rounded to the nearest multiple of the feature stride); default 426/512 of the crop (ZegCLIP's 426 for 512)
+    crop_size: int = 512  # sliding-window side (rounded down to a multiple of the feature stride: window_on_cells)
+    stride: int | None = None  # sliding-window step (not the feature stride), at most the crop (rounded to the nearest multiple of the feature stride); default 426/512 of the crop (ZegCLIP's 426 for 512)
     batch_size: int = 4  # windows per forward pass
     precision: Precision = "auto"  # auto: fp32 on the CPU, bf16 (else fp16) autocast on CUDA; or fp32, bf16, fp16
     upsample_budget_mib: float = 64.0  # memory of the blocks of upsampled class scores (bounds memory on huge images)
@@ -207,6 +207,14 @@ class InferenceConfig:
     def window_stride(self) -> int:
         """The sliding-window step in pixels: ``stride``, or :meth:`default_stride` of the crop."""
         return self.stride if self.stride is not None else self.default_stride(self.crop_size)
+
+    def window_on_cells(self, feature_stride: int) -> tuple[int, int]:
+        """The window's side and step in pixels on whole feature cells, the one rounding rule of inference and
+        export: the side ``crop_size`` rounded down to a multiple of ``feature_stride`` (at least one cell), the
+        step :attr:`window_stride` rounded to the nearest multiple (at least one cell, at most the side)."""
+        crop = max(self.crop_size // feature_stride, 1) * feature_stride
+        step = min(max(round(self.window_stride / feature_stride), 1) * feature_stride, crop)
+        return crop, step
 
 
 #: Evaluation settings per dataset (MaskCLIP+ / ZegCLIP): short side 512 (Context 520), sliding 512-px

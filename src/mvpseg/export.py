@@ -104,7 +104,8 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], crop_size: int | 
         model: an :class:`mvpseg.MVPSeg` (prompts or templates) or a student, on the CPU.
         out: the ``.onnx`` file (written atomically).
         crop_size: the sliding-window side recorded as the file's default (and the side of the sample the
-            exporter traces); a multiple of 32. Default: the model's recorded crop, else 512.
+            exporter traces), rounded down to whole feature cells as inference rounds it
+            (:meth:`mvpseg.InferenceConfig.window_on_cells`). Default: the model's recorded crop, else 512.
         classes: bake these classes' text embeddings in (names as :meth:`Segmenter.text_embeddings`
             takes them); None keeps ``text`` an input (open vocabulary).
         text: the (P, C, D) embeddings of ``classes`` when already computed.
@@ -123,11 +124,11 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], crop_size: int | 
     if crop_size is not None:
         typed["crop_size"] = crop_size
     recorded = with_overrides(InferenceConfig(**settings), typed)  # checks them (a stride above the crop: one line)
-    settings = {name: getattr(recorded, name) for name in INFERENCE_FIELDS}
-    crop_size = recorded.crop_size
-    if crop_size < 32 or crop_size % 32:
-        raise ValueError(f"the crop size must be a positive multiple of 32, not {crop_size}")
     model = model.eval().cpu()
+    stride = int(model.feature_stride)
+    crop_size = recorded.window_on_cells(stride)[0]  # inference's rounding: whole feature cells
+    recorded = dataclasses.replace(recorded, crop_size=crop_size)
+    settings = {name: getattr(recorded, name) for name in INFERENCE_FIELDS}
     names = None
     if classes is not None:
         names = list(classes)
@@ -138,7 +139,6 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], crop_size: int | 
     with torch.no_grad():
         sample_text = model.text_embeddings(["a", "b"]).float() if names is None else text  # (P, 2, D)
     assert sample_text is not None
-    stride = int(model.stride)
     # A sample whose sides differ (and are neither 0 nor 1 cell), so that the exporters keep both dynamic.
     images = torch.zeros(2, 3, crop_size, crop_size + stride)
     with torch.no_grad():
@@ -152,7 +152,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], crop_size: int | 
         "source": source, "clip": {"name": clip.name, "pretrained": _source_name(clip.pretrained),
                                    "fingerprint": clip.fingerprint},
         "weights": weights_fingerprint(model), "config": to_dict(model.config),
-        "mean": list(map(float, clip.mean)), "std": list(map(float, clip.std)), "stride": stride,
+        "mean": list(map(float, clip.mean)), "std": list(map(float, clip.std)), "feature_stride": stride,
         "crop_size": crop_size, "inference": settings, "dynamic_size": True,
         "classes": names, "num_prompts": int(outputs[0].shape[1]), "embed_dim": int(sample_text.shape[-1]),
         "outputs": output_names, "head": _head_state(model.head),
@@ -253,7 +253,7 @@ class _OnnxModel(nn.Module):
                 getattr(self.head, name).fill_(state[name])
         self.session, self.metadata, self.path = session, metadata, path
         self.text_model = text_model
-        self.stride = int(metadata["stride"])
+        self.feature_stride = int(metadata.get("feature_stride", metadata.get("stride")))  # "stride" in older files
         #: The settings the file was exported with (a Segmenter's defaults).
         self.inference_settings = inference_settings(metadata.get("inference"))
 

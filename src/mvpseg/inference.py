@@ -111,7 +111,8 @@ class Segmenter:
         if self.clip is not None:
             self.clip.model.to(self.device)
         self.model = model.to(self.device).eval()
-        self.stride = model.stride
+        #: Pixels per feature cell of the model's map (32 for ResNet towers, the patch size for ViTs).
+        self.feature_stride = model.feature_stride
         #: The image tower inference runs: for ResNets a BatchNorm-folded, NHWC copy (the CLIP's own is kept).
         self.tower = model.inference_tower(fold=self.config.fold_batchnorm, channels_last=self.config.channels_last)
         self._mean, self._std = model.normalisation(self.device)  # (1, 3, 1, 1) each
@@ -239,19 +240,16 @@ class Segmenter:
         The padding is zero: the mean colour after normalisation.
         """
         height, width = images.shape[-2:]
-        step = self.stride
+        step = self.feature_stride
         return F.pad(images, (0, math.ceil(width / step) * step - width, 0, math.ceil(height / step) * step - height))
 
     def window_boxes(self, height: int, width: int) -> list[Box]:
         """The windows of a padded image: the whole image, or crops of ``config.crop_size`` every
         ``config.window_stride`` pixels, both rounded to the feature stride so windows sit on whole cells
         (the step at most the crop: windows never leave a gap)."""
-        step = self.stride
         if self.config.mode == "whole":
             return [(0, height, 0, width)]
-        crop = max(self.config.crop_size // step, 1) * step
-        stride = min(max(round(self.config.window_stride / step), 1) * step, crop)
-        return sliding_windows(height, width, crop, stride)
+        return sliding_windows(height, width, *self.config.window_on_cells(self.feature_stride))
 
     def window_batches(self, padded: torch.Tensor) -> Iterator[tuple[list[Box], torch.Tensor]]:
         """The crops the image tower sees, batched: ``config.batch_size`` windows at a time, those
@@ -295,7 +293,7 @@ class Segmenter:
         vocabulary = Vocabulary.of(class_names)
         text = self.text_embeddings(vocabulary.names)  # (P, N, D): one entry per distinct name
         padded = self.pad(images.to(self.device))
-        batch, step = padded.shape[0], self.stride
+        batch, step = padded.shape[0], self.feature_stride
         grid = (padded.shape[-2] // step, padded.shape[-1] // step)
         canvas = torch.zeros(batch, text.shape[0], text.shape[1], *grid, device=self.device)  # (B, P, C, h, w)
         counts = torch.zeros(1, 1, 1, *grid, device=self.device)
@@ -329,7 +327,7 @@ class Segmenter:
     def upsample_log_scores(self, log_scores: torch.Tensor, resized: tuple[int, int], size: tuple[int, int],
                             with_scores: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`upsample` for any log-scores (C', h, w) on this segmenter's feature grid (e.g. a subset of classes)."""
-        cells_per_pixel = (resized[0] / (size[0] * self.stride), resized[1] / (size[1] * self.stride))
+        cells_per_pixel = (resized[0] / (size[0] * self.feature_stride), resized[1] / (size[1] * self.feature_stride))
         with torch.inference_mode():
             return upsample_log_scores(log_scores.float(), size, cells_per_pixel,
                                        budget_bytes=self.config.upsample_budget_mib * 2**20,
@@ -392,7 +390,7 @@ class Segmenter:
         if threshold <= 0.0:
             return labels
         log_scores = output.final_logits()[0].float()  # (C, h, w)
-        cells_per_pixel = (resized[0] / (size[0] * self.stride), resized[1] / (size[1] * self.stride))
+        cells_per_pixel = (resized[0] / (size[0] * self.feature_stride), resized[1] / (size[1] * self.feature_stride))
         with torch.inference_mode():
             best = label_log_scores(log_scores, labels, cells_per_pixel,
                                     budget_bytes=self.config.upsample_budget_mib * 2**20, rows=self.config.upsample_rows)

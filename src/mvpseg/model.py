@@ -212,7 +212,7 @@ class MVPSeg(ClipModel):
         self.config = config
 
     @property
-    def stride(self) -> int:
+    def feature_stride(self) -> int:
         """Pixels per feature-map cell (32 for ResNet towers, the patch size for ViTs)."""
         return feature_stride(self.clip_model.visual)
 

@@ -203,7 +203,7 @@ class Student(ClipModel):
             freeze_batchnorm(part)
 
     @property
-    def stride(self) -> int:
+    def feature_stride(self) -> int:
         """Pixels per cell of the student's maps: the backbone's output stride, 4 with a DeepLabv3+ decoder."""
         stride_4 = (DeepLabV3PlusDecoder, DepthwiseSeparableASPPDecoder)
         return 4 if isinstance(self.decoder, stride_4) else self.backbone.output_stride

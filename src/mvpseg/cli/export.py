@@ -55,9 +55,6 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts and args.student:
         raise UsageError("give --prompts or --student, not both")
     typed = {name: value for name, value in overrides(args).items() if name in _SCALE_FIELDS}
-    crop_size = typed.get("crop_size")
-    if crop_size is not None and (crop_size < 32 or crop_size % 32):
-        raise UsageError(f"--crop-size must be a positive multiple of 32, not {crop_size}")
     names = None
     if args.classes is not None:
         background = parse_classes(args.background)[0] if args.background else None

@@ -155,7 +155,7 @@ def _transfer(config: TransferConfig, run: Run, progress: bool, callback: Callab
                 raise RuntimeError(f"unseen ground truth reached step {step}: the label map leaks unseen classes")
             if teaching and teacher_view is not None:
                 scores = teacher_scores(teacher_view.predict_torch(images, names), unseen, config.teacher_gpr)
-                scores = on_pixels(scores, teacher_view.stride, tuple(labels.shape[-2:]))
+                scores = on_pixels(scores, teacher_view.feature_stride, tuple(labels.shape[-2:]))
                 labels = assign_unseen(labels, scores, unseen, config.unseen_min_probability, ignore).clone()
             with run.autocast:
                 output = student(images, names)
