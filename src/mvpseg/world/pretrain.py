@@ -69,6 +69,7 @@ class PretrainConfig:
     teacher: str = ""  # distil from this tiny CLIP's pooled image embedding (safetensors of --teacher-model)
     teacher_model: str = "mvpseg-tiny-parts"  # open_clip name or config JSON of --teacher
     distill_weight: float = 1.0  # weight of the distillation term, 1 - cos(student, teacher) per image
+    distill_dense_weight: float = 0.0  # weight of dense distillation: the teacher's MaskCLIP features per cell against a ViT's tokens before its last block (through ln_post and proj), pooled to the teacher's grid
     steps: int = 6000  # optimisation steps
     batch_size: int = 128  # image-caption pairs per step
     lr: float = 1e-3  # peak AdamW learning rate
@@ -312,6 +313,26 @@ def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
     return int(metadata["step"]), running
 
 
+def _dense_distillation(visual: torch.nn.Module, tokens: torch.Tensor, teacher: torch.nn.Module,
+                        images: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos`` between the teacher's dense MaskCLIP features and a ViT's tokens before its last block.
+
+    ``tokens`` (B, 1 + h*w, W), the output of the ViT's penultimate block, go through ``ln_post`` and ``proj``
+    (the map the CLS token's embedding takes) and are average-pooled to the teacher's grid. The last block
+    is left to the contrastive and pooled terms, as CLIP's is trained.
+    """
+    from mvpseg.dense import dense_features
+
+    with torch.no_grad():
+        target = F.normalize(dense_features(teacher, images).float(), dim=1)  # (B, D, h', w')
+    batch, count = tokens.shape[0], tokens.shape[1] - 1
+    side = math.isqrt(count)
+    patches = visual.ln_post(tokens[:, 1:]) @ visual.proj  # (B, h*w, D)
+    patches = patches.transpose(1, 2).reshape(batch, -1, side, side)  # (B, h*w, D) -> (B, D, h, w)
+    pooled = F.normalize(F.adaptive_avg_pool2d(patches, target.shape[-2:]), dim=1)  # (B, D, h', w')
+    return (1 - (pooled * target).sum(dim=1)).mean()
+
+
 def pretrain(config: PretrainConfig) -> Path:
     """Pretrain the tiny CLIP; returns the path of the written weights.
 
@@ -376,7 +397,7 @@ def pretrain(config: PretrainConfig) -> Path:
                 "config": json.dumps(dataclasses.asdict(config))}
     log_path = out / "pretrain_log.csv"
     first_step, running, elapsed = 0, None, 0.0
-    header = ["step", "loss", "accuracy", "lr", "logit_scale", "seconds", "distill"]
+    header = ["step", "loss", "accuracy", "lr", "logit_scale", "seconds", "distill", "distill_dense"]
     if resuming:
         first_step, running = _load_state(state_path, model, optimizer, rng)
         # keep the log's rows of the steps already taken, and its clock
@@ -424,19 +445,28 @@ def pretrain(config: PretrainConfig) -> Path:
         text = tokens(captions)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
+        captured: list[torch.Tensor] = []
+        hook = (model.visual.transformer.resblocks[-2].register_forward_hook(
+            lambda module, inputs, output, store=captured: store.append(output))
+                if teacher is not None and config.distill_dense_weight > 0 else None)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             image_features = F.normalize(model.encode_image(x).float(), dim=-1)  # (B, D)
             text_features = F.normalize(model.encode_text(text).float(), dim=-1)  # (B, D)
+        if hook is not None:
+            hook.remove()
         scale = model.logit_scale.exp()
         logits = scale * image_features @ text_features.t()  # (B, B)
         targets = torch.arange(len(index))
         loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
-        distill = torch.zeros(())
+        distill = distill_dense = torch.zeros(())
         if teacher is not None:
             with torch.no_grad():
                 target = F.normalize(teacher.encode_image(x).float(), dim=-1)  # (B, D)
             distill = (1 - (image_features * target).sum(dim=-1)).mean()
             loss = loss + config.distill_weight * distill
+            if captured:
+                distill_dense = _dense_distillation(model.visual, captured[0], teacher, x)
+                loss = loss + config.distill_dense_weight * distill_dense
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -447,7 +477,8 @@ def pretrain(config: PretrainConfig) -> Path:
         if step % config.log_every == 0 or step == config.steps - 1:
             accuracy = (logits.argmax(dim=1) == targets).float().mean().item()
             log.writerow([step, f"{loss.item():.4f}", f"{accuracy:.3f}", f"{_lr_at(step, config):.6f}",
-                          f"{scale.item():.2f}", f"{time.time() - start:.1f}", f"{distill.item():.4f}"])
+                          f"{scale.item():.2f}", f"{time.time() - start:.1f}", f"{distill.item():.4f}",
+                          f"{distill_dense.item():.4f}"])
             log_file.flush()
         if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
             save_weights(model, weights, metadata={**metadata, "step": str(step + 1)})
