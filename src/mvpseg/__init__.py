@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .build import build_mvpseg, load_mvpseg
     from .checkpoint import CheckpointError, save_prompt_checkpoint
     from .clip import ClipBundle, ClipWeightsUnavailable, load_clip
-    from .config import InferenceConfig, MVPSegConfig
+    from .config import InferenceConfig, ModelSource, MVPSegConfig
     from .dense import dense_features
     from .image import load_image
     from .inference import Prediction, Segmenter
@@ -40,6 +40,7 @@ _EXPORTS = {
     "MVPSeg": "model",
     "MVPSegConfig": "config",
     "MVPSegOutput": "model",
+    "ModelSource": "config",
     "Prediction": "inference",
     "PromptLearner": "prompts",
     "Segmenter": "inference",
@@ -62,6 +63,7 @@ __all__ = [
     "MVPSeg",
     "MVPSegConfig",
     "MVPSegOutput",
+    "ModelSource",
     "Prediction",
     "PromptLearner",
     "Segmenter",

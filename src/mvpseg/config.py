@@ -26,6 +26,7 @@ __all__ = [
     "EVAL_PRESETS",
     "STUDENT_EVAL_PRESETS",
     "InferenceConfig",
+    "ModelSource",
     "LossWeights",
     "MVPSegConfig",
     "RunConfig",
@@ -143,6 +144,35 @@ class LossWeights:
     views_iterations: int = 3  # Sinkhorn iterations of the view assignment (ProtoSeg: 3)
     overlap: float = 0.0  # beyond the paper: weight of the map-overlap penalty, the weighted cosine between the prompts' centred maps inside each thing (0: off)
     views_classes: tuple[str, ...] = ()  # class names L_views and the overlap penalty are taken over (empty: every labelled class)
+
+
+@dataclass
+class ModelSource:
+    """Which model segments: a CLIP, with MaskCLIP's templates, learned prompts, a student or an ONNX file.
+
+    Every command that segments takes one (its fields are flags: ``--clip``, ``--prompts``, ...), and so do
+    :meth:`mvpseg.Segmenter.from_source` and the Ray ``SegmentBatch``: one source gives one model everywhere.
+    """
+
+    clip: str | None = None  # open_clip architecture (RN50, ViT-B-16, ... or the shipped tiny CLIPs mvpseg-tiny, mvpseg-tiny-parts, mvpseg-tiny-parts-vit); default the checkpoint's, else ViT-B-16 (templates)
+    pretrained: str | None = "auto"  # CLIP weights: an open_clip tag (openai, laion2b_s34b_b88k, ...), a local weights file, or none (random); auto: the checkpoint's when it names a tag, else the CLIP's own (mvpseg for the tiny CLIPs, else openai)
+    prompts: str | None = None  # learned prompts: a .safetensors from mvpseg train, a model folder, or a Hugging Face Hub id org/name[@rev]; none: MaskCLIP's 85 templates
+    student: str | None = None  # an MVP-SEG+ student (a .safetensors from mvpseg transfer, a model folder or a Hub id) instead of prompts
+    onnx: str | None = None  # run the windows through this file of mvpseg export with onnxruntime (CPU); prompts or student then give its class embeddings (default: the checkpoint it was exported from)
+    vit_mode: ViTMode | None = None  # how a ViT's last block gives dense features (docs/method.md); default the prompts' mode, else scclip (templates); ResNets ignore it
+
+    def __post_init__(self) -> None:
+        if self.prompts is not None and self.student is not None:
+            raise ValueError("give prompts or a student, not both (a student holds the prompts it was taught with)")
+        if self.vit_mode is not None:
+            check_vit_mode(self.vit_mode)
+            if self.student is not None:
+                raise ValueError("a student segments with its own network: vit_mode is for prompts and templates")
+            if self.onnx is not None:
+                raise ValueError("an ONNX file runs the dense mode it was exported with (mvpseg export --vit-mode "
+                                 "MODE)")
+        if isinstance(self.pretrained, str) and self.pretrained.strip().lower() == "none":
+            self.pretrained = None
 
 
 @dataclass

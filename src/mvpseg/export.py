@@ -27,7 +27,7 @@ import dataclasses
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from torch import nn
 
 from .checkpoint import INFERENCE_FIELDS, inference_settings
 from .clip import ClipBundle, normalisation, weights_fingerprint
-from .config import InferenceConfig, to_dict
+from .config import InferenceConfig, ModelSource, to_dict
 from .files import atomic_write
 from .inference import Segmenter, with_overrides
 from .model import MVPHead, MVPSeg, cosine_maps
@@ -368,6 +368,16 @@ class OnnxSegmenter(Segmenter):
     def path(self) -> Path:
         """The ONNX file."""
         return self.model.path
+
+    @classmethod
+    def from_source(cls, source: ModelSource, config: InferenceConfig | None = None, threads: int | None = None,
+                    overrides: Mapping[str, Any] | None = None) -> OnnxSegmenter:
+        """:meth:`load` of a model source naming an ONNX file (its prompts or student give the text side)."""
+        if source.onnx is None:
+            raise ValueError("this model source names no ONNX file: use mvpseg.Segmenter.from_source")
+        return cls.load(source.onnx, prompts=source.prompts, student=source.student, clip=source.clip,
+                        pretrained=source.pretrained, config=config, threads=threads,
+                        overrides=None if overrides is None else dict(overrides))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], prompts: str | os.PathLike[str] | None = None,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import build
 from .clip import weights_fingerprint
-from .config import InferenceConfig, to_dict
+from .config import InferenceConfig, ModelSource, to_dict
 from .image import ImageInput, load_image
 from .model import ClipModel, MVPSeg, MVPSegOutput
 from .prompts import validate_class_names
@@ -152,8 +152,22 @@ class Segmenter:
         Returns:
             A ready :class:`Segmenter`.
         """
+        source = ModelSource(clip=clip, pretrained=None if pretrained is None else str(pretrained),
+                             prompts=None if prompts is None else str(prompts),
+                             student=None if student is None else str(student), vit_mode=vit_mode)
+        return cls.from_source(source, device=device, config=config, overrides=overrides)
+
+    @classmethod
+    def from_source(cls, source: ModelSource, device: str | torch.device | None = None,
+                    config: InferenceConfig | None = None, overrides: Mapping[str, Any] | None = None) -> Segmenter:
+        """The Segmenter of a :class:`mvpseg.ModelSource`, as every command builds it (:meth:`from_pretrained`'s
+        arguments in one value; an ONNX file loads with ``mvpseg.export.OnnxSegmenter.from_source``)."""
+        if source.onnx is not None:
+            raise ValueError("this model source names an ONNX file: load it with "
+                             "mvpseg.export.OnnxSegmenter.from_source (the export extra)")
         target = default_device(device)
-        model = build.from_pretrained(clip, pretrained, prompts, device=target, student=student, vit_mode=vit_mode)
+        model = build.from_pretrained(source.clip, source.pretrained, source.prompts, device=target,
+                                      student=source.student, vit_mode=source.vit_mode)
         base = config or InferenceConfig(**model.inference_settings)
         return cls(model, config=with_overrides(base, overrides), device=target)
 

@@ -10,11 +10,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_CLIP, TEMPLATE_CLIP, TEMPLATE_VIT_MODE, VIT_MODES, InferenceConfig
+from ..config import DEFAULT_CLIP, TEMPLATE_CLIP, TEMPLATE_VIT_MODE, VIT_MODES, InferenceConfig, ModelSource
 from .flags import add_config_flags, apply_overrides, overrides, read_config_file
 
-__all__ = ["RENAME", "UsageError", "add_clip_arguments", "add_inference_flags", "add_run_flags", "clip_source",
-           "inference_config", "inference_overrides", "launch", "run_config"]
+__all__ = ["RENAME", "UsageError", "add_clip_arguments", "add_inference_flags", "add_model_flags", "add_run_flags",
+           "clip_source", "inference_config", "inference_overrides", "launch", "load_segmenter", "model_source",
+           "run_config"]
 
 
 class UsageError(Exception):
@@ -41,9 +42,11 @@ def add_clip_arguments(parser: argparse.ArgumentParser, default_from: str = "the
                             f"{default_from} when it names a tag, else the CLIP's own: mvpseg for the tiny CLIPs, "
                             f"else openai)")
     group.add_argument("--clip-weights", metavar="PATH", default=None,
-                       help="a local CLIP weights file (OpenAI .pt or open_clip .pt/.bin/.safetensors); "
-                            "overrides --pretrained. Without network, download it elsewhere and pass it here, "
-                            "or point the MVPSEG_CLIP_CACHE environment variable at open_clip's cache folder")
+                       help="a local CLIP weights file (OpenAI .pt or open_clip .pt/.bin/.safetensors), or a "
+                            "Hugging Face transformers CLIPModel folder or Hub id (org/name; its config.json gives "
+                            "the architecture); overrides --pretrained. Without network, download it elsewhere and "
+                            "pass it here, or point the MVPSEG_CLIP_CACHE environment variable at open_clip's cache "
+                            "folder")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     if vit_mode:
         group.add_argument("--vit-mode", choices=VIT_MODES, default=None,
@@ -64,6 +67,47 @@ def clip_source(args: argparse.Namespace, default: str | None = "auto") -> str |
         return args.clip_weights
     value = default if args.pretrained is None else args.pretrained
     return None if value is None or str(value).lower() == "none" else value
+
+
+def add_model_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
+                    title: str = "model (mvpseg.ModelSource)") -> None:
+    """The flags of :class:`mvpseg.config.ModelSource` (``--clip``, ``--pretrained``, ``--prompts``, ``--student``,
+    ``--onnx``, ``--vit-mode``; less ``skip``), ``--clip-weights`` (a local file, over ``--pretrained``) and
+    ``--device``: what every command that segments takes, each flag's help its field's comment."""
+    add_config_flags(parser, ModelSource, skip=skip, title=title)
+    group = parser.add_argument_group("where")
+    group.add_argument("--clip-weights", metavar="PATH", default=None,
+                       help="a local CLIP weights file (OpenAI .pt or open_clip .pt/.bin/.safetensors), or a "
+                            "Hugging Face transformers CLIPModel folder or Hub id (org/name; its config.json gives "
+                            "the architecture); overrides --pretrained. Without network, download it elsewhere and "
+                            "pass it here, or point the MVPSEG_CLIP_CACHE environment variable at open_clip's cache "
+                            "folder")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+
+
+def model_source(args: argparse.Namespace, **defaults: Any) -> ModelSource:
+    """The :class:`mvpseg.config.ModelSource` of :func:`add_model_flags`' flags (``defaults`` under what was typed);
+    a bad combination is a :class:`UsageError`."""
+    typed = {name: value for name, value in overrides(args).items() if name in ModelSource.__dataclass_fields__}
+    if getattr(args, "clip_weights", None):
+        typed["pretrained"] = args.clip_weights
+    try:
+        return ModelSource(**{**defaults, **typed})
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+def load_segmenter(source: ModelSource, device: str | None = None,
+                   inference: Mapping[str, Any] | None = None) -> Any:
+    """The :class:`mvpseg.Segmenter` of a model source, or for an ONNX file its ``OnnxSegmenter`` (CPU);
+    ``inference``: InferenceConfig fields over the settings the checkpoint or file was made for."""
+    if source.onnx is not None:
+        from ..export import OnnxSegmenter
+
+        return OnnxSegmenter.from_source(source, overrides=inference)
+    from ..inference import Segmenter
+
+    return Segmenter.from_source(source, device=device, overrides=inference)
 
 
 def add_inference_flags(parser: argparse.ArgumentParser, presets: Mapping[str, Mapping[str, Any]] | None = None) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..config import InferenceConfig
-from .common import UsageError, add_clip_arguments, clip_source
+from .common import UsageError, add_model_flags, model_source
 from .flags import add_config_flags, overrides
 
 #: The inference settings a file records.
@@ -28,15 +28,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "upsampling stay in mvpseg: `mvpseg segment --onnx FILE` runs it. Needs the export extra "
                     "(pip install 'mvpseg[export]').",
     )
-    parser.add_argument("--prompts", metavar="CKPT", help="learned prompts (file, model folder or Hub id org/name)")
-    parser.add_argument("--student", metavar="CKPT", help="an MVP-SEG+ student (file, model folder or Hub id)")
     parser.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
     parser.add_argument("--classes", help='bake these classes in (as segment\'s --classes, e.g. "cat,dog|puppy"); '
                                           "default: class embeddings are an input (open vocabulary)")
     parser.add_argument("--background", metavar="NAME", help="with --classes: the background class (class 0)")
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                         help="torch's exporter: dynamo (torch.export, the default) or the older TorchScript one")
-    add_clip_arguments(parser, vit_mode=True)
+    add_model_flags(parser, skip=("onnx",))
     add_config_flags(parser, InferenceConfig, skip=[f for f in InferenceConfig.__dataclass_fields__ if f not in _SCALE_FIELDS],
                      title="inference settings recorded in the file (default: the checkpoint's)")
     parser.set_defaults(run=run)
@@ -52,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..build import from_pretrained
     from ..vocabulary import Vocabulary, parse_classes
 
-    if args.prompts and args.student:
-        raise UsageError("give --prompts or --student, not both")
+    source = model_source(args)
     typed = {name: value for name, value in overrides(args).items() if name in _SCALE_FIELDS}
     names = None
     if args.classes is not None:
@@ -64,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(error)) from error
     elif args.background:
         raise UsageError("--background bakes a class in: give it with --classes")
-    model = from_pretrained(args.clip, clip_source(args), args.prompts, device="cpu", student=args.student,
-                            vit_mode=args.vit_mode)
-    source = args.student or args.prompts
-    path = export_onnx(model, args.out, classes=names, source=source, dynamo=args.exporter == "dynamo",
+    model = from_pretrained(source.clip, source.pretrained, source.prompts, device="cpu", student=source.student,
+                            vit_mode=source.vit_mode)
+    path = export_onnx(model, args.out, classes=names, source=source.student or source.prompts,
+                       dynamo=args.exporter == "dynamo",
                        inference=typed)
     from ..export import read_onnx_metadata
 

@@ -135,7 +135,7 @@ def add_config_flags(
         if preset_values:
             shown = ", ".join(f"{_format_value(value)} for {name}" for name, value in preset_values)
             text += f" (default: {shown}, otherwise {_format_value(default)})"
-        elif default != "":
+        elif default != "" and "default" not in text:  # a comment that says its default keeps its words
             text += f" (default: {_format_value(default)})"
         options: dict[str, Any] = {"dest": _DEST + path, "default": argparse.SUPPRESS, "help": text}
         scalar, optional = _unwrap_optional(kind)

@@ -12,10 +12,11 @@ from ..inputs import ImageInputs, collect_images, parse_shard, read_input_list, 
 from ..vocabulary import Vocabulary, parse_classes, read_classes_file
 from .common import (
     UsageError,
-    add_clip_arguments,
     add_inference_flags,
-    clip_source,
+    add_model_flags,
     inference_overrides,
+    load_segmenter,
+    model_source,
 )
 
 __all__ = ["add_parser", "parse_class_list", "parse_vocabulary", "run"]
@@ -113,13 +114,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="a name for everything else (synonyms separated by |); becomes class 0")
     parser.add_argument("--background-threshold", type=float, metavar="P",
                         help="pixels whose best class score is below P (0-1) become --background")
-    parser.add_argument("--prompts", metavar="CKPT",
-                        help="learned prompts (.safetensors from mvpseg train, a model folder, or a Hub id org/name[@rev]); default: MaskCLIP's 85 templates")
-    parser.add_argument("--student", metavar="CKPT",
-                        help="an MVP-SEG+ student (.safetensors from mvpseg transfer, a model folder, or a Hugging Face Hub id org/name[@rev]) instead of --prompts")
-    parser.add_argument("--onnx", metavar="FILE",
-                        help="run the windows through this file of mvpseg export with onnxruntime (CPU); --prompts/"
-                             "--student then give its class embeddings (default: the checkpoint it was exported from)")
     parser.add_argument("--peer-timeout", type=float, default=10.0, metavar="S",
                         help="under torchrun: a process silent for S seconds is taken as dead and the others stop "
                              "(default: 10; a process gets 120 s, or 12 S if longer, for its first sign of life)")
@@ -128,7 +122,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-pixels", type=int, metavar="N",
                         help="read images of up to N pixels (width x height); default: Pillow's guard against "
                              "decompression bombs, about 179 million. Raise it only for large images you trust")
-    add_clip_arguments(parser, vit_mode=True)
+    add_model_flags(parser)
     add_inference_flags(parser)
     parser.set_defaults(run=run)
 
@@ -175,13 +169,11 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import distributed
     from ..image import ImageReadError, load_image
-    from ..inference import Segmenter
     from ..outputs import output_state, run_record, write_outputs
 
     classes, background = parse_vocabulary(args)
     check_background_threshold(args.background_threshold, args.background)
-    if args.onnx and args.vit_mode:
-        raise UsageError("--vit-mode: an ONNX file runs the dense mode it was exported with (mvpseg export --vit-mode MODE)")
+    source = model_source(args)
     if args.refuse_different and not args.skip_existing:
         raise UsageError("--refuse-different goes with --skip-existing: it says what to do with outputs made differently")
     if args.peer_timeout <= 1.0:
@@ -203,15 +195,7 @@ def run(args: argparse.Namespace) -> int:
     # A failed process stops the others within seconds; a late first beat is not a failure.
     watch = distributed.PeerWatch(dead_after_s=args.peer_timeout, startup_s=max(120.0, 12 * args.peer_timeout))
     try:
-        if args.onnx:
-            from ..export import OnnxSegmenter
-
-            segmenter = OnnxSegmenter.load(args.onnx, prompts=args.prompts, student=args.student, clip=args.clip,
-                                           pretrained=clip_source(args), overrides=inference_overrides(args))
-        else:
-            segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                                  student=args.student, vit_mode=args.vit_mode,
-                                                  device=device, overrides=inference_overrides(args))
+        segmenter = load_segmenter(source, device, inference_overrides(args))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         if rank == 0:

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_overrides
+from ..config import ModelSource
+from .common import UsageError, add_inference_flags, add_model_flags, inference_overrides, model_source
 
 if TYPE_CHECKING:
     from ..inference import Segmenter
@@ -39,20 +40,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="largest photo accepted, in MiB (default: 20)")
     parser.add_argument("--examples", type=int, default=4, metavar="N",
                         help="scenes of the synthetic world offered as examples (default: 4)")
-    parser.add_argument("--prompts", metavar="CKPT",
-                        help="learned prompts (.safetensors from mvpseg train, a model folder, or a Hub id org/name[@rev]); with no model option: the shipped "
-                             "world prompts on the tiny CLIP; with --clip alone: MaskCLIP's 85 templates")
-    parser.add_argument("--student", metavar="CKPT",
-                        help="an MVP-SEG+ student (.safetensors from mvpseg transfer, a model folder, or a Hugging Face Hub id org/name[@rev]) instead of --prompts")
-    add_clip_arguments(parser, vit_mode=True)
+    add_model_flags(parser, skip=("onnx",), title="model (mvpseg.ModelSource; with no model option: the shipped "
+                                                  "world prompts on the tiny CLIP mvpseg-tiny)")
     add_inference_flags(parser)
     parser.set_defaults(run=run)
 
 
 def _default_model(args: argparse.Namespace) -> bool:
     """Whether no model option was given: then the shipped tiny CLIP and world prompts are served."""
-    return all(getattr(args, name, None) is None
-               for name in ("clip", "pretrained", "clip_weights", "prompts", "student"))
+    return model_source(args) == ModelSource() and not args.clip_weights
 
 
 def load_segmenter(args: argparse.Namespace) -> Segmenter:
@@ -74,9 +70,7 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
 
         return Segmenter.from_pretrained(clip=TINY_CLIP_NAME, pretrained="mvpseg", prompts=WORLD_PROMPTS,
                                          device=args.device, overrides=inference_overrides(args))
-    return Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                     student=args.student, device=args.device, overrides=inference_overrides(args),
-                                     vit_mode=args.vit_mode)
+    return Segmenter.from_source(model_source(args), device=args.device, overrides=inference_overrides(args))
 
 
 def _check_port(host: str, port: int) -> None:

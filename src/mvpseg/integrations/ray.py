@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import ModelSource
+
 __all__ = ["SegmentBatch", "image_rows"]
 
 
@@ -64,6 +66,9 @@ class SegmentBatch:
         clip: open_clip architecture (default the checkpoint's).
         pretrained: CLIP weights: a tag, a file, or "auto" (the checkpoint's).
         vit_mode: a ViT's dense mode (``--vit-mode``); default the prompts', else SC-CLIP's for the templates.
+        source: the model as one :class:`mvpseg.ModelSource` (or its fields as a mapping), instead of
+            ``prompts``, ``student``, ``clip``, ``pretrained`` and ``vit_mode``: the source ``mvpseg segment`` builds
+            from its flags gives the same model here.
         device: "cuda", "cpu", ...; default CUDA when the actor has one.
         inference: InferenceConfig fields over the checkpoint's settings (``{"short_side": 512}``).
         out: write ``NAME.png``, ``NAME_overlay.png`` and ``NAME.json`` there, as ``mvpseg segment`` does.
@@ -78,7 +83,7 @@ class SegmentBatch:
                  pretrained: str | None = "auto", device: str | None = None,
                  inference: Mapping[str, Any] | None = None, out: str | os.PathLike[str] | None = None,
                  skip_existing: bool = False, with_labels: bool = True, max_pixels: int | None = None,
-                 vit_mode: str | None = None) -> None:
+                 vit_mode: str | None = None, source: ModelSource | Mapping[str, Any] | None = None) -> None:
         from ..inference import Segmenter
         from ..vocabulary import Vocabulary
 
@@ -86,8 +91,17 @@ class SegmentBatch:
         self.background = background if background is None or isinstance(background, str) else tuple(background)
         self.background_threshold = background_threshold
         self.class_names = Vocabulary.of(self.classes, self.background, warn=False).display_names
-        self.segmenter = Segmenter.from_pretrained(clip=clip, pretrained=pretrained, prompts=prompts, student=student,
-                                                   device=device, overrides=dict(inference or {}), vit_mode=vit_mode)
+        if source is None:
+            source = ModelSource(clip=clip, pretrained=pretrained, prompts=None if prompts is None else str(prompts),
+                                 student=None if student is None else str(student), vit_mode=vit_mode)
+        else:
+            if (prompts, student, clip, vit_mode, pretrained) != (None, None, None, None, "auto"):
+                raise ValueError("give the model as source= or as prompts/student/clip/pretrained/vit_mode, not both")
+            source = source if isinstance(source, ModelSource) else ModelSource(**source)
+        if source.onnx is not None:
+            raise ValueError("SegmentBatch runs PyTorch models: give the checkpoint, not its ONNX file")
+        self.source = source
+        self.segmenter = Segmenter.from_source(source, device=device, overrides=dict(inference or {}))
         from ..outputs import run_record
 
         self.made_with = run_record(self.segmenter, self.classes, self.background, background_threshold)
