@@ -74,3 +74,26 @@ def test_the_published_report_is_report_py_output_with_the_hand_written_paragrap
     for paragraphs in report.hand_written().values():
         assert all(line in regenerated for line in paragraphs if line)
     assert regenerated == (docs / "benchmarks.md").read_text()  # a rerun loses nothing written by hand
+
+
+def test_the_mode_studys_published_order_and_vanilla_sign() -> None:
+    """benchmarks/studies/vit_modes.py: Spearman's rho against the published figures, vanilla against maskclip."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vit_modes_study", BENCHMARKS / "studies" / "vit_modes.py")
+    assert spec is not None and spec.loader is not None
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    assert study.spearman([1, 2, 3], [10, 20, 30]) == 1.0 and study.spearman([1, 2, 3], [3, 2, 1]) == -1.0
+    assert abs(study.spearman([1, 1, 2], [1, 2, 3]) - 0.75**0.5) < 1e-12  # ties share their mean rank
+    published = study.PUBLISHED
+    in_order = sorted(published, key=lambda mode: published[mode][1])  # ascending Context-59
+    seeds = {str(s): {mode: {"templates": {"hiou": 10.0 + i + s}} for i, mode in enumerate(in_order)}
+             for s in range(2)}
+    for s, rows in seeds.items():
+        rows["vanilla"] = {"templates": {"hiou": 5.0 if s == "0" else 50.0}}
+    order = study.published_order({"seeds": seeds})
+    assert order["rho_context59"] == 1.0 and order["modes"] == list(published)
+    assert order["vanilla_below_maskclip"] is False and order["vanilla_below_maskclip_every_seed"] is False
+    seeds["1"]["vanilla"]["templates"]["hiou"] = 6.0
+    assert study.published_order({"seeds": seeds})["vanilla_below_maskclip_every_seed"] is True

@@ -44,6 +44,52 @@ from mvpseg.world.registry import get_world  # noqa: E402
 
 KEYS = ("miou_seen", "miou_unseen", "hiou")
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "vit_modes.json"
+#: Published mIoU on CLIP ViT-B/16, no post-processing (VOC-20, Context-59), as docs/modes.md gives them.
+PUBLISHED = {"maskclip": (74.9, 26.4), "csa": (80.4, 34.2), "qq": (80.9, 35.9), "naclip": (79.7, 35.2),
+             "resclip": (86.0, 36.8), "scclip": (84.3, 40.1)}
+
+
+def _ranks(values: list[float]) -> np.ndarray:
+    """Ranks from 1, ties sharing their mean rank."""
+    array = np.asarray(values, dtype=float)
+    ranks = np.empty(len(array))
+    for value in np.unique(array):
+        where = array == value
+        ranks[where] = np.mean(np.flatnonzero(np.sort(array) == value) + 1)
+    return ranks
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation of two equally long lists (ties take their mean rank)."""
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / np.sqrt((ra**2).sum() * (rb**2).sum()))
+
+
+def published_order(results: dict[str, Any]) -> dict[str, Any]:
+    """The world's template hIoU (mean over world seeds) of the published modes against their VOC-20 and
+    Context-59 figures: Spearman's rho for each, and whether the untouched last block (vanilla) is below
+    MaskCLIP's value path, real CLIP's first sign."""
+    seeds = list(results["seeds"])
+
+    def mean_hiou(mode: str) -> float | None:
+        rows = [results["seeds"][seed].get(mode) for seed in seeds]
+        return None if any(row is None for row in rows) else float(np.mean([r["templates"]["hiou"] for r in rows]))
+
+    modes = [mode for mode in PUBLISHED if mean_hiou(mode) is not None]
+    world = [mean_hiou(mode) for mode in modes]
+    out: dict[str, Any] = {"modes": modes, "world_hiou": world}
+    if len(modes) >= 3:
+        out["rho_voc20"] = spearman(world, [PUBLISHED[m][0] for m in modes])
+        out["rho_context59"] = spearman(world, [PUBLISHED[m][1] for m in modes])
+    vanilla, maskclip = mean_hiou("vanilla"), mean_hiou("maskclip")
+    if vanilla is not None and maskclip is not None:
+        out["vanilla_hiou"], out["maskclip_hiou"] = vanilla, maskclip
+        out["vanilla_below_maskclip"] = bool(vanilla < maskclip)
+        out["vanilla_below_maskclip_every_seed"] = all(
+            results["seeds"][s]["vanilla"]["templates"]["hiou"] < results["seeds"][s]["maskclip"]["templates"]["hiou"]
+            for s in seeds)
+    return out
 
 
 def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -166,8 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     tic = time.perf_counter()
     results = run(args.world_seeds, args.modes, args.out, config, args.reuse, progress=True, collect=args.collect)
     results["seconds"] = round(time.perf_counter() - tic, 1)
+    results["published_order"] = published_order(results)
     write_text(args.results, json.dumps(results, indent=1) + "\n")
     print(table(results))
+    print(json.dumps(results["published_order"]))
     print(f"wrote {args.results}", file=sys.stderr)
 
 
