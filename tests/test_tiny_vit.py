@@ -158,3 +158,25 @@ def test_vanilla_mode_is_the_untouched_towers_projected_patch_tokens() -> None:
     features = dense_features(bundle.model, images, vit_mode="vanilla")
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(features, dense_features(bundle.model, images, vit_mode="maskclip"), atol=1e-3)
+
+
+def test_pretraining_distils_a_teacher_pooled_and_dense(tiny_rn, tmp_path: Path) -> None:
+    """--teacher: the pooled and dense distillation terms are logged and change the weights a step gives."""
+    import csv
+
+    from mvpseg.world.pretrain import PretrainConfig, pretrain
+
+    teacher = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_rn.model.state_dict().items()}, teacher)
+    common = dict(model="test-tiny-vit", world="parts", image_size=64, steps=2, batch_size=4, pool=8, warmup=1,
+                  log_every=1, progress=False, threads=1, stuff_only_fraction=0.25)
+    plain = pretrain(PretrainConfig(out=str(tmp_path / "plain"), **common))
+    taught = pretrain(PretrainConfig(out=str(tmp_path / "taught"), teacher=str(teacher), teacher_model="test-tiny-rn",
+                                     distill_weight=1.0, distill_dense_weight=1.0, **common))
+    rows = list(csv.DictReader((tmp_path / "taught" / "pretrain_log.csv").open()))
+    assert len(rows) == 2 and all(0 < float(r["distill"]) <= 2 and 0 < float(r["distill_dense"]) <= 2 for r in rows)
+    assert all(float(r["distill"]) == 0 for r in csv.DictReader((tmp_path / "plain" / "pretrain_log.csv").open()))
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(plain)), load_file(str(taught))
+    assert not torch.equal(a["visual.proj"], b["visual.proj"])

@@ -200,7 +200,7 @@ def test_shipped_tiny_clip_loads_and_beats_chance() -> None:
 
 
 def test_pool_twins_change_stuff_or_a_thing() -> None:
-    from mvpseg.world.pretrain import draw_pool, is_stuff_twin
+    from mvpseg.world.pool import draw_pool, is_stuff_twin
 
     _, counts, pairs = draw_pool(0, 64, 16, twin_fraction=1.0, workers=1, progress=False, stuff_twin_fraction=0.5)
     assert pairs == 8

@@ -7,9 +7,8 @@
 
 (the shipped weights' recipe: 36 minutes on 2 idle CPU cores).
 
-A pool of world scenes is drawn once (in ``--threads`` processes), half of them as *twin pairs*
-(same layout and colours, one thing's class changed, or with ``--stuff-twin-fraction`` the
-background kinds) that land in the same batch: hard negatives that only the changed word separates.
+A pool of world scenes is drawn once (in ``--threads`` processes, :mod:`mvpseg.world.pool`), half of
+them as *twin pairs* that land in the same batch: hard negatives that only the changed word separates.
 Training starts with ``--curriculum-steps`` of one-thing images whose captions never name the
 stuff together with the thing, then the full mix. Throughout, ``--stuff-only-fraction`` of the
 captions name the stuff alone. A caption naming one kind of class only cannot be matched by the
@@ -30,7 +29,6 @@ import csv
 import dataclasses
 import json
 import math
-import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from mvpseg.files import atomic_write
-from mvpseg.world.drawing import scene_rng
+from mvpseg.world.pool import batch_indices, caption_from_counts, draw_pool, is_stuff_twin
 from mvpseg.world.registry import get_world
 
 __all__ = ["PretrainConfig", "pretrain", "main", "TINY_CONFIG_PATH", "WEIGHTS_NAME", "STATE_NAME", "build_tiny_clip",
@@ -52,7 +50,6 @@ __all__ = ["PretrainConfig", "pretrain", "main", "TINY_CONFIG_PATH", "WEIGHTS_NA
 TINY_CONFIG_PATH = Path(__file__).parent / "assets" / "mvpseg-tiny.json"
 WEIGHTS_NAME = "mvpseg-tiny.safetensors"
 STATE_NAME = "pretrain_state.safetensors"  # the whole training state (weights, AdamW moments, step, RNG)
-PRETRAIN_SPLIT = 2  # scene_rng stream of pretraining images (train/val of the demo use 0 and 1)
 _MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 _STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
@@ -103,93 +100,6 @@ def build_tiny_clip(name: str = "mvpseg-tiny") -> torch.nn.Module:
 def model_name(name: str) -> str:
     """The open_clip name of a registered name or of a config JSON's path."""
     return Path(name).stem if name.endswith(".json") else name
-
-
-# ----------------------------------------------------------------------------- the scene pool
-
-
-def is_stuff_twin(seed: int, pair: int, fraction: float) -> bool:
-    """Whether twin pair ``pair`` of the pool changes the stuff (else a thing)."""
-    return fraction > 0 and np.random.default_rng(np.random.SeedSequence([seed, 3, pair])).random() < fraction
-
-
-def _draw_pool_chunk(job: tuple[int, int, int, int, int, float, str]) -> tuple[np.ndarray, np.ndarray]:
-    """Scenes [start, stop) of the pool: (N, H, W, 3) uint8 images, (N, C) int32 class pixel counts.
-
-    The first ``num_pairs`` pairs of the pool are twins (images 2k and 2k + 1 share a spec).
-    """
-    seed, start, stop, size, num_pairs, stuff_twin_fraction, world_name = job
-    world = get_world(world_name)
-    images = np.empty((stop - start, size, size, 3), dtype=np.uint8)
-    counts = np.empty((stop - start, len(world.CLASS_NAMES)), dtype=np.int32)
-    for offset, index in enumerate(range(start, stop)):
-        if index < 2 * num_pairs:
-            rng = scene_rng(seed, PRETRAIN_SPLIT, index // 2)
-            spec = world.sample_spec(rng, size=size)
-            if index % 2 == 1:
-                swap = "stuff" if is_stuff_twin(seed, index // 2, stuff_twin_fraction) else "thing"
-                spec = world.twin_spec(spec, rng, swap)
-            image, label = world.render(spec)
-        else:
-            scene = world.generate_scene(scene_rng(seed, PRETRAIN_SPLIT, index), size=size)
-            image, label = scene.image, scene.label
-        images[offset] = image
-        counts[offset] = np.bincount(label.ravel(), minlength=len(world.CLASS_NAMES))
-    return images, counts
-
-
-def draw_pool(
-    seed: int, size: int, num_images: int, twin_fraction: float, workers: int, progress: bool = True,
-    stuff_twin_fraction: float = 0.0, world: str = "patterns",
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Draw the pretraining pool.
-
-    Returns:
-        images: (N, H, W, 3) uint8; counts: (N, C) int32 pixels per class; and the number of twin
-        pairs (images [0, 2 * pairs) are pairs (2k, 2k + 1)).
-    """
-    num_pairs = int(num_images * twin_fraction) // 2
-    chunk = 256
-    jobs = [(seed, s, min(s + chunk, num_images), size, num_pairs, stuff_twin_fraction, world)
-            for s in range(0, num_images, chunk)]
-    bar = tqdm(total=num_images, desc="drawing scenes", unit="img", disable=not progress)
-    parts = []
-    if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for part in pool.imap(_draw_pool_chunk, jobs):
-                parts.append(part)
-                bar.update(len(part[0]))
-    else:
-        for job in jobs:
-            parts.append(_draw_pool_chunk(job))
-            bar.update(len(parts[-1][0]))
-    bar.close()
-    images = np.concatenate([p[0] for p in parts])
-    counts = np.concatenate([p[1] for p in parts])
-    return images, counts, num_pairs
-
-
-def _caption_from_counts(counts: np.ndarray, rng: np.random.Generator, stuff_probability: float = 0.5,
-                         stuff_only: bool = False, world: str = "patterns") -> str:
-    """A caption for an image known only by its class pixel counts (C,)."""
-    # caption() only needs the class areas: a 1-D "label map" with the same histogram is equivalent
-    label = np.repeat(np.arange(len(counts), dtype=np.uint8), counts)
-    return get_world(world).caption(label, rng, stuff_probability=stuff_probability, stuff_only=stuff_only)
-
-
-def _batch_indices(rng: np.random.Generator, batch_size: int, num_images: int, num_pairs: int,
-                   twin_fraction: float) -> np.ndarray:
-    """Pool indices of one batch: twin pairs side by side, then single scenes."""
-    pairs = min(int(batch_size * twin_fraction) // 2, num_pairs)
-    chosen = rng.choice(num_pairs, size=pairs, replace=False) if pairs else np.empty(0, dtype=np.int64)
-    twins = np.stack([2 * chosen, 2 * chosen + 1], axis=1).ravel()
-    singles_from = 2 * num_pairs
-    rest = batch_size - len(twins)
-    if num_images > singles_from:
-        singles = rng.integers(singles_from, num_images, size=rest)
-    else:
-        singles = rng.integers(0, num_images, size=rest)
-    return np.concatenate([twins, singles]).astype(np.int64)
 
 
 def _augment(images: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
@@ -425,7 +335,7 @@ def pretrain(config: PretrainConfig) -> Path:
         if warming_up:
             index = rng.choice(lone, size=config.batch_size, replace=len(lone) < config.batch_size)
         else:
-            index = _batch_indices(rng, config.batch_size, len(images), num_pairs, config.twin_fraction)
+            index = batch_indices(rng, config.batch_size, len(images), num_pairs, config.twin_fraction)
         batch_rngs = np.random.default_rng(rng.integers(2**63))
         captions = []
         for pool_index in index.tolist():
@@ -437,7 +347,7 @@ def pretrain(config: PretrainConfig) -> Path:
             stuff_probability = 0.0 if warming_up else (1.0 if stuff_twin else 0.5)
             # thing twins share their stuff: a stuff-only caption could not tell them apart
             stuff_only = (not twin or stuff_twin) and caption_rng.random() < config.stuff_only_fraction
-            captions.append(_caption_from_counts(counts[pool_index], caption_rng, stuff_probability, stuff_only,
+            captions.append(caption_from_counts(counts[pool_index], caption_rng, stuff_probability, stuff_only,
                                                  config.world))
         x = _augment(images[index], batch_rngs)
         if channels_last:
