@@ -236,3 +236,197 @@ def write_custom(
     if unseen is not None:
         (base / "unseen.txt").write_text("".join(f"{n}\n" for n in unseen))
     return base
+
+
+# --- the benchmarks outside MVP-SEG's protocol ----------------------------------------------------------------
+# Each writer lays a dataset out as its official download (or the peers' prepared tree) has it. Labels hold
+# random class rectangles; row 0 of every label starts with a stamp of stored values whose reading a test
+# states by hand.
+
+
+def write_coco_object(root: str | Path, num_val: int = 2, size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
+    """COCO-Object as SCLIP's converter leaves it: coco_stuff164k/annotations/val2017/<id>_instanceTrainIds.png
+    (0 = background, 1..80 things; the stamp [0, 255, 80, 1]).
+
+    Returns:
+        The coco_stuff164k folder.
+    """
+    base = Path(root) / "coco_stuff164k"
+    rng = np.random.default_rng(seed)
+    for k in range(num_val):
+        name = f"{500000 + k:012d}"
+        label = random_label(rng, size, values=range(81), background=0)
+        _save_image(image_for(label, rng), base / "images" / "val2017" / f"{name}.jpg")
+        _save_label(label, base / "annotations" / "val2017" / f"{name}_instanceTrainIds.png", palette=False)
+    return base
+
+
+#: The official Cityscapes label ids as stored in an 8-bit labelIds PNG: 0..33, and 255 for the license plate (-1).
+CITYSCAPES_STORED_IDS = (*range(34), 255)
+
+
+def write_cityscapes(
+    root: str | Path,
+    split: str = "val",
+    cities: Sequence[str] = ("frankfurt", "lindau"),
+    per_city: int = 1,
+    size: tuple[int, int] = (32, 64),
+    seed: int = 0,
+    train_ids: bool = True,
+) -> Path:
+    """Cityscapes under root/cityscapes: leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png and
+    gtFine/<split>/<city>/..._gtFine_labelIds.png (random official ids, row 0 holding every stored id, 0..33 and
+    255) and, when `train_ids`, ..._gtFine_labelTrainIds.png (random 0..18 over 255; the stamp [0, 255, 18, 1]).
+
+    Returns:
+        The cityscapes folder.
+    """
+    base = Path(root) / "cityscapes"
+    rng = np.random.default_rng(seed)
+    for city in cities:
+        for k in range(per_city):
+            name = f"{city}_{k:06d}_{19 + k:06d}"
+            ids = random_label(rng, size, values=CITYSCAPES_STORED_IDS, background=0)
+            ids[0, : len(CITYSCAPES_STORED_IDS)] = CITYSCAPES_STORED_IDS
+            image_path = base / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png"
+            image_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image_for(ids, rng)).save(image_path, compress_level=0)  # a full-size frame, fast
+            _save_label(ids, base / "gtFine" / split / city / f"{name}_gtFine_labelIds.png", palette=False)
+            if train_ids:
+                label = random_label(rng, size, values=range(19), background=255)
+                _save_label(label, base / "gtFine" / split / city / f"{name}_gtFine_labelTrainIds.png", palette=False)
+    return base
+
+
+def write_ade20k(root: str | Path, num_val: int = 2, size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
+    """ADEChallengeData2016 under root: images/validation/ADE_val_<n>.jpg, annotations/validation/ADE_val_<n>.png
+    (0 = other, 1..150; the stamp [0, 255, 150, 1]).
+
+    Returns:
+        The ADEChallengeData2016 folder.
+    """
+    base = Path(root) / "ADEChallengeData2016"
+    rng = np.random.default_rng(seed)
+    for k in range(1, num_val + 1):
+        name = f"ADE_val_{k:08d}"
+        label = random_label(rng, size, values=range(1, 151), background=0)
+        _save_image(image_for(label, rng), base / "images" / "validation" / f"{name}.jpg")
+        _save_label(label, base / "annotations" / "validation" / f"{name}.png", palette=False)
+    return base
+
+
+def _save_uint16(label: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(label.astype(np.uint16)).save(path, format="TIFF")
+
+
+def random_wide_label(rng: np.random.Generator, size: tuple[int, int], num_classes: int, background: int) -> np.ndarray:
+    """A (H, W) int64 label of random rectangles of 0..num_classes - 1 over `background`."""
+    h, w = size
+    label = np.full((h, w), background, dtype=np.int64)
+    for _ in range(5):
+        y0, x0 = int(rng.integers(0, h - 1)), int(rng.integers(0, w - 1))
+        y1, x1 = int(rng.integers(y0 + 1, h + 1)), int(rng.integers(x0 + 1, w + 1))
+        label[y0:y1, x0:x1] = int(rng.integers(0, num_classes))
+    return label
+
+
+def write_ade847(root: str | Path, num_val: int = 2, size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
+    """ADE20K-847 as CAT-Seg prepares it: ADE20K_2021_17_01/images_detectron2/validation/<name>.jpg and
+    annotations_detectron2/validation/<name>.tif (16-bit 0..846, 65535 ignored; the stamp [0, 65535, 846, 1]).
+
+    Returns:
+        The ADE20K_2021_17_01 folder.
+    """
+    base = Path(root) / "ADE20K_2021_17_01"
+    rng = np.random.default_rng(seed)
+    for k in range(1, num_val + 1):
+        name = f"ADE_val_{k:08d}"
+        label = random_wide_label(rng, size, 847, background=65535)
+        label[0, :4] = [0, 65535, 846, 1]
+        _save_image(image_for(label % 256, rng), base / "images_detectron2" / "validation" / f"{name}.jpg")
+        _save_uint16(label, base / "annotations_detectron2" / "validation" / f"{name}.tif")
+    return base
+
+
+def write_ade20k_full(
+    root: str | Path,
+    val_sizes: Sequence[tuple[int, int]] = ((40, 56), (520, 700)),
+    object_classes: Sequence[int] = (2978, 97, 3148, 1),
+    seed: int = 0,
+) -> Path:
+    """The full ADE20K release: ADE20K_2021_17_01/images/ADE/{validation,training}/<scene>/ADE_<split>_<n>.jpg,
+    each with its <name>_seg.png (object class k of a pixel stored as R = (k // 256) * 10 + 7, G = k % 256: the
+    7 is the instance digit a reader must drop), one training image among them.
+
+    Args:
+        val_sizes: (H, W) of each validation image.
+        object_classes: the ADE object classes the seg files draw (random rectangles; row 0 holds them all).
+
+    Returns:
+        The ADE20K_2021_17_01 folder.
+    """
+    base = Path(root) / "ADE20K_2021_17_01"
+    rng = np.random.default_rng(seed)
+    images = [("validation", f"ADE_val_{k + 1:08d}", size) for k, size in enumerate(val_sizes)]
+    images.append(("training", "ADE_train_00000001", (40, 56)))
+    for k, (split, name, size) in enumerate(images):
+        folder = base / "images" / "ADE" / split / ("a" if k % 2 == 0 else "b") / "scene"
+        index = random_label(rng, size, values=range(len(object_classes)), background=0)
+        index[0, :4] = 0  # random_label's stamp holds 255, no index here
+        classes = np.asarray(object_classes)[index]  # (H, W) ADE object classes
+        classes[0, 1 : 1 + len(object_classes)] = object_classes
+        seg = np.zeros((*size, 3), dtype=np.uint8)
+        seg[..., 0] = (classes // 256) * 10 + 7
+        seg[..., 1] = classes % 256
+        seg[..., 2] = 5
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(seg).save(folder / f"{name}_seg.png")
+        _save_image(image_for(classes % 256, rng), folder / f"{name}.jpg")
+    return base
+
+
+def write_pascal_context_full(
+    root: str | Path,
+    val_ids: Sequence[str] = ("2008_000002", "2008_000003"),
+    other_ids: Sequence[str] = ("2008_000001",),
+    size: tuple[int, int] = (40, 56),
+    seed: int = 0,
+) -> Path:
+    """PASCAL Context's full annotations: VOCdevkit/VOC2010/trainval/<id>.mat (uint16 LabelMap 1..459, row 0
+    starting [1, 459, 0, 2]), JPEGImages/<id>.jpg and CAT-Seg's pascalcontext_val.txt listing `val_ids`.
+
+    Returns:
+        The VOC2010 folder.
+    """
+    from scipy.io import savemat
+
+    base = Path(root) / "VOCdevkit" / "VOC2010"
+    rng = np.random.default_rng(seed)
+    (base / "trainval").mkdir(parents=True, exist_ok=True)
+    for name in (*val_ids, *other_ids):
+        label = random_wide_label(rng, size, 459, background=0) + 1  # 1..459
+        label[0, :4] = [1, 459, 0, 2]
+        savemat(base / "trainval" / f"{name}.mat", {"LabelMap": label.astype(np.uint16)})
+        _save_image(image_for(label % 256, rng), base / "JPEGImages" / f"{name}.jpg")
+    _write_list(base / "pascalcontext_val.txt", val_ids)
+    return base
+
+
+def write_pc459(root: str | Path, num_val: int = 2, size: tuple[int, int] = (40, 56), seed: int = 0) -> Path:
+    """PC-459 as CAT-Seg prepares it: VOC2010/{JPEGImages/<id>.jpg, annotations_detectron2/pc459_val/<id>.tif
+    (16-bit 0..458), pascalcontext_val.txt}; row 0 starts with the stamp [0, 459, 458, 65535, 1].
+
+    Returns:
+        The VOC2010 folder.
+    """
+    base = Path(root) / "VOCdevkit" / "VOC2010"
+    rng = np.random.default_rng(seed)
+    ids = [f"2008_{k:06d}" for k in range(num_val)]
+    for name in ids:
+        label = random_wide_label(rng, size, 459, background=0)
+        label[0, :5] = [0, 459, 458, 65535, 1]
+        _save_image(image_for(label % 256, rng), base / "JPEGImages" / f"{name}.jpg")
+        _save_uint16(label, base / "annotations_detectron2" / "pc459_val" / f"{name}.tif")
+    _write_list(base / "pascalcontext_val.txt", ids)
+    return base

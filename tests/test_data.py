@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,9 @@ def test_builtin_splits() -> None:
 
 
 def test_unknown_dataset_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="voc, context, coco-stuff"):
-        dataset_info("ade20k")
+    with pytest.raises(ValueError, match="voc21, context60, coco-object, voc, context, coco-stuff, cityscapes, "
+                                         "ade20k, ade847, pc459, custom"):
+        dataset_info("kitti")
 
 
 def test_read_class_names(tmp_path: Path) -> None:
@@ -164,7 +166,9 @@ def test_voc_aug_list_duplicates_and_val_ids_are_dropped(tmp_path: Path) -> None
     (base / "ImageSets" / "Segmentation" / "trainaug.txt").write_text("\n".join(listed) + "\n")
     train = build_dataset("voc", tmp_path, "train")
     assert train.ids == [*VOC_TRAIN, *VOC_SBD]
-    assert build_dataset("voc", tmp_path, "val").describe() == "voc val: 2 images (2 SegmentationClass)"
+    assert build_dataset("voc", tmp_path, "val").describe() == (
+        "voc val: 2 images (2 SegmentationClass); the official val has 1449 (a partial or another copy)"
+    )
 
 
 def test_voc_missing_aug_pieces(tmp_path: Path) -> None:
@@ -191,7 +195,7 @@ def test_context60_keeps_background_as_class_0(tmp_path: Path) -> None:
         assert dataset_info(alias) is info
     base = write_context(tmp_path, num_train=2, num_val=2)
     val = build_dataset("context60", tmp_path, "val")
-    assert val.info.name == "context60" and val.describe() == "context60 val: 2 images (2 SegmentationClassContext)"
+    assert val.info.name == "context60" and val.describe().startswith("context60 val: 2 images (2 SegmentationClassContext);")
     item = val[0]
     assert item["label"][0, :4].tolist() == [0, 255, 59, 1]  # labels 0..59 as stored, 255 ignored
     np.testing.assert_array_equal(item["label"], raw_label(base / "SegmentationClassContext" / f"{item['name']}.png"))
@@ -415,7 +419,7 @@ def test_resize_label_is_nearest() -> None:
 
 def test_prepare_coco_stuff(tmp_path: Path) -> None:
     base = write_stuffthingmaps(tmp_path, splits=("train2017", "val2017"), num_images=2)
-    with pytest.raises(DataLayoutError, match="prepare_coco_stuff"):
+    with pytest.raises(DataLayoutError, match=re.escape(f"make it with: mvpseg prepare coco-stuff {tmp_path}") + "$"):
         build_dataset("coco-stuff", tmp_path, "val")
 
     assert prepare_coco_stuff(tmp_path, progress=False) == 4

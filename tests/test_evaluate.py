@@ -321,8 +321,8 @@ def test_prepare_coco_stuff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 @pytest.mark.parametrize("command, flags", [
     ("eval", ["--dataset", "--data-root", "--split", "--prompts", "--clip", "--pretrained", "--clip-weights",
               "--mode", "--short-side", "--crop-size", "--stride", "--precision", "--class-names-file",
-              "--unseen-file", "--limit", "--out", "520 for context"]),
-    ("prepare", ["coco-stuff", "ROOT", "--workers", "--splits"]),
+              "--unseen-file", "--limit", "--out", "520 for context", "--peer-class-names", "voc21", "pc459"]),
+    ("prepare", ["coco-stuff", "coco-object", "cityscapes", "ade847", "pc459", "ROOT", "--workers", "--splits"]),
 ])
 def test_help_is_complete(command: str, flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

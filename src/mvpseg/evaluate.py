@@ -7,7 +7,7 @@ accumulated per class over the whole split. mIoU, mIoU(S), mIoU(U), hIoU and pix
 come from :class:`mvpseg.metrics.ConfusionMatrix`.
 
 Class names are a runtime argument: prompts trained on one dataset are evaluated on another by
-handing the second dataset (and, if wanted, its own vocabulary) to :func:`evaluate`. Under
+handing the second dataset (and, if wanted, its own vocabulary, synonyms included) to :func:`evaluate`. Under
 ``torchrun`` each rank segments every world_size-th image and the matrices are summed.
 """
 
@@ -29,22 +29,34 @@ from .distributed import all_reduce_sum, is_distributed
 from .files import write_text
 from .inference import InferenceConfig, Segmenter
 from .metrics import ConfusionMatrix
-from .prompts import validate_class_names
 from .version import __version__
+from .vocabulary import ClassNames, Vocabulary
 
-__all__ = ["evaluate", "evaluation_setup", "inference_preset", "write_metrics"]
+__all__ = ["dataset_preset", "evaluate", "evaluation_setup", "inference_preset", "write_metrics"]
 
 def inference_preset(dataset: str, **overrides: Any) -> InferenceConfig:
     """The standard evaluation settings of a dataset (:data:`mvpseg.config.EVAL_PRESETS`).
 
     Args:
-        dataset: "voc", "context", "coco-stuff" or "custom" (aliases accepted).
+        dataset: any dataset name (aliases accepted); one without a preset of its own (the benchmarks
+            outside MVP-SEG's protocol: voc21, coco-object, cityscapes, ade20k, ade847, pc459) takes
+            the "custom" preset.
         **overrides: InferenceConfig fields to change (mode, crop_size, stride, short_side, ...).
 
     Returns:
         InferenceConfig with the dataset's short side, sliding windows of 512 with stride 426.
     """
-    return InferenceConfig(**{**EVAL_PRESETS[canonical_name(dataset)], **overrides})
+    return InferenceConfig(**{**dataset_preset(EVAL_PRESETS, dataset), **overrides})
+
+
+def dataset_preset(presets: dict[str, dict[str, Any]], dataset: str) -> dict[str, Any]:
+    """A dataset's entry of a preset table, the "custom" entry for a dataset that has none.
+
+    Args:
+        presets: :data:`mvpseg.config.EVAL_PRESETS` or :data:`mvpseg.config.STUDENT_EVAL_PRESETS`.
+        dataset: a dataset name or alias.
+    """
+    return presets.get(canonical_name(dataset), presets["custom"])
 
 
 def _unseen_classes(class_names: Sequence[str], unseen: Sequence[int | str]) -> list[int]:
@@ -63,7 +75,7 @@ def _unseen_classes(class_names: Sequence[str], unseen: Sequence[int | str]) -> 
 def evaluate(
     segmenter: Segmenter,
     dataset: SegmentationDataset,
-    class_names: Sequence[str] | None = None,
+    class_names: Sequence[ClassNames] | None = None,
     unseen: Sequence[int | str] | None = None,
     limit: int | None = None,
     progress: bool = True,
@@ -79,8 +91,10 @@ def evaluate(
     Args:
         segmenter: a :class:`Segmenter` (learned prompts or the template baseline).
         dataset: a :class:`SegmentationDataset`, e.g. from :func:`mvpseg.data.build_dataset`.
-        class_names: the C names the labels' indices stand for, as given to the text tower; default
-            the dataset's. Must have as many names as the dataset has classes.
+        class_names: the C classes the labels' indices stand for, as given to the text tower, each a
+            name or a sequence of names (synonyms: the class scores as the best of them; the first
+            names the class in the metrics); default the dataset's (its ``prompt_names`` when it has
+            them, keyed by its class names). Must have as many classes as the dataset.
         unseen: unseen classes (indices or names) for mIoU(U) and hIoU; default the dataset's split.
         limit: evaluate only the first ``limit`` samples of the split (smoke tests).
         progress: show a tqdm bar (rank 0 only).
@@ -97,10 +111,11 @@ def evaluate(
     from tqdm import tqdm
 
     info = dataset.info
-    names = validate_class_names(list(class_names) if class_names is not None else list(info.class_names))
-    if len(names) != info.num_classes:
+    vocabulary = Vocabulary.of(list(class_names) if class_names is not None else info.text_classes)
+    names = vocabulary.display_names if class_names is not None else list(info.class_names)
+    if len(vocabulary.classes) != info.num_classes:
         raise ValueError(
-            f"{len(names)} class names for a dataset whose labels have {info.num_classes} classes "
+            f"{len(vocabulary.classes)} class names for a dataset whose labels have {info.num_classes} classes "
             f"({info.name}): give one name per label index"
         )
     unseen_idx = _unseen_classes(names, list(info.unseen) if unseen is None else list(unseen))
@@ -116,7 +131,7 @@ def evaluate(
     count = 0
     for index in tqdm(indices, desc=f"eval {info.name}", unit="image", disable=not progress or rank != 0):
         image, label = dataset.load(index)  # (H, W, 3) uint8, (H, W) int64 in 0..C-1 or ignore
-        prediction = segmenter.predict(image, names)  # labels (H, W) at the image's, i.e. the label's, size
+        prediction = segmenter.predict(image, vocabulary)  # labels (H, W) at the image's, i.e. the label's, size
         matrix.update(torch.from_numpy(prediction.labels), torch.from_numpy(label))
         count += 1
     matrix.matrix = all_reduce_sum(matrix.matrix)
@@ -141,24 +156,33 @@ def evaluation_setup(
         dataset: the dataset evaluated.
         split: its split name.
         prompts: the prompt checkpoint, or None for MaskCLIP's templates.
-        class_names: the vocabulary used, when not the dataset's.
+        class_names: the vocabulary used, when not the dataset's (names or sequences of synonyms).
         limit: the sample limit, if any.
 
     Returns:
-        A JSON-serialisable dict: dataset, split, data root, clip, prompts, inference settings,
-        class names, unseen names, limit, world size, mvpseg version.
+        A JSON-serialisable dict: dataset, split, image count and the official one, data root, clip,
+        prompts, inference settings, class names (and each class's prompt names where they differ),
+        unseen names, limit, world size, mvpseg version.
     """
-    names = list(class_names) if class_names is not None else list(dataset.info.class_names)
+    info = dataset.info
+    if class_names is not None:
+        vocabulary = Vocabulary.of(list(class_names), warn=False)
+        names, texts = vocabulary.display_names, [list(entry) for entry in vocabulary.classes]
+    else:
+        names, texts = list(info.class_names), [list(entry) for entry in info.text_classes]
     root = os.path.commonpath([str(p) for p in dataset.image_paths]) if dataset.image_paths else None
     return {
-        "dataset": dataset.info.name,
+        "dataset": info.name,
         "split": split,
+        "split_images": len(dataset),
+        "official_images": dataset.official_size,
         "images_folder": root,
         "clip": {"name": segmenter.clip.name, "pretrained": segmenter.clip.pretrained},
         "prompts": str(prompts) if prompts is not None else "templates (MaskCLIP baseline)",
         "inference": asdict(segmenter.config),
         "class_names": names,
-        "unseen": [names[i] for i in dataset.info.unseen],
+        "prompt_names": {name: text for name, text in zip(names, texts) if text != [name]},
+        "unseen": [names[i] for i in info.unseen],
         "limit": limit,
         "world_size": torch.distributed.get_world_size() if is_distributed() else 1,
         "device": str(segmenter.device),

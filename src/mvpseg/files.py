@@ -6,6 +6,9 @@ name, so a crash, a kill or a power loss never leaves an empty or partial file t
 Files get the permissions any new file of the user gets (``0o666`` less the umask), even when the
 writer replaces the temporary file with its own (safetensors 0.8 renames a ``0600`` file of its making
 over the path it is given): the mode the kernel gave the temporary file is put back before the rename.
+
+A folder of many files (a prepared dataset split) is built under :func:`staging_dir`'s hidden name and given
+its own by :func:`publish_dir` once complete, so that a killed run never leaves a folder that looks finished.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "write_text"]
+__all__ = ["atomic_write", "publish_dir", "staging_dir", "write_text"]
 
 
 def _fsync(path: str | os.PathLike[str], directory: bool = False) -> None:
@@ -67,3 +70,38 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write a UTF-8 text file atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def staging_dir(final: str | os.PathLike[str]) -> Path:
+    """The hidden sibling ``.<name>.partial`` in which the folder ``final`` is built (see :func:`publish_dir`).
+
+    Args:
+        final: the folder's final path.
+
+    Returns:
+        The staging folder's path (not created).
+    """
+    final = Path(final)
+    return final.parent / f".{final.name}.partial"
+
+
+def publish_dir(staging: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
+    """Give a completely written staging folder its final name, in one rename.
+
+    Args:
+        staging: the folder the files were written to (their writes already flushed, e.g. by :func:`atomic_write`).
+        final: its name once complete; must not exist yet.
+
+    Returns:
+        The final path.
+
+    Raises:
+        FileExistsError: ``final`` exists already.
+    """
+    staging, final = Path(staging), Path(final)
+    if final.exists():
+        raise FileExistsError(f"{final} exists already: remove it or keep it, not both")
+    _fsync(staging, directory=True)
+    os.rename(staging, final)
+    _fsync(final.parent, directory=True)
+    return final

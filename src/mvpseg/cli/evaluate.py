@@ -9,7 +9,11 @@ from pathlib import Path
 from ..config import EVAL_PRESETS, STUDENT_EVAL_PRESETS
 from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DATASET_CHOICES", "add_parser", "run"]
+
+#: The --dataset names: the built-in benchmarks, the zero-shot protocol's names and their benchmark aliases.
+DATASET_CHOICES = ("voc", "voc20", "voc21", "context", "context59", "context60", "coco-stuff", "coco-object",
+                   "cityscapes", "ade20k", "ade847", "pc459", "custom")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -21,14 +25,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "Images are resized to the dataset's short side (Context 520, others 512) and segmented with "
                     "sliding 512-px windows (stride 426); context60 follows MaskCLIP+ (long side 520, whole "
                     "image). A --student is evaluated as MaskCLIP+ evaluates its students: the whole image, short "
-                    "side 512 (Context: long side 520). Under torchrun the images are shared out over the processes.",
+                    "side 512 (Context: long side 520). Under torchrun the images are shared out over the processes. "
+                    "The other benchmarks (voc21, coco-object, cityscapes, ade20k, ade847, pc459) take the custom "
+                    "preset; their layouts, label rules and prepare commands: docs/datasets.md.",
     )
-    parser.add_argument("--dataset", required=True, choices=("voc", "context", "context60", "coco-stuff", "custom"),
-                        help="the dataset layout and label space")
+    parser.add_argument("--dataset", required=True, choices=DATASET_CHOICES,
+                        help="the dataset layout and label space (voc20 = voc, context59 = context: background "
+                             "ignored; voc21, context60, coco-object: background is class 0)")
     parser.add_argument("--data-root", required=True, metavar="DIR",
-                        help="voc/context: the folder holding VOCdevkit; coco-stuff: the folder holding "
-                             "coco_stuff164k; custom: the dataset folder (JPEGImages, SegmentationClass, "
-                             "ImageSets/Segmentation, class_names.txt)")
+                        help="the folder holding the dataset's top folder or that folder itself: VOCdevkit (voc, "
+                             "voc21, context, context60, pc459), coco_stuff164k (coco-stuff, coco-object), cityscapes, "
+                             "ADEChallengeData2016 (ade20k), ADE20K_2021_17_01 (ade847); custom: the dataset folder "
+                             "(JPEGImages, SegmentationClass, ImageSets/Segmentation, class_names.txt)")
     parser.add_argument("--split", default="val", help="the split to evaluate (default: val)")
     parser.add_argument("--prompts", metavar="CKPT",
                         help="learned prompts (.safetensors from mvpseg train), possibly trained on another "
@@ -36,8 +44,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--student", metavar="CKPT",
                         help="evaluate an MVP-SEG+ student (.safetensors from mvpseg transfer) instead of --prompts")
     parser.add_argument("--class-names-file", metavar="FILE",
-                        help="the vocabulary given to the text tower, one name per line, one per label "
-                             "index (default: the dataset's readable class names)")
+                        help="the vocabulary given to the text tower, one class per line, one per label "
+                             "index, a class's synonyms after commas (SCLIP's cls_*.txt files load as they are; "
+                             "default: the dataset's readable class names)")
+    parser.add_argument("--peer-class-names", action="store_true",
+                        help="give the text tower the class names with synonyms the peers evaluate the benchmark "
+                             "with (SCLIP's cls_*.txt; CAT-Seg's ade847/pc459 lists), shipped with mvpseg; the "
+                             "metrics keep the dataset's class names")
     parser.add_argument("--unseen-file", metavar="FILE",
                         help="unseen class names, one per line, for mIoU(U) and hIoU "
                              "(default: the dataset's standard zero-shot split)")
@@ -50,10 +63,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import build_dataset
-    from ..data.classes import canonical_name
+    from ..data import build_dataset, peer_class_file
     from ..distributed import cleanup, init_distributed, is_main_process
-    from ..evaluate import evaluate, evaluation_setup, write_metrics
+    from ..evaluate import dataset_preset, evaluate, evaluation_setup, write_metrics
     from ..inference import Segmenter
     from ..metrics import format_table
 
@@ -62,11 +74,16 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag}: file not found: {value}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be a positive number of images, not {args.limit}")
+    if args.peer_class_names and args.class_names_file is not None:
+        raise UsageError("give --peer-class-names or --class-names-file, not both")
+    if args.peer_class_names and args.dataset == "custom":
+        raise UsageError("--peer-class-names: a custom dataset has no peers' class file; give --class-names-file")
     presets = STUDENT_EVAL_PRESETS if args.student else EVAL_PRESETS  # MaskCLIP+'s protocol for students
-    config = inference_config(args, base=presets[canonical_name(args.dataset)])
+    config = inference_config(args, base=dataset_preset(presets, args.dataset))
     # The data first: a wrong --data-root fails in one line before CLIP is loaded.
     dataset = build_dataset(args.dataset, args.data_root, args.split, class_names_file=args.class_names_file,
-                            unseen_file=args.unseen_file)
+                            unseen_file=args.unseen_file,
+                            prompt_names_file=peer_class_file(args.dataset) if args.peer_class_names else None)
     _, _, device = init_distributed(args.device)
     try:
         segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
@@ -81,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{dataset.info.name} {args.split}: {metrics['num_images']} images, "
                   f"CLIP {segmenter.clip.name}, {what}")
             print(format_table(metrics, dataset.info.unseen_names))
+            print(dataset.describe(), file=sys.stderr)  # the size check: is this the official split?
             print(f"wrote {path}", file=sys.stderr)
     finally:
         cleanup()

@@ -1,11 +1,16 @@
-"""Datasets, class names and splits, transforms, and the COCO-Stuff label converter."""
+"""Datasets, class names and splits, transforms, the shipped class-name files and the `mvpseg prepare` converters."""
 
-from .classes import DatasetInfo, dataset_info, read_class_names
-from .coco_stuff import prepare_coco_stuff
+from .ade20k_full import prepare_ade847
+from .cityscapes import prepare_cityscapes
+from .class_files import peer_class_file, read_peer_classes
+from .classes import BUILTIN_DATASETS, DatasetInfo, dataset_info, read_class_names
+from .coco_stuff import prepare_coco_object, prepare_coco_stuff
 from .datasets import DataLayoutError, SegmentationDataset, build_dataset, custom_info, read_image, read_label
+from .pascal_context_459 import prepare_pc459
 from .transforms import EvalTransform, TrainAugmentation
 
 __all__ = [
+    "BUILTIN_DATASETS",
     "DataLayoutError",
     "DatasetInfo",
     "EvalTransform",
@@ -14,8 +19,14 @@ __all__ = [
     "build_dataset",
     "custom_info",
     "dataset_info",
+    "peer_class_file",
+    "prepare_ade847",
+    "prepare_cityscapes",
+    "prepare_coco_object",
     "prepare_coco_stuff",
+    "prepare_pc459",
     "read_class_names",
     "read_image",
     "read_label",
+    "read_peer_classes",
 ]

@@ -1,8 +1,10 @@
-"""Class names and the standard seen/unseen splits of the zero-shot benchmarks.
+"""Class names of the benchmarks and the standard seen/unseen splits of the zero-shot ones.
 
 The names follow mmsegmentation's dataset classes, made readable for text prompts
-("pottedplant" -> "potted plant", "wall-concrete" -> "concrete wall"). The unseen splits are
-those of ZS3Net / MaskCLIP+ / ZegCLIP (see METHOD.md, section 2).
+("pottedplant" -> "potted plant", "wall-concrete" -> "concrete wall"); ADE20K-847 and PASCAL
+Context-459 take theirs from CAT-Seg's lists (the files in ``class_names/``, see
+:mod:`mvpseg.data.class_files`). The unseen splits are those of ZS3Net / MaskCLIP+ / ZegCLIP (see
+METHOD.md, section 2); the benchmarks outside that protocol have none.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+
+from ..vocabulary import read_classes_file
+from .class_files import class_names_path
 
 __all__ = [
     "DatasetInfo",
@@ -25,6 +31,11 @@ __all__ = [
     "MMSEG_CONTEXT60_CLASSES",
     "MMSEG_COCO_STUFF_CLASSES",
     "MMSEG_VOC_CLASSES",
+    "VOC21_CLASSES",
+    "COCO_OBJECT_CLASSES",
+    "CITYSCAPES_CLASSES",
+    "ADE20K_CLASSES",
+    "BUILTIN_DATASETS",
 ]
 
 
@@ -33,16 +44,20 @@ class DatasetInfo:
     """What a model needs to know about a dataset's label space.
 
     Attributes:
-        name: "voc", "context", "coco-stuff", "context60" or "custom".
-        class_names: readable class names used in prompts, in label-index order.
+        name: a canonical name of :data:`BUILTIN_DATASETS` ("voc", "ade20k", ...) or "custom".
+        class_names: readable class names, in label-index order: what metrics are keyed by, and what
+            the text tower is given unless `prompt_names` says otherwise.
         unseen: sorted indices of the unseen classes of the zero-shot split (may be empty).
         ignore_index: the label value of pixels that are not evaluated nor trained on.
+        prompt_names: empty, or for each class the names the text tower scores it by (synonyms; the
+            class takes the best of them), e.g. from SCLIP's class files.
     """
 
     name: str
     class_names: tuple[str, ...]
     unseen: tuple[int, ...]
     ignore_index: int = 255
+    prompt_names: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         names = tuple(self.class_names)
@@ -57,14 +72,25 @@ class DatasetInfo:
             raise ValueError(f"dataset {self.name!r}: unseen indices {bad} outside 0..{len(names) - 1}")
         if 0 <= self.ignore_index < len(names):
             raise ValueError(f"dataset {self.name!r}: ignore_index {self.ignore_index} is a class index")
+        prompts = tuple(tuple(str(n).strip() for n in entry) for entry in self.prompt_names)
+        if prompts and len(prompts) != len(names):
+            raise ValueError(f"dataset {self.name!r}: {len(prompts)} prompt name lists for {len(names)} classes")
+        if any(not entry or not all(entry) for entry in prompts):
+            raise ValueError(f"dataset {self.name!r}: a class has no or an empty prompt name")
         # Frozen dataclass: normalise the stored tuples in place.
         object.__setattr__(self, "class_names", names)
         object.__setattr__(self, "unseen", unseen)
+        object.__setattr__(self, "prompt_names", prompts)
 
     @property
     def num_classes(self) -> int:
         """Number of classes C (labels take values 0..C-1 or ignore_index)."""
         return len(self.class_names)
+
+    @property
+    def text_classes(self) -> list[tuple[str, ...]]:
+        """Each class's names as the text tower scores them: `prompt_names`, else each class name alone."""
+        return list(self.prompt_names) if self.prompt_names else [(name,) for name in self.class_names]
 
     @property
     def seen(self) -> tuple[int, ...]:
@@ -160,6 +186,42 @@ COCO_STUFF_UNSEEN_NAMES = (
 )  # fmt: skip
 
 
+# --- PASCAL VOC 2012 with background: 21 classes (mmseg PascalVOCDataset), background = class 0 ------
+VOC21_CLASSES: tuple[str, ...] = ("background", *VOC_CLASSES)
+
+# --- COCO-Object: background + COCO's 80 things (GroupViT / SCLIP COCOObjectDataset) ------------------
+COCO_OBJECT_CLASSES: tuple[str, ...] = ("background", *COCO_STUFF_CLASSES[:80])
+
+# --- Cityscapes: the 19 evaluated train ids (mmseg CityscapesDataset) -------------------------------
+CITYSCAPES_CLASSES: tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+
+# --- ADE20K (ADEChallengeData2016): 150 classes (mmseg ADE20KDataset), 0 = "other" is ignored ----------
+ADE20K_CLASSES: tuple[str, ...] = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
+    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
+    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
+    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
+    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
+    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
+    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
+    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
+    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator",
+    "glass", "clock", "flag",
+)  # fmt: skip
+
+#: The ignore value of the label spaces with more than 255 classes (ADE20K-847, Context-459): CAT-Seg's 16-bit one.
+WIDE_IGNORE_INDEX = 65535
+
+
 def unseen_indices(
     class_names: Iterable[str], unseen_names: Iterable[str], *, source: str = ""
 ) -> tuple[int, ...]:
@@ -186,28 +248,53 @@ def unseen_indices(
     return tuple(sorted({index[n] for n in wanted}))
 
 
-_BUILTIN: dict[str, DatasetInfo] = {
-    "voc": DatasetInfo("voc", VOC_CLASSES, unseen_indices(MMSEG_VOC_CLASSES, VOC_UNSEEN_NAMES)),
-    "context": DatasetInfo(
-        "context", CONTEXT_CLASSES, unseen_indices(MMSEG_CONTEXT_CLASSES, CONTEXT_UNSEEN_NAMES)
-    ),
-    "coco-stuff": DatasetInfo(
-        "coco-stuff", COCO_STUFF_CLASSES, unseen_indices(MMSEG_COCO_STUFF_CLASSES, COCO_STUFF_UNSEEN_NAMES)
-    ),
-    "context60": DatasetInfo(
-        "context60", CONTEXT60_CLASSES, unseen_indices(MMSEG_CONTEXT60_CLASSES, CONTEXT_UNSEEN_NAMES)
-    ),
-}
+#: The built-in datasets' canonical names, in the papers' column order where they have one.
+BUILTIN_DATASETS: tuple[str, ...] = (
+    "voc21", "context60", "coco-object", "voc", "context", "coco-stuff", "cityscapes", "ade20k", "ade847", "pc459",
+)  # fmt: skip
+
+
+@cache
+def _builtin(key: str) -> DatasetInfo:
+    """The built-in label space of a canonical name (the two large vocabularies read from their files once)."""
+    if key == "voc":
+        return DatasetInfo("voc", VOC_CLASSES, unseen_indices(MMSEG_VOC_CLASSES, VOC_UNSEEN_NAMES))
+    if key == "context":
+        return DatasetInfo("context", CONTEXT_CLASSES, unseen_indices(MMSEG_CONTEXT_CLASSES, CONTEXT_UNSEEN_NAMES))
+    if key == "coco-stuff":
+        return DatasetInfo(
+            "coco-stuff", COCO_STUFF_CLASSES, unseen_indices(MMSEG_COCO_STUFF_CLASSES, COCO_STUFF_UNSEEN_NAMES)
+        )
+    if key == "context60":
+        return DatasetInfo(
+            "context60", CONTEXT60_CLASSES, unseen_indices(MMSEG_CONTEXT60_CLASSES, CONTEXT_UNSEEN_NAMES)
+        )
+    if key in ("ade847", "pc459"):  # each class shown under its first name (the files make them unique)
+        names = tuple(names[0] for names in read_classes_file(class_names_path(f"{key}.txt")))
+        return DatasetInfo(key, names, (), ignore_index=WIDE_IGNORE_INDEX)
+    names = {"voc21": VOC21_CLASSES, "coco-object": COCO_OBJECT_CLASSES, "cityscapes": CITYSCAPES_CLASSES,
+             "ade20k": ADE20K_CLASSES}[key]
+    return DatasetInfo(key, names, ())
+
+
 _ALIASES = {
-    "pascal-voc": "voc", "voc2012": "voc", "voc20": "voc",
-    "pascal-context": "context", "context59": "context", "context-59": "context",
-    "context-60": "context60", "pascal-context-60": "context60", "pascal-context60": "context60",
-    "cocostuff": "coco-stuff", "coco-stuff164k": "coco-stuff",
+    "pascal-voc": "voc", "voc2012": "voc", "voc20": "voc", "voc-20": "voc", "pascal-voc20": "voc",
+    "voc-21": "voc21", "pascal-voc21": "voc21", "voc2012-21": "voc21",
+    "pascal-context": "context", "context59": "context", "context-59": "context", "pc59": "context",
+    "pc-59": "context",
+    "context-60": "context60", "pascal-context-60": "context60", "pascal-context60": "context60", "pc60": "context60",
+    "pc-60": "context60",
+    "cocostuff": "coco-stuff", "coco-stuff164k": "coco-stuff", "coco-stuff-164k": "coco-stuff",
+    "cocoobject": "coco-object", "coco-obj": "coco-object", "coco-objects": "coco-object",
+    "city-scapes": "cityscapes",
+    "ade": "ade20k", "ade150": "ade20k", "ade-150": "ade20k", "ade20k-150": "ade20k",
+    "ade-847": "ade847", "ade20k-847": "ade847", "ade20k-full": "ade847", "ade-full": "ade847",
+    "pc-459": "pc459", "context459": "pc459", "context-459": "pc459", "pascal-context-459": "pc459",
 }  # fmt: skip
 
 
 def canonical_name(name: str) -> str:
-    """The canonical dataset name ("voc", "context", "coco-stuff", "context60", "custom") for a name or alias.
+    """The canonical dataset name (one of :data:`BUILTIN_DATASETS`, or "custom") for a name or alias.
 
     Args:
         name: a dataset name; case, "_" and "-" are interchangeable ("coco_stuff", "COCO-Stuff").
@@ -220,16 +307,19 @@ def canonical_name(name: str) -> str:
     """
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
-    if key in _BUILTIN or key == "custom":
+    if key in BUILTIN_DATASETS or key == "custom":
         return key
-    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join([*_BUILTIN, 'custom'])}")
+    raise ValueError(
+        f"unknown dataset {name!r}; valid names: {', '.join([*BUILTIN_DATASETS, 'custom'])} "
+        "(also voc20 = voc, context59 = context)"
+    )
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """The label space of a built-in benchmark.
 
     Args:
-        name: "voc", "context", "coco-stuff" or "context60" (aliases such as "coco_stuff" accepted).
+        name: one of :data:`BUILTIN_DATASETS` (aliases such as "coco_stuff", "voc20", "context59" accepted).
 
     Returns:
         The dataset's DatasetInfo (readable class names and the standard unseen split).
@@ -241,9 +331,9 @@ def dataset_info(name: str) -> DatasetInfo:
     if key == "custom":
         raise ValueError(
             "dataset 'custom' has no built-in classes; they are read from ROOT/class_names.txt "
-            f"by build_dataset; built-in names: {', '.join(_BUILTIN)}"
+            f"by build_dataset; built-in names: {', '.join(BUILTIN_DATASETS)}"
         )
-    return _BUILTIN[key]
+    return _builtin(key)
 
 
 def read_class_names(path: str | Path) -> list[str]:

@@ -1,24 +1,36 @@
-"""Readers for the benchmark datasets in their usual (mmsegmentation) on-disk layouts.
+"""Readers for the benchmark datasets in their usual (mmsegmentation, CAT-Seg) on-disk layouts.
 
 Each reader yields {"image": (H, W, 3) uint8 RGB, "label": (H, W) int64, "name": id}. Labels are
-already in the model's label space: class indices 0..C-1 and `ignore_index` (255), with VOC and
-Context-59 backgrounds mapped to ignore (context60 keeps background as class 0, as mmseg's 60 classes). A transform, when set, turns the pair into tensors.
+already in the model's label space: class indices 0..C-1 and `ignore_index` (255; 65535 for the two
+large vocabularies). Each dataset's label rule (docs/datasets.md):
 
-    ROOT/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass[Aug], ImageSets/Segmentation}   voc
+    voc (voc20), context (context59)  background 0 -> ignore, k -> k - 1, 255 ignored (reduce_zero_label)
+    voc21, context60, coco-object     background kept as class 0, 255 ignored
+    coco-stuff, cityscapes            train ids as stored, 255 ignored
+    ade20k                            0 ("other") -> ignore, k -> k - 1 (mmseg's reduce_zero_label)
+    ade847                            16-bit train ids 0..846 as stored, 65535 ignored
+    pc459                             16-bit 0..458 as stored, 459 (CAT-Seg's ignore) and 65535 ignored
+
+A transform, when set, turns the pair into tensors. The layouts (ROOT may also be the inner folder):
+
+    ROOT/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass[Aug], ImageSets/Segmentation}   voc, voc21
     ROOT/VOCdevkit/VOC2010/{JPEGImages, SegmentationClassContext,
                             ImageSets/SegmentationContext}                       context, context60
-    ROOT/coco_stuff164k/{images, annotations}/{train2017, val2017}                        coco-stuff
+    ROOT/VOCdevkit/VOC2010/{JPEGImages, annotations_detectron2/pc459_val,
+                            pascalcontext_val.txt}                                             pc459
+    ROOT/coco_stuff164k/{images, annotations}/{train2017, val2017}            coco-stuff, coco-object
+    ROOT/cityscapes/{leftImg8bit, gtFine}/{train, val}/<city>                             cityscapes
+    ROOT/ADEChallengeData2016/{images, annotations}/{training, validation}                    ade20k
+    ROOT/ADE20K_2021_17_01/{images_detectron2, annotations_detectron2}/validation             ade847
     ROOT/{JPEGImages, SegmentationClass, ImageSets/Segmentation, class_names.txt,
           unseen.txt}                                                                    custom
 """
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,10 +38,24 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..image import load_image
-from .classes import DatasetInfo, canonical_name, dataset_info, read_class_names, unseen_indices
+from ..vocabulary import Vocabulary, read_classes_file
+from .classes import DatasetInfo, canonical_name, dataset_info, unseen_indices
+from .layouts import (
+    CUSTOM_LAYOUT,
+    LAYOUTS,
+    OFFICIAL_VAL_SIZES,
+    VAL_SPLITS,
+    DataLayoutError,
+    Layout,
+    check_files,
+    custom_files,
+    not_found,
+    prepare_remedy,
+)
 
 __all__ = [
     "DataLayoutError",
+    "OFFICIAL_VAL_SIZES",
     "SegmentationDataset",
     "Transform",
     "build_dataset",
@@ -40,16 +66,6 @@ __all__ = [
 # A transform takes (image (H, W, 3) uint8, label (H, W) int64, rng) and returns
 # (image (3, h, w) uint8 tensor, label (h', w') int64 tensor).
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
-
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-class DataLayoutError(ValueError):
-    """A dataset folder does not have the expected layout; the message is one line."""
-
-
-def _fail(missing: Path, what: str, expected: str) -> DataLayoutError:
-    return DataLayoutError(f"{what} not found: {missing} (expected layout: {expected})")
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -84,15 +100,32 @@ def read_label(path: str | Path) -> np.ndarray:
         return np.asarray(img).astype(np.int64)
 
 
-def _label_lut(num_classes: int, ignore_index: int, reduce_zero_label: bool) -> np.ndarray:
-    """A 256-entry table from stored label values to training labels; -1 marks invalid values."""
-    lut = np.full(256, -1, dtype=np.int64)
-    if reduce_zero_label:  # VOC / Context: 0 = background -> ignore, class k -> k - 1
+def _label_lut(
+    num_classes: int,
+    ignore_index: int,
+    reduce_zero_label: bool,
+    stored_ignore: Sequence[int] = (255,),
+    size: int = 256,
+) -> np.ndarray:
+    """A table from stored label values to training labels; -1 marks invalid values.
+
+    Args:
+        num_classes: C.
+        ignore_index: the training label of ignored pixels.
+        reduce_zero_label: stored 0 is ignored and class k is stored as k + 1 (VOC, Context-59, ADE20K).
+        stored_ignore: stored values that mean "ignore" (255; 65535 for 16-bit labels).
+        size: 256 for 8-bit labels, 65536 for 16-bit ones.
+
+    Returns:
+        (size,) int64.
+    """
+    lut = np.full(size, -1, dtype=np.int64)
+    if reduce_zero_label:  # 0 = background / "other" -> ignore, class k -> k - 1
         lut[0] = ignore_index
         lut[1 : num_classes + 1] = np.arange(num_classes)
     else:
         lut[:num_classes] = np.arange(num_classes)
-    lut[ignore_index] = ignore_index
+    lut[list(stored_ignore)] = ignore_index
     return lut
 
 
@@ -110,6 +143,7 @@ class SegmentationDataset(Dataset):
         transform: None, or a callable (image, label, rng) -> (image tensor, label tensor).
         seed, epoch: the seeds of the per-sample random generator.
         split: the split's name ("train", "val", ...), or None.
+        official_size: the image count of the official split (VOC val 1,449, ...), or None when unknown.
     """
 
     def __init__(
@@ -122,14 +156,16 @@ class SegmentationDataset(Dataset):
         transform: Transform | None = None,
         seed: int = 0,
         split: str | None = None,
+        official_size: int | None = None,
     ) -> None:
         """Args:
         info: the label space.
         ids, image_paths, label_paths: one entry per sample, same length.
-        label_lut: (256,) int64 table from stored label values to 0..C-1 / ignore; -1 = invalid.
+        label_lut: (256,) or (65536,) int64 table from stored label values to 0..C-1 / ignore; -1 = invalid.
         transform: optional (image, label, rng) -> (image, label) tensors.
         seed: base seed of the random transforms.
         split: the split's name, shown by :meth:`describe`.
+        official_size: the image count of the official split, when known (checked by :meth:`describe`).
         """
         if not len(ids) == len(image_paths) == len(label_paths):
             raise ValueError("ids, image_paths and label_paths must have the same length")
@@ -141,6 +177,7 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.split = split
+        self.official_size = official_size
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -161,10 +198,19 @@ class SegmentationDataset(Dataset):
         return dict(Counter(path.parent.name for path in self.label_paths))
 
     def describe(self) -> str:
-        """One line for logs, e.g. "voc train: 10582 images (1464 SegmentationClass, 9118 SegmentationClassAug)"."""
+        """One line for logs, e.g. "voc train: 10582 images (1464 SegmentationClass, 9118 SegmentationClassAug)".
+
+        Where the official split's size is known, the line ends with the size check: "; the official size"
+        or "; the official val has 1449 (a partial or another copy)".
+        """
         folders = ", ".join(f"{count} {folder}" for folder, count in self.label_folders.items())
         split = f" {self.split}" if self.split else ""
-        return f"{self.info.name}{split}: {len(self)} images ({folders})"
+        line = f"{self.info.name}{split}: {len(self)} images ({folders})"
+        if self.official_size is None:
+            return line
+        if len(self) == self.official_size:
+            return f"{line}; the official size"
+        return f"{line}; the official {self.split or 'split'} has {self.official_size} (a partial or another copy)"
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that seeds the random transforms.
@@ -203,7 +249,7 @@ class SegmentationDataset(Dataset):
             image = stored.copy()
         if raw.size and (raw.min() < 0 or raw.max() >= len(self.label_lut)):
             bad = np.unique(raw[(raw < 0) | (raw >= len(self.label_lut))])[:8].tolist()
-            raise DataLayoutError(f"label {label_path} has values {bad} outside 0..255")
+            raise DataLayoutError(f"label {label_path} has values {bad} outside 0..{len(self.label_lut) - 1}")
         label = self.label_lut[raw]
         if (label < 0).any():
             bad = np.unique(raw[label < 0])[:8].tolist()
@@ -231,149 +277,6 @@ class SegmentationDataset(Dataset):
         return {"image": image, "label": label, "name": self.ids[index]}
 
 
-# --- layouts ------------------------------------------------------------------------------------------
-
-
-def _read_split(path: Path, expected: str) -> list[str]:
-    if not path.is_file():
-        raise _fail(path, "split file", expected)
-    ids = [line.strip().split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise DataLayoutError(f"split file {path} lists no ids (expected one id per line)")
-    return ids
-
-
-def _require_dir(path: Path, expected: str) -> Path:
-    if not path.is_dir():
-        raise _fail(path, "folder", expected)
-    return path
-
-
-def _check_files(paths: Sequence[Path], what: str, expected: str) -> None:
-    """Raise a one-line error naming the first missing file (one directory listing per folder)."""
-    listing: dict[Path, set[str]] = {}
-    missing = []
-    for p in paths:
-        if p.parent not in listing:
-            listing[p.parent] = set(os.listdir(p.parent)) if p.parent.is_dir() else set()
-        if p.name not in listing[p.parent]:
-            missing.append(p)
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise DataLayoutError(f"{what} not found: {missing[0]}{more} (expected layout: {expected})")
-
-
-def _find_root(root: Path, candidates: Sequence[str], markers: Sequence[str], expected: str) -> Path:
-    """The first of root/candidate (or root itself) that holds one of the marker entries."""
-    if not root.exists():
-        raise _fail(root, "dataset root", expected)
-    for base in [*(root / c for c in candidates), root]:
-        if any((base / m).exists() for m in markers):
-            return base
-    raise DataLayoutError(
-        f"no dataset found under {root}: none of {[str(root / c) for c in candidates]} nor {root} "
-        f"holds {' or '.join(markers)} (expected layout: {expected})"
-    )
-
-
-_VOC_LAYOUT = (
-    "ROOT/VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, [SegmentationClassAug/<id>.png], "
-    "ImageSets/Segmentation/{train,val,[trainaug|train_aug|aug]}.txt}"
-)
-_VOC_AUG_LISTS = ("trainaug.txt", "train_aug.txt", "aug.txt")
-
-
-def _voc_files(root: Path, split: str) -> tuple[list[str], list[Path], list[Path]]:
-    base = _find_root(root, ["VOCdevkit/VOC2012", "VOC2012"], ["JPEGImages", "ImageSets"], _VOC_LAYOUT)
-    _require_dir(base / "JPEGImages", _VOC_LAYOUT)
-    sets = base / "ImageSets" / "Segmentation"
-    aug_dir = base / "SegmentationClassAug"
-    aug_list = next((sets / n for n in _VOC_AUG_LISTS if (sets / n).is_file()), None)
-    if split == "trainaug" and (aug_list is None or not aug_dir.is_dir()):
-        missing = aug_dir if not aug_dir.is_dir() else sets / "trainaug.txt"
-        raise _fail(missing, "SBD aug set", _VOC_LAYOUT)
-    class_dir = base / "SegmentationClass"
-    if split in ("train", "trainaug") and aug_list is not None and aug_dir.is_dir():
-        # Whatever the list's format, the standard set (10,582 images): train.txt's ids first, then the
-        # list's others, minus val.txt's. mmseg's aug.txt holds only the 9,118 SBD ids outside VOC
-        # train and val; trainaug.txt and DeepLab's train_aug.txt hold all 10,582.
-        train = _read_split(sets / "train.txt", _VOC_LAYOUT)
-        val = set(_read_split(sets / "val.txt", _VOC_LAYOUT))
-        listed = [_list_id(token) for token in _read_split(aug_list, _VOC_LAYOUT)]
-        ids = list(dict.fromkeys(i for i in [*train, *listed] if i not in val))
-        # VOC's own train images keep their official labels (as mmseg and ZegCLIP read them); SBD's come
-        # from SegmentationClassAug.
-        own = set(train)
-        label_dirs = [class_dir if i in own else aug_dir for i in ids]
-    elif split in ("train", "val"):
-        if split == "train" and aug_dir.is_dir():
-            warnings.warn(
-                f"{aug_dir} exists but no {'/'.join(_VOC_AUG_LISTS)} in {sets}; training on train.txt only",
-                stacklevel=3,
-            )
-        ids = _read_split(sets / f"{split}.txt", _VOC_LAYOUT)
-        label_dirs = [class_dir] * len(ids)
-    else:
-        raise ValueError(f"voc split {split!r}: expected 'train', 'val' or 'trainaug'")
-    for folder in dict.fromkeys(label_dirs):
-        _require_dir(folder, _VOC_LAYOUT)
-    return ids, [base / "JPEGImages" / f"{i}.jpg" for i in ids], [d / f"{i}.png" for d, i in zip(label_dirs, ids)]
-
-
-def _list_id(token: str) -> str:
-    """The image id in a list's first column: the id itself, or DeepLab's image path (its file stem)."""
-    return PurePosixPath(token).stem if "/" in token or token.lower().endswith(_IMAGE_SUFFIXES) else token
-
-
-_CONTEXT_LAYOUT = (
-    "ROOT/VOCdevkit/VOC2010/{JPEGImages/<id>.jpg, SegmentationClassContext/<id>.png, "
-    "ImageSets/SegmentationContext/{train,val}.txt}"
-)
-
-
-def _context_files(root: Path, split: str) -> tuple[list[str], list[Path], list[Path]]:
-    if split not in ("train", "val"):
-        raise ValueError(f"context split {split!r}: expected 'train' or 'val'")
-    base = _find_root(
-        root, ["VOCdevkit/VOC2010", "VOC2010"], ["SegmentationClassContext", "JPEGImages"], _CONTEXT_LAYOUT
-    )
-    _require_dir(base / "JPEGImages", _CONTEXT_LAYOUT)
-    label_dir = _require_dir(base / "SegmentationClassContext", _CONTEXT_LAYOUT)
-    ids = _read_split(base / "ImageSets" / "SegmentationContext" / f"{split}.txt", _CONTEXT_LAYOUT)
-    return ids, [base / "JPEGImages" / f"{i}.jpg" for i in ids], [label_dir / f"{i}.png" for i in ids]
-
-
-_COCO_LAYOUT = (
-    "ROOT/coco_stuff164k/{images/<split>/<id>.jpg, annotations/<split>/<id>_labelTrainIds.png} "
-    "with <split> = train2017 or val2017"
-)
-
-
-def _coco_stuff_files(root: Path, split: str) -> tuple[list[str], list[Path], list[Path]]:
-    folder = {"train": "train2017", "val": "val2017"}.get(split, split)
-    if folder not in ("train2017", "val2017"):
-        raise ValueError(f"coco-stuff split {split!r}: expected 'train' or 'val' (train2017/val2017)")
-    base = _find_root(root, ["coco_stuff164k"], ["images", "annotations"], _COCO_LAYOUT)
-    image_dir = _require_dir(base / "images" / folder, _COCO_LAYOUT)
-    label_dir = _require_dir(base / "annotations" / folder, _COCO_LAYOUT)
-    ids = sorted(p.stem for p in image_dir.iterdir() if p.suffix.lower() == ".jpg")
-    if not ids:
-        raise DataLayoutError(f"no .jpg images in {image_dir} (expected layout: {_COCO_LAYOUT})")
-    labels = [label_dir / f"{i}_labelTrainIds.png" for i in ids]
-    if not (labels[0]).is_file() and (label_dir / f"{ids[0]}.png").is_file():
-        raise DataLayoutError(
-            f"{labels[0]} not found but {label_dir / (ids[0] + '.png')} is: convert the stuffthingmaps "
-            f"first with mvpseg.data.prepare_coco_stuff({str(base)!r})"
-        )
-    return ids, [image_dir / f"{i}.jpg" for i in ids], labels
-
-
-_CUSTOM_LAYOUT = (
-    "ROOT/{JPEGImages/<id>.jpg|.png, SegmentationClass/<id>.png, ImageSets/Segmentation/<split>.txt, "
-    "class_names.txt, [unseen.txt]}"
-)
-
-
 def _read_name_list(path: Path) -> list[str]:
     """Names one per line, blank and #comment lines skipped; an empty list is allowed."""
     lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
@@ -387,7 +290,8 @@ def custom_info(
 
     Args:
         root: the dataset folder.
-        class_names_file: overrides ROOT/class_names.txt.
+        class_names_file: overrides ROOT/class_names.txt (one class per line; a line's names separated by
+            commas are its synonyms, the first shown).
         unseen_file: overrides ROOT/unseen.txt (when neither exists, no class is unseen).
 
     Returns:
@@ -400,49 +304,53 @@ def custom_info(
     root = Path(root)
     names_path = Path(class_names_file) if class_names_file is not None else root / "class_names.txt"
     if not names_path.is_file():
-        raise _fail(names_path, "class names file", _CUSTOM_LAYOUT)
-    names = read_class_names(names_path)
+        raise not_found(names_path, "class names file", CUSTOM_LAYOUT)
+    vocabulary = _read_vocabulary(names_path)
+    names = vocabulary.display_names
     unseen_path = Path(unseen_file) if unseen_file is not None else root / "unseen.txt"
     unseen: tuple[int, ...] = ()
     if unseen_file is not None and not unseen_path.is_file():
         raise FileNotFoundError(f"unseen classes file not found: {unseen_path}")
     if unseen_path.is_file():
         unseen = unseen_indices(names, _read_name_list(unseen_path), source=str(unseen_path))
-    return DatasetInfo("custom", tuple(names), unseen)
+    return DatasetInfo("custom", tuple(names), unseen, prompt_names=vocabulary.classes if vocabulary.has_synonyms else ())
 
 
-def _custom_files(root: Path, split: str) -> tuple[list[str], list[Path], list[Path]]:
-    if not root.is_dir():
-        raise _fail(root, "dataset root", _CUSTOM_LAYOUT)
-    image_dir = _require_dir(root / "JPEGImages", _CUSTOM_LAYOUT)
-    label_dir = _require_dir(root / "SegmentationClass", _CUSTOM_LAYOUT)
-    ids = _read_split(root / "ImageSets" / "Segmentation" / f"{split}.txt", _CUSTOM_LAYOUT)
-    # One listing of the image folder: id -> file, preferring .jpg over .jpeg over .png.
-    rank = {suffix: r for r, suffix in enumerate(_IMAGE_SUFFIXES)}
-    found: dict[str, Path] = {}
-    for p in image_dir.iterdir():
-        r = rank.get(p.suffix.lower())
-        if r is not None and (p.stem not in found or r < rank[found[p.stem].suffix.lower()]):
-            found[p.stem] = p
-    images = [found.get(i, image_dir / f"{i}.jpg") for i in ids]
-    return ids, images, [label_dir / f"{i}.png" for i in ids]
+def _read_vocabulary(path: str | Path) -> Vocabulary:
+    """A class file's classes (one per line, synonyms after commas, as ``--classes-file`` reads them)."""
+    try:
+        return Vocabulary.of(read_classes_file(path), warn=False)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _override_info(
-    info: DatasetInfo, class_names_file: str | Path | None, unseen_file: str | Path | None
+    info: DatasetInfo,
+    class_names_file: str | Path | None,
+    unseen_file: str | Path | None,
+    prompt_names_file: str | Path | None = None,
 ) -> DatasetInfo:
-    """Built-in label space with class names and/or the unseen split replaced from files."""
-    names = info.class_names
+    """Built-in label space with class names, the unseen split and/or the prompt names replaced from files."""
+    names, prompts = info.class_names, info.prompt_names
     if class_names_file is not None:
-        names = tuple(read_class_names(class_names_file))
-        if len(names) != info.num_classes:
+        vocabulary = _read_vocabulary(class_names_file)
+        if len(vocabulary.classes) != info.num_classes:
             raise ValueError(
-                f"{class_names_file}: {len(names)} names, but {info.name} has {info.num_classes} classes"
+                f"{class_names_file}: {len(vocabulary.classes)} names, but {info.name} has {info.num_classes} classes"
             )
+        names = tuple(vocabulary.display_names)
+        prompts = vocabulary.classes if vocabulary.has_synonyms else ()
+    if prompt_names_file is not None:
+        vocabulary = _read_vocabulary(prompt_names_file)
+        if len(vocabulary.classes) != info.num_classes:
+            raise ValueError(
+                f"{prompt_names_file}: {len(vocabulary.classes)} classes, but {info.name} has {info.num_classes}"
+            )
+        prompts = vocabulary.classes
     unseen = info.unseen
     if unseen_file is not None:
         unseen = unseen_indices(names, _read_name_list(Path(unseen_file)), source=str(unseen_file))
-    return DatasetInfo(info.name, names, unseen, info.ignore_index)
+    return DatasetInfo(info.name, names, unseen, info.ignore_index, prompts)
 
 
 def build_dataset(
@@ -453,43 +361,51 @@ def build_dataset(
     seed: int = 0,
     class_names_file: str | Path | None = None,
     unseen_file: str | Path | None = None,
+    prompt_names_file: str | Path | None = None,
 ) -> SegmentationDataset:
     """Open a dataset split in its usual on-disk layout.
 
     Args:
-        name: "voc", "context" (59 classes, background ignored), "coco-stuff", "context60" (mmseg's 60
-            classes, background class 0, as MaskCLIP+ measured Context) or "custom".
-        root: the dataset folder; for voc/context/context60 the folder holding VOCdevkit, VOCdevkit itself
-            or VOC20xx itself; for coco-stuff the folder holding coco_stuff164k or that folder.
-        split: "train" or "val" ("trainaug" for voc: the SBD aug set, required; "train" uses it
-            when present); custom: any ImageSets/Segmentation/<split>.txt.
+        name: a built-in benchmark (see the module docstring; aliases such as "voc20" = "voc",
+            "context59" = "context" accepted) or "custom".
+        root: the folder holding the dataset's top folder (VOCdevkit, coco_stuff164k, cityscapes,
+            ADEChallengeData2016, ADE20K_2021_17_01) or that folder itself; VOC20xx itself also works.
+        split: "train" or "val" ("trainaug" for voc/voc21: the SBD aug set, required; "train" uses it
+            when present; ade847 and pc459: "val" only); custom: any ImageSets/Segmentation/<split>.txt.
         transform: optional (image, label, rng) -> (image, label) tensors (TrainAugmentation,
             EvalTransform).
         seed: base seed of the random transforms.
-        class_names_file: replaces the class names (one per line, same count for built-ins).
+        class_names_file: replaces the class names (one class per line, same count for built-ins; a
+            line's comma-separated names are the class's synonyms, the first shown).
         unseen_file: replaces the unseen split (unseen class names, one per line).
+        prompt_names_file: gives the text tower each class's names from a class file (e.g.
+            :func:`mvpseg.data.peer_class_file`), keeping the class names metrics are keyed by.
 
     Returns:
         The SegmentationDataset.
 
     Raises:
-        DataLayoutError: a folder or file is missing (one line naming it and the layout).
+        DataLayoutError: a folder or file is missing (one line naming it, the layout, and the
+            ``mvpseg prepare`` command that makes it where one does).
         ValueError: unknown dataset or split; an unseen name not among the class names.
     """
     key = canonical_name(name)
     root = Path(root).expanduser()
     if key == "custom":
-        ids, images, labels = _custom_files(root, split)
+        ids, images, labels = custom_files(root, split)
         info = custom_info(root, class_names_file, unseen_file)
-        expected, reduce_zero = _CUSTOM_LAYOUT, False
+        if prompt_names_file is not None:
+            info = _override_info(info, None, None, prompt_names_file)
+        layout = Layout(custom_files, CUSTOM_LAYOUT)
     else:
-        files = {"voc": _voc_files, "context": _context_files, "context60": _context_files,
-                 "coco-stuff": _coco_stuff_files}[key]
-        ids, images, labels = files(root, split)
-        info = _override_info(dataset_info(key), class_names_file, unseen_file)
-        expected = {"voc": _VOC_LAYOUT, "context": _CONTEXT_LAYOUT, "context60": _CONTEXT_LAYOUT}.get(key, _COCO_LAYOUT)
-        reduce_zero = key in ("voc", "context")  # background 0 -> ignore; context60 keeps it as class 0
-    _check_files(images, "image", expected)
-    _check_files(labels, "label", expected)
-    lut = _label_lut(info.num_classes, info.ignore_index, reduce_zero_label=reduce_zero)
-    return SegmentationDataset(info, ids, images, labels, lut, transform=transform, seed=seed, split=split)
+        layout = LAYOUTS[key]
+        ids, images, labels = layout.files(root, split)
+        info = _override_info(dataset_info(key), class_names_file, unseen_file, prompt_names_file)
+    remedy = prepare_remedy(layout.prepare, root) if layout.prepare else ""
+    check_files(images, "image", layout.expected)
+    check_files(labels, "label", layout.expected, remedy)
+    lut = _label_lut(info.num_classes, info.ignore_index, layout.reduce_zero_label, layout.stored_ignore,
+                     layout.label_values)
+    official = OFFICIAL_VAL_SIZES.get(key) if split in VAL_SPLITS else None
+    return SegmentationDataset(info, ids, images, labels, lut, transform=transform, seed=seed, split=split,
+                               official_size=official)
