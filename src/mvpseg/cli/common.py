@@ -117,7 +117,7 @@ def add_inference_flags(parser: argparse.ArgumentParser, presets: Mapping[str, M
 
 def inference_config(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> InferenceConfig:
     """The InferenceConfig of the given inference flags laid over ``base`` (a preset's fields)."""
-    return apply_overrides(InferenceConfig(**(base or {})), overrides(args))
+    return apply_overrides(InferenceConfig(**(base or {})), inference_overrides(args))
 
 
 def inference_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..config import EVAL_PRESETS, STUDENT_EVAL_PRESETS
-from .common import UsageError, add_clip_arguments, add_inference_flags, clip_source, inference_config
+from .common import UsageError, add_inference_flags, add_model_flags, inference_config, model_source
 
 __all__ = ["DATASET_CHOICES", "add_parser", "run"]
 
@@ -38,11 +38,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                              "ADEChallengeData2016 (ade20k), ADE20K_2021_17_01 (ade847); custom: the dataset folder "
                              "(JPEGImages, SegmentationClass, ImageSets/Segmentation, class_names.txt)")
     parser.add_argument("--split", default="val", help="the split to evaluate (default: val)")
-    parser.add_argument("--prompts", metavar="CKPT",
-                        help="learned prompts (.safetensors from mvpseg train), possibly trained on another "
-                             "dataset; default: MaskCLIP's 85 templates")
-    parser.add_argument("--student", metavar="CKPT",
-                        help="evaluate an MVP-SEG+ student (.safetensors from mvpseg transfer) instead of --prompts")
     parser.add_argument("--class-names-file", metavar="FILE",
                         help="the vocabulary given to the text tower, one class per line, one per label "
                              "index, a class's synonyms after commas (SCLIP's cls_*.txt files load as they are; "
@@ -57,7 +52,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images of the split")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for metrics.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_clip_arguments(parser, vit_mode=True)
+    add_model_flags(parser, skip=("onnx",))
     add_inference_flags(parser, presets={name: values for name, values in EVAL_PRESETS.items() if name != "custom"})
     parser.set_defaults(run=run)
 
@@ -78,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give --peer-class-names or --class-names-file, not both")
     if args.peer_class_names and args.dataset == "custom":
         raise UsageError("--peer-class-names: a custom dataset has no peers' class file; give --class-names-file")
-    presets = STUDENT_EVAL_PRESETS if args.student else EVAL_PRESETS  # MaskCLIP+'s protocol for students
+    source = model_source(args)
+    presets = STUDENT_EVAL_PRESETS if source.student else EVAL_PRESETS  # MaskCLIP+'s protocol for students
     config = inference_config(args, base=dataset_preset(presets, args.dataset))
     # The data first: a wrong --data-root fails in one line before CLIP is loaded.
     dataset = build_dataset(args.dataset, args.data_root, args.split, class_names_file=args.class_names_file,
@@ -86,15 +82,14 @@ def run(args: argparse.Namespace) -> int:
                             prompt_names_file=peer_class_file(args.dataset) if args.peer_class_names else None)
     _, _, device = init_distributed(args.device)
     try:
-        segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
-                                              student=args.student, vit_mode=args.vit_mode,
-                                              device=device, config=config)
+        segmenter = Segmenter.from_source(source, device=device, config=config)
         metrics = evaluate(segmenter, dataset, limit=args.limit, progress=not args.quiet)
         if is_main_process():
-            setup = evaluation_setup(segmenter, dataset, args.split, args.student or args.prompts, limit=args.limit)
+            setup = evaluation_setup(segmenter, dataset, args.split, source.student or source.prompts,
+                                     limit=args.limit)
             path = write_metrics(args.out, metrics, extra=setup)
-            what = (f"student {args.student}" if args.student else f"prompts {args.prompts}" if args.prompts
-                    else "MaskCLIP templates")
+            what = (f"student {source.student}" if source.student else f"prompts {source.prompts}"
+                    if source.prompts else "MaskCLIP templates")
             print(f"{dataset.info.name} {args.split}: {metrics['num_images']} images, "
                   f"CLIP {segmenter.clip.name}, {what}")
             print(format_table(metrics, dataset.info.unseen_names))
