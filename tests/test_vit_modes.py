@@ -1,5 +1,6 @@
 """The training-free ViT modes (NACLIP, ResCLIP's RCS, SC-CLIP) against their papers' code, transcribed in
-``vit_references.py``, on a randomly initialised ViT-B/16 at its own 224-px size."""
+``vit_references.py``, on a randomly initialised ViT-B/16 at its own 224-px size, and on a random ViT-L/14
+(24 blocks, width 1024) with each author's ViT-L settings."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 import vit_references as ref
+from open_clip.model import _build_vision_tower
 
-from mvpseg.dense import _fill_outliers, _outlier_tokens, _scaled_range, dense_features, neighbourhood_bias
+from mvpseg.dense import (
+    PUBLISHED_LAYERS,
+    _fill_outliers,
+    _outlier_tokens,
+    _scaled_range,
+    dense_features,
+    layer_choices,
+    neighbourhood_bias,
+)
 
 
 @pytest.fixture(scope="module")
@@ -19,17 +29,32 @@ def vit_b16() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    """Two 224-px images of four flat regions and noise: regions give tokens similar enough for SC-CLIP's
+def vit_l14() -> torch.nn.Module:
+    """A random ViT-L/14 image tower (24 blocks, width 1024, 16 heads) made for 112-px images (an 8 x 8 grid,
+    its own positions: no interpolation), so the authors' code and mvpseg see the same tokens in about a second."""
+    torch.manual_seed(0)
+    config = open_clip.get_model_config("ViT-L-14")
+    return _build_vision_tower(config["embed_dim"], {**config["vision_cfg"], "image_size": 112}).eval()
+
+
+def _regions(count: int, size: int, seed: int = 5) -> torch.Tensor:
+    """Images of four flat regions and noise: regions give tokens similar enough for SC-CLIP's
     aggregation (similarity >= 0.4) to act, which pure noise on random weights does not."""
-    generator = torch.Generator().manual_seed(5)
-    images = torch.randn(2, 3, 224, 224, generator=generator) * 0.3
-    colours = torch.randn(2, 4, 3, 1, 1, generator=generator)
-    images[:, :, :112, :112] += colours[:, 0]
-    images[:, :, :112, 112:] += colours[:, 1]
-    images[:, :, 112:, :] += colours[:, 2]
-    images[:, :, 60:170, 80:150] = colours[:, 3]
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(count, 3, size, size, generator=generator) * 0.3
+    colours = torch.randn(count, 4, 3, 1, 1, generator=generator)
+    half = size // 2
+    images[:, :, :half, :half] += colours[:, 0]
+    images[:, :, :half, half:] += colours[:, 1]
+    images[:, :, half:, :] += colours[:, 2]
+    images[:, :, size * 60 // 224 : size * 170 // 224, size * 80 // 224 : size * 150 // 224] = colours[:, 3]
     return images
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """Two 224-px images of four flat regions and noise."""
+    return _regions(2, 224)
 
 
 def _cosine(ours: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -55,6 +80,45 @@ def test_mode_matches_its_papers_code(vit_b16, images, mode, reference, variant)
     assert _cosine(ours, other).min() < 0.9995, (mode, variant)
     # and the modes differ from MaskCLIP's
     assert _cosine(ours, dense_features(vit_b16, images).flatten(2).transpose(1, 2)).mean() < 0.99
+
+
+# Each author's ViT-L setting, and the ViT-B one scaled to 24 blocks that mvpseg used before (a different answer).
+SCCLIP_VIT_L = {"pre_adjust_idx": 16, "post_adjust_idx": 6, "multi_start_idx": 8, "multi_end_idx": 19, "res_cls": 0.1}
+SCCLIP_SCALED = {"pre_adjust_idx": 17, "post_adjust_idx": 6, "multi_start_idx": 6, "multi_end_idx": 21, "res_cls": 0.3}
+
+
+@pytest.mark.parametrize("mode, reference, published, other", [
+    ("naclip", ref.naclip, {}, {"std": 2.0}),  # NACLIP reads no middle block: its code is the same on any depth
+    ("resclip", ref.resclip, {"layers": range(5, 9)}, {"layers": range(10, 19)}),  # ResCLIP's code: range(5, 9)
+    ("scclip", ref.scclip, SCCLIP_VIT_L, SCCLIP_SCALED),  # SC-CLIP's authors for ViT-L/14 (its issue #5)
+])
+def test_vit_l_modes_match_their_authors_code_with_their_vit_l_settings(vit_l14, mode, reference, published,
+                                                                         other) -> None:
+    images = _regions(1, 112, seed=6)
+    with torch.no_grad():
+        ours = dense_features(vit_l14, images, vit_mode=mode)
+        expected = reference(vit_l14, images, **published)
+        elsewhere = reference(vit_l14, images, **other)
+    assert ours.shape == (1, 768, 8, 8)
+    cosine = _cosine(ours, expected)
+    assert cosine.min() >= 0.9999, (mode, cosine.min())
+    # a setting the authors did not publish for ViT-L (for resclip and scclip: ViT-B's scaled by depth) is far off
+    assert _cosine(ours, elsewhere).min() < 0.9995, (mode, other)
+
+
+def test_layer_choices_are_the_authors_for_vit_b_and_vit_l_and_scaled_elsewhere() -> None:
+    vit_b, vit_l = layer_choices(11), layer_choices(23)
+    assert (vit_b.rcs, vit_b.scclip_pre, vit_b.scclip_post, vit_b.scclip_fusion, vit_b.scclip_res_cls) == (
+        range(5, 9), 8, 3, range(3, 10), 0.3)
+    assert (vit_l.rcs, vit_l.scclip_pre, vit_l.scclip_post, vit_l.scclip_fusion, vit_l.scclip_res_cls) == (
+        range(5, 9), 16, 6, range(8, 19), 0.1)
+    assert set(PUBLISHED_LAYERS) == {11, 23} and "issue #5" in vit_l.source
+    for count in (3, 31, 39):  # the tiny ViT, ViT-H, ViT-g: nobody published a setting
+        choices = layer_choices(count)
+        assert "no published setting" in choices.source and choices.scclip_res_cls == 0.3
+        assert choices.rcs == _scaled_range(count, 5, 9) and choices.scclip_fusion == _scaled_range(count, 3, 10)
+    with pytest.raises(ValueError, match="no"):
+        layer_choices(0)
 
 
 def test_naclip_bias_is_the_papers_gaussian_window() -> None:

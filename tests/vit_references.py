@@ -9,7 +9,10 @@ own layout (sequence-first tokens, heads folded into the batch, ``bmm``), run on
   ``mean_interpolation``, ``adaptively_aggregate``, ``custom_attn``), one image at a time as its code runs.
 
 Every function takes the open_clip ``VisionTransformer`` and normalised images at the tower's own size
-(no positional interpolation) and returns patch features (B, h*w, D) before normalisation.
+(no positional interpolation) and returns patch features (B, h*w, D) before normalisation. Defaults are the
+authors' ViT-B settings; their ViT-L ones are passed as arguments (ResCLIP's code keeps ``layers=range(5, 9)``
+on every backbone; SC-CLIP's authors give ``pre_adjust_idx=16, post_adjust_idx=6, multi_start_idx=8,
+multi_end_idx=19, res_cls=0.1`` for ViT-L/14 in SuleBai/SC-CLIP issue #5).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
-from .config import to_dict
+from .config import InferenceConfig, to_dict
 from .files import atomic_write
 from .version import __version__
 
@@ -59,7 +59,9 @@ PROMPTS_FORMAT, PROMPTS_VERSION = "mvpseg-prompts", 2
 STUDENT_FORMAT, STUDENT_VERSION = "mvpseg-student", 1
 TRAIN_FORMAT, TRAIN_VERSION = "mvpseg-train", 1
 #: The :class:`mvpseg.InferenceConfig` fields a checkpoint records: the scale its model was made for.
-INFERENCE_FIELDS = ("short_side", "long_side", "mode", "crop_size", "stride")
+INFERENCE_FIELDS = InferenceConfig.SCALE_FIELDS
+#: How a CLIP loaded from the Hugging Face Hub records its source (``hf-hub:org/name[@revision]``, mvpseg.hf_clip).
+HUB_PREFIX = "hf-hub:"
 
 
 class CheckpointError(ValueError):
@@ -175,13 +177,19 @@ def _clip_identity(model: MVPSeg | Student) -> dict[str, Any]:
 
 
 def is_weights_file(pretrained: str | None) -> bool:
-    """Whether a CLIP weights source names a file (else it is an open_clip tag, "mvpseg", or None)."""
-    return pretrained is not None and (os.sep in pretrained or "/" in pretrained or bool(Path(pretrained).suffix))
+    """Whether a CLIP weights source names a local file or folder (else it is an open_clip tag, "mvpseg", a Hub id
+    ``hf-hub:org/name``, or None)."""
+    return pretrained is not None and not pretrained.startswith(HUB_PREFIX) and (
+        os.sep in pretrained or "/" in pretrained or bool(Path(pretrained).suffix))
 
 
 def source_name(pretrained: str | None) -> str | None:
-    """A CLIP weights source as stored: a tag as it is, a file by its name only (paths differ between machines)."""
-    return Path(pretrained).name if is_weights_file(pretrained) else pretrained
+    """A CLIP weights source as stored: a tag or Hub id as it is, a file by its name only and a folder by its name
+    and a slash (paths differ between machines)."""
+    if not is_weights_file(pretrained):
+        return pretrained
+    path = Path(pretrained)  # type: ignore[arg-type]
+    return f"{path.name}/" if path.is_dir() else path.name
 
 
 def read_prompt_checkpoint(path: str | os.PathLike[str],

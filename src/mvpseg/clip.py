@@ -203,6 +203,41 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def _is_transformers_source(name: str, pretrained: str | os.PathLike[str] | None) -> bool:
+    """Whether ``pretrained`` names a transformers CLIPModel (:mod:`mvpseg.hf_clip`): a folder, a Hub id, or a
+    folder's own weights file. A bare word that is a tag ("openai", "mvpseg", "auto") stays a tag."""
+    if pretrained is None:
+        return False
+    text = os.fspath(pretrained)
+    if text in (SHIPPED_TAG, "auto") or text in open_clip.list_pretrained_tags_by_model(name):
+        return False
+    from .hf_clip import is_transformers_source
+
+    return is_transformers_source(text)
+
+
+def _transformers_bundle(name: str, pretrained: str | os.PathLike[str], device: str | torch.device) -> ClipBundle:
+    """A transformers CLIPModel checkpoint as a ClipBundle: its config.json decides the architecture; ``name``
+    is kept as the bundle's name when its sizes are the checkpoint's (:func:`mvpseg.hf_clip.architecture_name`)."""
+    from .hf_clip import TransformersClipError, load_transformers_clip
+
+    local = Path(os.fspath(pretrained)).expanduser().exists()
+    with contextlib.nullcontext() if local else _quiet_download():  # a Hub id: no minute of retries offline
+        try:
+            loaded = load_transformers_clip(pretrained, preferred_name=name, device=device)
+        except TransformersClipError as error:
+            raise ClipWeightsUnavailable(str(error)) from error
+    return ClipBundle(
+        model=_freeze(loaded.model),
+        tokenizer=open_clip.SimpleTokenizer(context_length=loaded.context_length),  # CLIP's BPE, as transformers'
+        mean=loaded.mean,
+        std=loaded.std,
+        image_size=loaded.image_size,
+        name=loaded.name,
+        pretrained=loaded.source,
+    )
+
+
 def load_clip(
     name: str,
     pretrained: str | os.PathLike[str] | None = None,
@@ -217,6 +252,10 @@ def load_clip(
             TorchScript ``.pt`` archive, an open_clip ``.pt``/``.bin``/``.safetensors`` state dict), or
             None for random weights. For the project's tiny CLIPs ("mvpseg-tiny", "mvpseg-tiny-parts-vit", ...)
             the tag "mvpseg" selects the weights shipped inside the package. "auto": :func:`default_weights`.
+            Or a Hugging Face transformers CLIPModel checkpoint: a folder with config.json and
+            model.safetensors, or a Hub id (``org/name[@revision]``, e.g. "openai/clip-vit-base-patch16");
+            its config.json decides the architecture (:mod:`mvpseg.hf_clip`), and the bundle's name is
+            ``name`` when that has its sizes, else the open_clip name that has them.
         device: where to put the model.
         cache_dir: open_clip's download cache; defaults to ``$MVPSEG_CLIP_CACHE`` when set.
 
@@ -229,6 +268,8 @@ def load_clip(
         ValueError: an unknown architecture name, or a tag that is neither known nor a file.
     """
     _register_project_configs()
+    if _is_transformers_source(name, pretrained):
+        return _transformers_bundle(name, pretrained, device)  # type: ignore[arg-type]
     if name not in open_clip.list_models():
         raise ValueError(
             f"unknown CLIP architecture {name!r}: use an open_clip name such as 'RN50' or 'ViT-B-16' "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +21,10 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
-from .config import VIT_MODES
+from .config import VIT_MODES, check_vit_mode
 
-__all__ = ["dense_features", "feature_stride", "fold_batchnorm", "inference_tower", "VIT_MODES"]
+__all__ = ["LayerChoices", "PUBLISHED_LAYERS", "dense_features", "feature_stride", "fold_batchnorm", "inference_tower",
+           "layer_choices", "VIT_MODES"]
 
 # How the last ViT block is run (mvpseg.config.VIT_MODES); s = head_width ** -0.5, per head:
 # - "vanilla": the last block untouched (its query-key attention, residual and MLP): CLIP's own
@@ -40,18 +42,20 @@ __all__ = ["dense_features", "feature_stride", "fold_batchnorm", "inference_towe
 #   CLS row and column); ``y = out_proj(A v)``, no residual and no MLP.
 # - "resclip": ResCLIP's residual cross-correlation self-attention (RCS) on NACLIP:
 #   ``A = tau * ((1 - lam) * A_naclip + lam * A_mid)``, ``A_mid`` the mean of the ordinary
-#   ``softmax(q k^T s)`` of the middle blocks (ResCLIP's layers 6-9 of 12, scaled to the depth),
+#   ``softmax(q k^T s)`` of the middle blocks (layers 6-9, on ViT-B and ViT-L: :func:`layer_choices`),
 #   tau 2, lam 0.4 (its Context and COCO-Stuff setting); ``y = out_proj(A v)``. ResCLIP's second
 #   part (semantic feedback refinement) needs the class names and is left out.
 # - "scclip": SC-CLIP's self-calibration (:func:`_scclip_tokens`): anomaly tokens found by the local
 #   outlier factor after the penultimate block and replaced by their neighbours' mean, the last
 #   block's attention averaged with the similarity of a middle block's features, features aggregated
 #   over similar tokens, and a multi-level fusion of middle blocks through the last block.
+# Only resclip and scclip read middle blocks; which ones depends on the depth (:func:`layer_choices`):
+# the authors' own settings for ViT-B (12 blocks) and ViT-L (24), ViT-B's scaled to other depths.
 
 NACLIP_STD = 5.0  # NACLIP's neighbourhood: the Gaussian's standard deviation, in patches
 RESCLIP_TAU, RESCLIP_LAMBDA = 2.0, 0.4  # ResCLIP's RCS: scale of the attention, weight of the middle blocks'
 SCCLIP_BETA = 0.4  # SC-CLIP: similarities below this are dropped from the feature aggregation
-SCCLIP_RES_CLS = 0.3  # SC-CLIP: weight of the CLS token added to every patch token
+SCCLIP_RES_CLS = 0.3  # SC-CLIP: weight of the CLS token added to every patch token (ViT-B; see layer_choices)
 SCCLIP_NEIGHBOURS, SCCLIP_CONTAMINATION = 30, 0.05  # SC-CLIP's local outlier factor: k, share of outliers
 
 
@@ -205,9 +209,55 @@ def _scaled_range(count: int, start: int, stop: int) -> range:
     return range(first, max(first + 1, min(round(stop * count / 11), count)))
 
 
-def _middle_blocks(count: int) -> range:
-    """ResCLIP's RCS blocks among the ``count`` blocks before the last: 5-8 of 11 (layers 6 to 9 of ViT-B)."""
-    return _scaled_range(count, 5, 9)
+@dataclass(frozen=True)
+class LayerChoices:
+    """The middle blocks resclip and scclip read, numbered from 0 among the blocks before the last.
+
+    Attributes:
+        rcs: ResCLIP's RCS blocks, whose own attention is averaged (its ``range(5, 9)``).
+        scclip_pre: SC-CLIP's ``pre_adjust_idx``: the block whose similarity calibrates the last attention.
+        scclip_post: SC-CLIP's ``post_adjust_idx``: the block whose similarity aggregates the result.
+        scclip_fusion: SC-CLIP's multi-level fusion, ``range(multi_start_idx, multi_end_idx)``.
+        scclip_res_cls: SC-CLIP's ``res_cls``: the weight of the CLS token added to every patch token.
+        source: where the choice comes from: the authors' setting for this depth, or ViT-B's scaled.
+    """
+
+    rcs: range
+    scclip_pre: int
+    scclip_post: int
+    scclip_fusion: range
+    scclip_res_cls: float
+    source: str
+
+
+#: The authors' settings, by the number of blocks before the last. 11 (ViT-B/16, B/32: 12 blocks): ResCLIP's
+#: and SC-CLIP's code. 23 (ViT-L/14, L/14@336: 24 blocks): ResCLIP's code keeps ``range(5, 9)`` for every
+#: backbone (its ViT-L figures ran it); SC-CLIP's authors gave pre 16, post 6, fusion 8-18 and res_cls 0.1
+#: for ViT-L/14 (SuleBai/SC-CLIP issue #5: multi_start_idx=8, multi_end_idx=19).
+PUBLISHED_LAYERS: dict[int, LayerChoices] = {
+    11: LayerChoices(range(5, 9), 8, 3, range(3, 10), SCCLIP_RES_CLS, "ResCLIP's and SC-CLIP's code for ViT-B"),
+    23: LayerChoices(range(5, 9), 16, 6, range(8, 19), 0.1,
+                     "ResCLIP's code; SC-CLIP's authors for ViT-L/14 (SuleBai/SC-CLIP issue #5)"),
+}
+
+
+def layer_choices(count: int) -> LayerChoices:
+    """The middle blocks resclip and scclip use in a ViT with ``count`` blocks before the last.
+
+    The authors' own settings for ViT-B (12 blocks) and ViT-L (24 blocks), :data:`PUBLISHED_LAYERS`;
+    for any other depth (a tiny ViT, ViT-H, ViT-g) nobody published one, and ViT-B's indices are scaled
+    to the depth (:func:`_scaled_range`) with ViT-B's res_cls.
+
+    Raises:
+        ValueError: a tower with no block between the first and the last.
+    """
+    if count in PUBLISHED_LAYERS:
+        return PUBLISHED_LAYERS[count]
+    if count < 1:
+        raise ValueError(f"resclip and scclip read middle blocks: a ViT of {count + 1} block has none")
+    return LayerChoices(_scaled_range(count, 5, 9), _scaled_range(count, 8, 9).start, _scaled_range(count, 3, 4).start,
+                        _scaled_range(count, 3, 10), SCCLIP_RES_CLS,
+                        f"no published setting for {count + 1} blocks: ViT-B's scaled to the depth")
 
 
 def _outlier_tokens(tokens: torch.Tensor) -> torch.Tensor:
@@ -276,26 +326,27 @@ def _scclip_attention(block: nn.Module, x: torch.Tensor, similarity: torch.Tenso
 def _scclip_tokens(last: nn.Module, outputs: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
     """SC-CLIP's patch tokens before ``ln_post`` (B, h*w, W), from the outputs (B, 1+h*w, W) of every block but the last.
 
-    Numbering those outputs from 0 (SC-CLIP's indices for 12 blocks, scaled to the depth): anomaly
-    tokens of the penultimate output are found (:func:`_outlier_tokens`) and filled from their
-    neighbours, in it and in output 8; output 8's cosine similarity calibrates the last block's
+    Numbering those outputs from 0 (SC-CLIP's indices for 12 blocks; :func:`layer_choices` for others):
+    anomaly tokens of the penultimate output are found (:func:`_outlier_tokens`) and filled from their
+    neighbours, in it and in output 8 (pre); output 8's cosine similarity calibrates the last block's
     attention (:func:`_scclip_attention`) and, thresholded, aggregates the penultimate tokens before
-    it; output 3's aggregates the result; outputs 3 to 9, summed, go through the last block's
-    attention the same way and are added. The CLS token (times 0.3) is added to each attention output.
+    it; output 3's (post) aggregates the result; outputs 3 to 9 (fusion), summed, go through the last
+    block's attention the same way and are added. The CLS token (times 0.3, res_cls) is added to each
+    attention output.
     """
-    count = len(outputs)
-    pre, post = _scaled_range(count, 8, 9).start, _scaled_range(count, 3, 4).start
+    choices = layer_choices(len(outputs))
+    pre, post, res_cls = choices.scclip_pre, choices.scclip_post, choices.scclip_res_cls
     penultimate = outputs[-1]
     cls_token = penultimate[:, :1]  # (B, 1, W)
     outliers = _outlier_tokens(penultimate[:, 1:])  # (B, h*w)
     x = _fill_outliers(penultimate[:, 1:], outliers, grid)
     before = _similarity(_fill_outliers(outputs[pre][:, 1:], outliers, grid))  # (B, N, N)
     x = _aggregate(x, before)
-    x = _scclip_attention(last, x, before) + SCCLIP_RES_CLS * cls_token
+    x = _scclip_attention(last, x, before) + res_cls * cls_token
     after = _similarity(outputs[post][:, 1:])  # (B, N, N)
     x = _aggregate(x, after)
-    fused = torch.stack([outputs[i] for i in _scaled_range(count, 3, 10)]).sum(dim=0)  # (B, 1+N, W)
-    fused = _scclip_attention(last, fused[:, 1:], before) + SCCLIP_RES_CLS * fused[:, :1]
+    fused = torch.stack([outputs[i] for i in choices.scclip_fusion]).sum(dim=0)  # (B, 1+N, W)
+    fused = _scclip_attention(last, fused[:, 1:], before) + res_cls * fused[:, :1]
     return x + _aggregate(fused, after)
 
 
@@ -310,7 +361,7 @@ def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str) -> to
     x = x + _interpolated_positions(visual, (height, grid_width)).to(x.dtype)
     x = visual.ln_pre(x)
     blocks = list(visual.transformer.resblocks)
-    middle = _middle_blocks(len(blocks) - 1) if mode == "resclip" else range(0)
+    middle = layer_choices(len(blocks) - 1).rcs if mode == "resclip" else range(0)
     outputs: list[torch.Tensor] = []  # the output of every block but the last (scclip), (B, 1 + h*w, W)
     attentions: list[torch.Tensor] = []  # the middle blocks' own attention (resclip), (B, n, L, L)
     for index, block in enumerate(blocks[:-1]):
@@ -404,8 +455,7 @@ def dense_features(clip_model: nn.Module, images: torch.Tensor, vit_mode: str = 
         h = H // stride, w = W // stride (stride 32 for ResNets, the patch size for ViTs).
     """
     visual = getattr(clip_model, "visual", clip_model)
-    if vit_mode not in VIT_MODES:
-        raise ValueError(f"vit_mode must be one of {', '.join(VIT_MODES)}, not {vit_mode!r}")
+    check_vit_mode(vit_mode)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
     with torch.no_grad():

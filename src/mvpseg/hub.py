@@ -13,8 +13,9 @@ The rule, wherever mvpseg accepts a prompt or student checkpoint (``Segmenter.fr
    and without the variable, huggingface_hub's failed call falls back to the cache. A model or a
    revision that is not there is one line saying what is missing and how to get it.
 
-This module is a leaf: nothing in the core imports it at module level, and it imports neither torch
-nor huggingface_hub until a Hub id is resolved.
+A transformers CLIP named by a Hub id (``--clip-weights org/name``) is fetched the same way (:func:`download`,
+by :mod:`mvpseg.hf_clip`). This module is a leaf: nothing in the core imports it at module level, and it
+imports neither torch nor huggingface_hub until a Hub id is resolved.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIG_FILE", "HubError", "checkpoint_in_folder", "hub_cache", "is_offline", "parse_hub_id", "resolve"]
+__all__ = ["CONFIG_FILE", "HubError", "checkpoint_in_folder", "download", "hub_cache", "is_offline", "parse_hub_id",
+           "resolve"]
 
 #: The file of a model folder that says what it holds (:func:`mvpseg.publish.save_pretrained` writes it).
 CONFIG_FILE = "config.json"
@@ -129,12 +131,20 @@ def resolve(source: str | os.PathLike[str], kind: str | None = None) -> Path:
     if local.exists() or (parsed := parse_hub_id(text)) is None:
         return local
     repo, revision = parsed
-    folder = _download(repo, revision)
+    folder = download(repo, revision)
     return checkpoint_in_folder(folder, kind, name=f"{repo}@{revision}" if revision else repo)
 
 
-def _download(repo: str, revision: str | None) -> Path:
-    """The snapshot folder of a Hub model in the cache, fetched first unless offline; or one HubError line."""
+def download(repo: str, revision: str | None, patterns: list[str] | None = None,
+              instead: str = "pass a local checkpoint file", files: tuple[str, ...] = ()) -> Path:
+    """The snapshot folder of a Hub model in the cache, fetched first unless offline; or one HubError line.
+
+    Args:
+        repo, revision: the Hub model.
+        patterns: the files to fetch (default :data:`HUB_PATTERNS`, an mvpseg model's).
+        instead: what the error lines offer instead of the Hub ("pass a local checkpoint file").
+        files: the files the suggested ``hf download`` command names (default: the whole model).
+    """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -146,10 +156,10 @@ def _download(repo: str, revision: str | None) -> Path:
     )
 
     offline, cache = is_offline(), hub_cache()
-    at = f" --revision {revision}" if revision else ""
+    at = "".join(f" {name}" for name in files) + (f" --revision {revision}" if revision else "")
     try:
         return Path(snapshot_download(repo, revision=revision, cache_dir=str(cache), local_files_only=offline,
-                                      allow_patterns=HUB_PATTERNS))
+                                      allow_patterns=patterns or HUB_PATTERNS))
     except RevisionNotFoundError as error:
         raise HubError(f"{repo} has no revision {revision!r} on the Hugging Face Hub: give a branch, tag or "
                        f"commit it has, or leave out @{revision} for its main branch") from error
@@ -158,7 +168,7 @@ def _download(repo: str, revision: str | None) -> Path:
                        f"then log in with `hf auth login`") from error
     except RepositoryNotFoundError as error:
         raise HubError(f"no model {repo} on the Hugging Face Hub: check the name (a private model needs "
-                       f"`hf auth login`), or pass a local checkpoint file") from error
+                       f"`hf auth login`), or {instead}") from error
     except HFValidationError as error:
         raise HubError(f"{repo!r} is not a valid Hugging Face Hub id (org/name[@revision])") from error
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
@@ -169,4 +179,4 @@ def _download(repo: str, revision: str | None) -> Path:
             missing = f"{repo} is not in the Hugging Face cache ({cache})"
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
         raise HubError(f"{missing} and {why}: fetch it where there is network with `hf download {repo}{at}` "
-                       f"(and copy that cache here), or pass a local checkpoint file") from error
+                       f"(and copy that cache here), or {instead}") from error

@@ -2,8 +2,14 @@
 
 from .ade20k_full import prepare_ade847
 from .cityscapes import prepare_cityscapes
-from .class_files import peer_class_file, read_peer_classes
-from .classes import BUILTIN_DATASETS, DatasetInfo, dataset_info, read_class_names
+from .classes import (
+    BUILTIN_DATASETS,
+    DatasetInfo,
+    dataset_info,
+    peer_class_file,
+    read_class_names,
+    read_peer_classes,
+)
 from .coco_stuff import prepare_coco_object, prepare_coco_stuff
 from .datasets import DataLayoutError, SegmentationDataset, build_dataset, custom_info, read_image, read_label
 from .pascal_context_459 import prepare_pc459

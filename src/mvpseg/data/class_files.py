@@ -20,9 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..vocabulary import read_classes_file
-
-__all__ = ["PEER_CLASS_FILES", "ade847_ade_ids", "class_names_path", "peer_class_file", "read_peer_classes"]
+__all__ = ["PEER_CLASS_FILES", "ade847_ade_ids", "class_names_path"]
 
 _FOLDER = Path(__file__).with_name("class_names")
 
@@ -51,31 +49,6 @@ def class_names_path(file_name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"mvpseg ships no class-name file {file_name!r} (in {_FOLDER})")
     return path
-
-
-def peer_class_file(dataset: str) -> Path:
-    """The class file (names with synonyms) the peers evaluate a benchmark with.
-
-    Args:
-        dataset: a built-in dataset name or alias ("voc21", "voc20", "context59", "ade847", ...).
-
-    Returns:
-        The file's path in the installed package.
-
-    Raises:
-        ValueError: an unknown dataset, or "custom" (whose classes are its own class_names.txt).
-    """
-    from .classes import canonical_name
-
-    key = canonical_name(dataset)
-    if key not in PEER_CLASS_FILES:
-        raise ValueError(f"dataset {dataset!r} has no shipped class file; give its names with --class-names-file")
-    return class_names_path(PEER_CLASS_FILES[key])
-
-
-def read_peer_classes(dataset: str) -> list[tuple[str, ...]]:
-    """Each class's names from the benchmark's peer class file (see :func:`peer_class_file`), in label order."""
-    return read_classes_file(peer_class_file(dataset))
 
 
 def ade847_ade_ids() -> tuple[int, ...]:

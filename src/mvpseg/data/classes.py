@@ -16,10 +16,12 @@ from functools import cache
 from pathlib import Path
 
 from ..vocabulary import read_classes_file
-from .class_files import class_names_path
+from .class_files import PEER_CLASS_FILES, class_names_path
 
 __all__ = [
     "DatasetInfo",
+    "peer_class_file",
+    "read_peer_classes",
     "dataset_info",
     "read_class_names",
     "unseen_indices",
@@ -360,3 +362,26 @@ def read_class_names(path: str | Path) -> list[str]:
     if duplicates:
         raise ValueError(f"{path}: duplicate class names {duplicates}")
     return names
+
+
+def peer_class_file(dataset: str) -> Path:
+    """The class file (names with synonyms) the peers evaluate a benchmark with.
+
+    Args:
+        dataset: a built-in dataset name or alias ("voc21", "voc20", "context59", "ade847", ...).
+
+    Returns:
+        The file's path in the installed package.
+
+    Raises:
+        ValueError: an unknown dataset, or "custom" (whose classes are its own class_names.txt).
+    """
+    key = canonical_name(dataset)
+    if key not in PEER_CLASS_FILES:
+        raise ValueError(f"dataset {dataset!r} has no shipped class file; give its names with --class-names-file")
+    return class_names_path(PEER_CLASS_FILES[key])
+
+
+def read_peer_classes(dataset: str) -> list[tuple[str, ...]]:
+    """Each class's names from the benchmark's peer class file (see :func:`peer_class_file`), in label order."""
+    return read_classes_file(peer_class_file(dataset))
