@@ -156,3 +156,13 @@ def test_real_architecture_sizes(name: str, grid: tuple[int, int]) -> None:
     embed_dim = clip.model.text_projection.shape[1]
     assert features.shape == (1, embed_dim, *grid)
     assert embed_dim == {"RN50": 1024, "ViT-B-16": 512}[name]
+
+
+def test_every_vit_mode_is_one_row_of_the_mode_table() -> None:
+    """dense.MODE_SPECS: one row per mode of mvpseg.config.VIT_MODES, each naming a mixing the code has."""
+    from mvpseg.dense import _ATTENTION, MODE_SPECS, VIT_MODES
+
+    assert set(MODE_SPECS) == set(VIT_MODES)
+    for mode, spec in MODE_SPECS.items():
+        assert spec.attention in {*_ATTENTION, "block", "self-calibration"}, mode
+    assert [m for m, s in MODE_SPECS.items() if s.residual] == ["vanilla", "maskclip", "csa"]  # the papers' code

@@ -23,8 +23,8 @@ from torch import nn
 
 from .config import VIT_MODES, check_vit_mode
 
-__all__ = ["LayerChoices", "PUBLISHED_LAYERS", "dense_features", "feature_stride", "fold_batchnorm", "inference_tower",
-           "layer_choices", "VIT_MODES"]
+__all__ = ["MODE_SPECS", "LayerChoices", "ModeSpec", "PUBLISHED_LAYERS", "dense_features", "feature_stride",
+           "fold_batchnorm", "inference_tower", "layer_choices", "VIT_MODES"]
 
 # How the last ViT block is run (mvpseg.config.VIT_MODES); s = head_width ** -0.5, per head:
 # - "vanilla": the last block untouched (its query-key attention, residual and MLP): CLIP's own
@@ -160,42 +160,89 @@ def neighbourhood_bias(grid: tuple[int, int], std: float = NACLIP_STD) -> torch.
     return bias
 
 
+@dataclass(frozen=True)
+class ModeSpec:
+    """How a dense mode runs a ViT's last block: one row of :data:`MODE_SPECS` (a new mode is a new row)."""
+
+    attention: str  # which mixing replaces the block's q-k attention: a key of _ATTENTION, or "block" (untouched)
+    residual: bool  # keep the block's residual and MLP around the attention output
+    middle_attention: bool = False  # mixes in the middle blocks' own attention (ResCLIP's RCS)
+    every_output: bool = False  # reads the output of every block before the last (SC-CLIP)
+
+
+#: Every dense mode (:data:`VIT_MODES`) as a row: see the comment at the top of this module for the formulas.
+MODE_SPECS: dict[str, ModeSpec] = {
+    "vanilla": ModeSpec("block", residual=True),
+    "maskclip": ModeSpec("value", residual=True),
+    "value": ModeSpec("value", residual=False),
+    "qq": ModeSpec("qq", residual=False),
+    "csa": ModeSpec("qq+kk", residual=True),
+    "naclip": ModeSpec("kk+neighbourhood", residual=False),
+    "resclip": ModeSpec("kk+neighbourhood", residual=False, middle_attention=True),
+    "scclip": ModeSpec("self-calibration", residual=False, every_output=True),
+}
+
+
+def _value_mixing(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Each token's own value: (B, L, W) -> (B, L, W)."""
+    attention: nn.MultiheadAttention = block.attn
+    width = x.shape[-1]
+    weight, bias = attention.in_proj_weight, attention.in_proj_bias  # (3W, W), (3W,)
+    return F.linear(block.ln_1(x), weight[2 * width :], bias[2 * width :])
+
+
+def _qq_mixing(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """ClearCLIP: ``softmax(q q^T s) v`` per head. (B, L, W) -> (B, L, W)."""
+    q, _, v = _qkv(block, x)
+    # scaled_dot_product_attention(a, a, v) = softmax(a a^T / sqrt(head_width)) v, per head.
+    return _merge_heads(F.scaled_dot_product_attention(q, q, v))
+
+
+def _csa_mixing(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """SCLIP: ``(softmax(q q^T s) + softmax(k k^T s)) v``, the two row-softmaxes summed, not averaged."""
+    q, k, v = _qkv(block, x)
+    return _merge_heads(F.scaled_dot_product_attention(q, q, v) + F.scaled_dot_product_attention(k, k, v))
+
+
+def _neighbourhood_heads(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """NACLIP: ``softmax(k k^T s + Omega) v`` per head, (B, n, L, W/n), and v."""
+    _, k, v = _qkv(block, x)
+    omega = neighbourhood_bias(grid).to(device=x.device, dtype=k.dtype)  # (L, L)
+    # scaled_dot_product_attention(k, k, v, Omega) = softmax(k k^T s + Omega) v, per head.
+    return F.scaled_dot_product_attention(k, k, v, attn_mask=omega), v
+
+
+def _naclip_mixing(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    return _merge_heads(_neighbourhood_heads(block, x, grid)[0])
+
+
+#: The attention kinds of :data:`MODE_SPECS` (but "block" and SC-CLIP's, which need more than one block).
+_ATTENTION = {"value": _value_mixing, "qq": _qq_mixing, "qq+kk": _csa_mixing, "kk+neighbourhood": _naclip_mixing}
+
+
 def _last_block(block: nn.Module, x: torch.Tensor, mode: str, grid: tuple[int, int] = (0, 0),
                 middle_attention: torch.Tensor | None = None) -> torch.Tensor:
-    """Run the last residual block of a ViT with its query-key attention replaced. x: (B, L, W).
+    """Run the last residual block of a ViT as its mode's row of :data:`MODE_SPECS` says. x: (B, L, W).
 
     ``grid`` is the patch grid (naclip, resclip); ``middle_attention`` (B, n, L, L) the mean attention
     of the middle blocks (resclip).
     """
-    if mode == "vanilla":
+    spec = MODE_SPECS[mode]
+    if spec.attention == "block":
         return _block(block, x)[0]
-    attention: nn.MultiheadAttention = block.attn
-    width = x.shape[-1]
-    if mode in ("maskclip", "value"):
-        weight, bias = attention.in_proj_weight, attention.in_proj_bias  # (3W, W), (3W,)
-        mixed = F.linear(block.ln_1(x), weight[2 * width :], bias[2 * width :])  # (B, L, W): each token's own value
+    if spec.middle_attention:
+        if middle_attention is None:
+            raise ValueError(f"{mode} needs the middle blocks' attention")
+        heads, v = _neighbourhood_heads(block, x, grid)
+        heads = RESCLIP_TAU * ((1 - RESCLIP_LAMBDA) * heads + RESCLIP_LAMBDA * middle_attention.to(v.dtype) @ v)
+        mixed = _merge_heads(heads)
     else:
-        q, k, v = _qkv(block, x)
-        if mode in ("naclip", "resclip"):
-            omega = neighbourhood_bias(grid).to(device=x.device, dtype=q.dtype)  # (L, L)
-            # scaled_dot_product_attention(k, k, v, Omega) = softmax(k k^T s + Omega) v, per head.
-            mixed_heads = F.scaled_dot_product_attention(k, k, v, attn_mask=omega)  # (B, n, L, W/n)
-            if mode == "resclip":
-                if middle_attention is None:
-                    raise ValueError("resclip needs the middle blocks' attention")
-                mixed_heads = RESCLIP_TAU * ((1 - RESCLIP_LAMBDA) * mixed_heads
-                                             + RESCLIP_LAMBDA * middle_attention.to(v.dtype) @ v)
-        else:
-            # scaled_dot_product_attention(a, a, v) = softmax(a a^T / sqrt(head_width)) v, per head.
-            mixed_heads = F.scaled_dot_product_attention(q, q, v)  # (B, n, L, W/n)
-            if mode == "csa":
-                # (softmax(q q^T s) + softmax(k k^T s)) v: SCLIP sums the two row-softmaxes, it does not average them.
-                mixed_heads = mixed_heads + F.scaled_dot_product_attention(k, k, v)
-        mixed = _merge_heads(mixed_heads)
-    out = attention.out_proj(mixed)
-    if mode in ("value", "qq", "naclip", "resclip"):  # the attention output alone: no residual, no MLP
+        mixed = _ATTENTION[spec.attention](block, x, grid)  # (B, L, W)
+    out = block.attn.out_proj(mixed)
+    if not spec.residual:  # the attention output alone: no residual, no MLP
         return out
-    # maskclip and csa keep the block's residual and MLP (with its layer scales, identity in OpenAI's CLIP).
+    # The block's residual and MLP (with its layer scales, identity in OpenAI's CLIP).
     y = x + block.ls_1(out)
     return y + block.ls_2(block.mlp(block.ln_2(y)))
 
@@ -361,17 +408,18 @@ def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str) -> to
     x = x + _interpolated_positions(visual, (height, grid_width)).to(x.dtype)
     x = visual.ln_pre(x)
     blocks = list(visual.transformer.resblocks)
-    middle = layer_choices(len(blocks) - 1).rcs if mode == "resclip" else range(0)
+    spec = MODE_SPECS[mode]
+    middle = layer_choices(len(blocks) - 1).rcs if spec.middle_attention else range(0)
     outputs: list[torch.Tensor] = []  # the output of every block but the last (scclip), (B, 1 + h*w, W)
     attentions: list[torch.Tensor] = []  # the middle blocks' own attention (resclip), (B, n, L, L)
     for index, block in enumerate(blocks[:-1]):
         x, weights = _block(block, x, keep_attention=index in middle)
         if weights is not None:
             attentions.append(weights)
-        if mode == "scclip":
+        if spec.every_output:
             outputs.append(x)
     grid = (height, grid_width)
-    if mode == "scclip":
+    if spec.attention == "self-calibration":
         x = visual.ln_post(_scclip_tokens(blocks[-1], outputs, grid))  # (B, h*w, W)
     else:
         middle_attention = torch.stack(attentions).mean(dim=0) if attentions else None
