@@ -18,6 +18,14 @@ __all__ = ["RENAME", "UsageError", "add_clip_arguments", "add_inference_flags", 
            "run_config"]
 
 
+_CLIP_WEIGHTS_HELP = (
+    "a local CLIP weights file (OpenAI .pt or open_clip .pt/.bin/.safetensors), or a Hugging Face transformers "
+    "CLIPModel folder or Hub id (org/name; its config.json gives the architecture); overrides --pretrained. Without "
+    "network, download it elsewhere and pass it here, or point the MVPSEG_CLIP_CACHE environment variable at "
+    "open_clip's cache folder")
+_DEVICE_HELP = "cpu, cuda, cuda:1, ... (default: cuda when available)"
+
+
 class UsageError(Exception):
     """A bad argument: reported as one line, exit status 2."""
 
@@ -42,12 +50,8 @@ def add_clip_arguments(parser: argparse.ArgumentParser, default_from: str = "the
                             f"{default_from} when it names a tag, else the CLIP's own: mvpseg for the tiny CLIPs, "
                             f"else openai)")
     group.add_argument("--clip-weights", metavar="PATH", default=None,
-                       help="a local CLIP weights file (OpenAI .pt or open_clip .pt/.bin/.safetensors), or a "
-                            "Hugging Face transformers CLIPModel folder or Hub id (org/name; its config.json gives "
-                            "the architecture); overrides --pretrained. Without network, download it elsewhere and "
-                            "pass it here, or point the MVPSEG_CLIP_CACHE environment variable at open_clip's cache "
-                            "folder")
-    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+                       help=_CLIP_WEIGHTS_HELP)
+    group.add_argument("--device", default=None, help=_DEVICE_HELP)
     if vit_mode:
         group.add_argument("--vit-mode", choices=VIT_MODES, default=None,
                            help=f"how a ViT's last block gives dense features (docs/method.md); default: the prompt "
@@ -77,12 +81,8 @@ def add_model_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
     add_config_flags(parser, ModelSource, skip=skip, title=title)
     group = parser.add_argument_group("where")
     group.add_argument("--clip-weights", metavar="PATH", default=None,
-                       help="a local CLIP weights file (OpenAI .pt or open_clip .pt/.bin/.safetensors), or a "
-                            "Hugging Face transformers CLIPModel folder or Hub id (org/name; its config.json gives "
-                            "the architecture); overrides --pretrained. Without network, download it elsewhere and "
-                            "pass it here, or point the MVPSEG_CLIP_CACHE environment variable at open_clip's cache "
-                            "folder")
-    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+                       help=_CLIP_WEIGHTS_HELP)
+    group.add_argument("--device", default=None, help=_DEVICE_HELP)
 
 
 def model_source(args: argparse.Namespace, **defaults: Any) -> ModelSource:

@@ -125,6 +125,13 @@ def _stuffthingmaps(root: str | Path, splits: Sequence[str], suffix: str) -> lis
     return todo
 
 
+def _prepare(root: str | Path, splits: Sequence[str], suffix: str, what: str, num_workers: int,
+             progress: bool) -> int:
+    """Convert the stuffthingmaps of ``splits`` that have no ``<id><suffix>`` yet; the number written."""
+    todo = _stuffthingmaps(root, splits, suffix)
+    return run_conversions(partial(convert_stuffthingmap, suffix=suffix), todo, what, num_workers, progress)
+
+
 def prepare_coco_stuff(
     root: str | Path,
     splits: Sequence[str] = ("train2017", "val2017"),
@@ -147,9 +154,7 @@ def prepare_coco_stuff(
     Raises:
         DataLayoutError: an annotations/<split> folder is missing.
     """
-    todo = _stuffthingmaps(root, splits, COCO_STUFF_SUFFIX)
-    convert = partial(convert_stuffthingmap, suffix=COCO_STUFF_SUFFIX)
-    return run_conversions(convert, todo, "coco-stuff labels", num_workers, progress)
+    return _prepare(root, splits, COCO_STUFF_SUFFIX, "coco-stuff labels", num_workers, progress)
 
 
 def prepare_coco_object(
@@ -175,6 +180,4 @@ def prepare_coco_object(
     Raises:
         DataLayoutError: an annotations/<split> folder is missing.
     """
-    todo = _stuffthingmaps(root, splits, COCO_OBJECT_SUFFIX)
-    convert = partial(convert_stuffthingmap, suffix=COCO_OBJECT_SUFFIX)
-    return run_conversions(convert, todo, "coco-object labels", num_workers, progress)
+    return _prepare(root, splits, COCO_OBJECT_SUFFIX, "coco-object labels", num_workers, progress)
