@@ -199,11 +199,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the (seed, mode) results an earlier run finished")
     parser.add_argument("--collect", action="store_true",
                         help="run nothing: gather the (seed, mode) results an earlier, perhaps interrupted, run finished")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="run nothing: add the (seed, mode) rows of this results JSON (a study of other modes, "
+                             "same settings) to --results, and recompute its published order")
     parser.add_argument("--quick", action="store_true", help="a few images and steps: checks that the study runs")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.merge is not None:
+        results = json.loads(args.results.read_text())
+        extra = json.loads(args.merge.read_text())
+        if extra["settings"] != results["settings"]:
+            raise SystemExit(f"{args.merge} was run with other settings than {args.results}: not merged")
+        for seed, rows in extra["seeds"].items():
+            results["seeds"].setdefault(seed, {}).update({m: r for m, r in rows.items() if m != "ceiling"})
+        results.setdefault("merged", []).append({"file": args.merge.name, "seconds": extra.get("seconds"),
+                                                 "cpu": extra.get("cpu")})
+        results["published_order"] = published_order(results)
+        write_text(args.results, json.dumps(results, indent=1) + "\n")
+        print(table(results))
+        print(json.dumps(results["published_order"]))
+        return
     weights = None if str(args.clip_weights).lower() == "none" else args.clip_weights
     config = DemoConfig(**{**DEMO_PRESETS["parts"], "clip": args.clip, "clip_weights": weights,
                            "seeds": args.prompt_seeds, "student_iters": 0})
