@@ -10,8 +10,8 @@ from torch import nn
 
 import mvpseg
 import mvpseg.upsample as upsample
-from mvpseg.dense import fold_batchnorm
 from mvpseg.inference import InferenceConfig, Segmenter
+from mvpseg.tower import fold_batchnorm
 from mvpseg.upsample import upsample_log_scores
 
 NAMES = ["cat", "dog", "grass", "sky", "road"]

@@ -18,8 +18,9 @@ from torch import nn
 
 from .clip import ClipBundle
 from .config import MVPSegConfig
-from .dense import dense_features, feature_stride, inference_tower
+from .dense import dense_features, feature_stride
 from .prompts import PromptLearner, template_embeddings
+from .tower import inference_tower
 
 __all__ = ["ClipModel", "MVPSegConfig", "MVPHead", "MVPSeg", "MVPSegOutput", "cosine_maps"]
 
