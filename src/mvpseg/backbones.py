@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torchvision
@@ -139,6 +140,7 @@ def _torchvision_backbone(name: str, output_stride: int, weights: str | None) ->
 
 def _dilate_clip_stage(stage: nn.Sequential, dilation: int, previous: int) -> None:
     """Make an open_clip ResNet stage keep its input resolution: drop the stride pools, dilate the 3x3 convs."""
+    block: Any  # open_clip's Bottleneck: untyped, its parts are attributes set at run time
     for index, block in enumerate(stage):
         rate = previous if index == 0 else dilation
         block.conv2.dilation, block.conv2.padding = (rate, rate), (rate, rate)
@@ -161,7 +163,7 @@ def _clip_backbone(visual: nn.Module, output_stride: int) -> Backbone:
     for stage, dilated in zip(stages[1:], _dilations(output_stride)):
         if dilated:
             rate = previous * 2
-            _dilate_clip_stage(stage, rate, previous)
+            _dilate_clip_stage(cast(nn.Sequential, stage), rate, previous)  # open_clip's layer2-4
             previous = rate
     width = trunk.layer1[0].conv1.in_channels  # the trunk's base width
     return Backbone(stem, stages, (width * 4, width * 32), output_stride)

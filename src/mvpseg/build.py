@@ -32,6 +32,7 @@ from .config import (
     TEMPLATE_VIT_MODE,
     MVPSegConfig,
     StudentConfig,
+    ViTMode,
     from_dict,
 )
 from .model import MVPHead, MVPSeg
@@ -49,7 +50,7 @@ class ClipWeightsWarning(UserWarning):
 
 
 def build_mvpseg(clip: ClipBundle, config: MVPSegConfig | None = None,
-                 generator: torch.Generator | None = None, vit_mode: str = "maskclip") -> MVPSeg:
+                 generator: torch.Generator | None = None, vit_mode: ViTMode = "maskclip") -> MVPSeg:
     """Build MVP-SEG around a loaded CLIP.
 
     Args:
@@ -243,7 +244,7 @@ def from_pretrained(
     prompts: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     student: str | os.PathLike[str] | None = None,
-    vit_mode: str | None = None,
+    vit_mode: ViTMode | None = None,
 ) -> MVPSeg | Student:
     """Load a CLIP and, optionally, learned prompts or a student: the model behind ``mvpseg segment`` and ``eval``.
 

@@ -106,16 +106,18 @@ def _read(path: str | os.PathLike[str], kind: str, fmt: str, version: int,
 
 def clip_signature(clip_model: torch.nn.Module) -> dict[str, int]:
     """The sizes a prompt checkpoint needs from its CLIP's text tower: token width and embedding size."""
-    projection = clip_model.text_projection
+    clip: Any = clip_model  # open_clip's CLIP: its parts are attributes set at run time, untyped
+    projection = clip.text_projection
     return {
-        "token_width": int(clip_model.token_embedding.weight.shape[1]),
+        "token_width": int(clip.token_embedding.weight.shape[1]),
         "embed_dim": int(projection.out_features if isinstance(projection, torch.nn.Linear) else projection.shape[-1]),
     }
 
 
 def inference_settings(values: Mapping[str, Any] | None) -> dict[str, Any]:
     """The inference settings among ``values`` (:data:`INFERENCE_FIELDS` only), e.g. a checkpoint's "inference"."""
-    return {name: values[name] for name in INFERENCE_FIELDS if name in (values or {})}
+    given = values or {}
+    return {name: given[name] for name in INFERENCE_FIELDS if name in given}
 
 
 def save_prompt_checkpoint(path: str | os.PathLike[str], model: MVPSeg, extra: dict[str, Any] | None = None,

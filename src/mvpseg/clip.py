@@ -85,7 +85,7 @@ class ClipBundle:
             the shipped tiny CLIP), or None for random weights.
     """
 
-    model: nn.Module
+    model: open_clip.CLIP  # untyped (Any to the checker): its towers are attributes set at run time
     tokenizer: Callable[..., torch.Tensor]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -178,6 +178,7 @@ def _quiet_download() -> Iterator[None]:
     Without a network the hub client retries for about a minute before giving up; when the hub's
     host does not resolve we switch it to offline mode, where it still finds files in its cache.
     """
+    hub_constants: Any  # the module, or None without huggingface_hub
     try:
         import huggingface_hub.constants as hub_constants
     except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
@@ -354,8 +355,8 @@ def load_clip(
     return ClipBundle(
         model=_freeze(model),
         tokenizer=open_clip.get_tokenizer(name),
-        mean=tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),  # type: ignore[arg-type]
-        std=tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),  # type: ignore[arg-type]
+        mean=tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),
         image_size=int(image_size),
         name=name,
         pretrained=source,

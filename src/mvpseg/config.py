@@ -46,7 +46,7 @@ DEFAULT_CLIP = "RN50"
 #: The CLIP and ViT mode of zero-training segmentation (no prompts, no student): the first of mvpseg's
 #: dense modes in published tables, SC-CLIP on ViT-B/16 (docs/modes.md).
 TEMPLATE_CLIP = "ViT-B-16"
-TEMPLATE_VIT_MODE = "scclip"
+TEMPLATE_VIT_MODE: ViTMode = "scclip"
 #: The project's own tiny CLIP, pretrained on the synthetic world and shipped inside the package.
 TINY_CLIP_NAME = "mvpseg-tiny"
 
@@ -436,7 +436,8 @@ class TransferConfig(RunConfig):
     """One MVP-SEG+ run (``mvpseg transfer``): the learned prompts teach a student network on a dataset."""
 
     prompts: str = ""  # the teacher: a prompt checkpoint from mvpseg train, a model folder or a Hub id org/name (required)
-    clip: str | None = None  # open_clip architecture (none: the one the prompts were learned on)
+    # (type: ignore: the teacher's CLIP by default, None, where every other run names one; no RunConfig code reads it)
+    clip: str | None = None  # type: ignore[assignment]  # open_clip architecture (none: the one the prompts were learned on)
     pretrained: str | None = "auto"  # CLIP weights: a tag or file; auto: those the prompts were learned on, else openai
     out: str = "runs/mvpseg-plus"  # run folder: student.safetensors, checkpoint, config and logs
     iters: int = 20000  # optimisation steps (MaskCLIP+: VOC 20k, Context 40k, COCO-Stuff 80k)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,11 @@ def _interpolated_positions(visual: VisionTransformer, grid: tuple[int, int]) ->
     return torch.cat([cls_position, patch_positions], dim=0)
 
 
+#: An open_clip transformer block (a ResidualAttentionBlock, or one of its other block classes). open_clip ships
+#: no type information and a block's parts (attn, ln_1, mlp, ...) are attributes set at run time: Any to the checker.
+_Block: TypeAlias = Any
+
+
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     batch, length, width = x.shape
     return x.reshape(batch, length, num_heads, width // num_heads).transpose(1, 2)  # (B, L, W) -> (B, n, L, W/n)
@@ -109,7 +115,7 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, length, heads * head_width)  # (B, n, L, W/n) -> (B, L, W)
 
 
-def _qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _qkv(block: _Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Query, key and value of a block's attention for tokens x (B, L, W): 3 x (B, n, L, W/n)."""
     attention: nn.MultiheadAttention = block.attn
     q, k, v = F.linear(block.ln_1(x), attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
@@ -117,7 +123,7 @@ def _qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
 
 
-def _block(block: nn.Module, x: torch.Tensor, keep_attention: bool = False
+def _block(block: _Block, x: torch.Tensor, keep_attention: bool = False
            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One residual block of open_clip's ViT on tokens x (B, L, W), as its own forward computes it.
 
@@ -182,7 +188,7 @@ MODE_SPECS: dict[str, ModeSpec] = {
 }
 
 
-def _value_mixing(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def _value_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Each token's own value: (B, L, W) -> (B, L, W)."""
     attention: nn.MultiheadAttention = block.attn
     width = x.shape[-1]
@@ -190,20 +196,20 @@ def _value_mixing(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> t
     return F.linear(block.ln_1(x), weight[2 * width :], bias[2 * width :])
 
 
-def _qq_mixing(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def _qq_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """ClearCLIP: ``softmax(q q^T s) v`` per head. (B, L, W) -> (B, L, W)."""
     q, _, v = _qkv(block, x)
     # scaled_dot_product_attention(a, a, v) = softmax(a a^T / sqrt(head_width)) v, per head.
     return _merge_heads(F.scaled_dot_product_attention(q, q, v))
 
 
-def _csa_mixing(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def _csa_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """SCLIP: ``(softmax(q q^T s) + softmax(k k^T s)) v``, the two row-softmaxes summed, not averaged."""
     q, k, v = _qkv(block, x)
     return _merge_heads(F.scaled_dot_product_attention(q, q, v) + F.scaled_dot_product_attention(k, k, v))
 
 
-def _neighbourhood_heads(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]
+def _neighbourhood_heads(block: _Block, x: torch.Tensor, grid: tuple[int, int]
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """NACLIP: ``softmax(k k^T s + Omega) v`` per head, (B, n, L, W/n), and v."""
     _, k, v = _qkv(block, x)
@@ -212,7 +218,7 @@ def _neighbourhood_heads(block: nn.Module, x: torch.Tensor, grid: tuple[int, int
     return F.scaled_dot_product_attention(k, k, v, attn_mask=omega), v
 
 
-def _naclip_mixing(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def _naclip_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return _merge_heads(_neighbourhood_heads(block, x, grid)[0])
 
 
@@ -220,7 +226,7 @@ def _naclip_mixing(block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> 
 _ATTENTION = {"value": _value_mixing, "qq": _qq_mixing, "qq+kk": _csa_mixing, "kk+neighbourhood": _naclip_mixing}
 
 
-def _last_block(block: nn.Module, x: torch.Tensor, mode: str, grid: tuple[int, int] = (0, 0),
+def _last_block(block: _Block, x: torch.Tensor, mode: str, grid: tuple[int, int] = (0, 0),
                 middle_attention: torch.Tensor | None = None) -> torch.Tensor:
     """Run the last residual block of a ViT as its mode's row of :data:`MODE_SPECS` says. x: (B, L, W).
 
@@ -356,7 +362,7 @@ def _aggregate(tokens: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
     return weights / (weights.sum(dim=-1, keepdim=True) + 1e-6) @ tokens  # (B, N, N) x (B, N, W) -> (B, N, W)
 
 
-def _scclip_attention(block: nn.Module, x: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+def _scclip_attention(block: _Block, x: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
     """SC-CLIP's last-block attention for patch tokens x (B, N, W): ``out_proj(A v)``, no residual, no MLP.
 
     ``A = (softmax(3 (sim - mean(sim)), entries below the mean masked) + softmax(k k^T s)) / 2``, the

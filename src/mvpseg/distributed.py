@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -85,7 +86,7 @@ def init_distributed(
         torch.cuda.set_device(wanted)
     else:
         backend = "gloo"
-    options = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
+    options: dict[str, Any] = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
     dist.init_process_group(backend=backend, init_method=init_method or "env://", rank=rank,
                             world_size=world_size, **options)
     return rank, world_size, wanted

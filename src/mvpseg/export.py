@@ -40,7 +40,7 @@ from .clip import ClipBundle, normalisation, weights_fingerprint
 from .config import InferenceConfig, ModelSource, to_dict
 from .files import atomic_write
 from .inference import Segmenter, with_overrides
-from .model import MVPHead, MVPSeg, cosine_maps
+from .model import ClipModel, MVPHead, MVPSeg, cosine_maps
 from .version import __version__
 
 __all__ = ["ONNX_FORMAT", "OnnxError", "OnnxSegmenter", "export_onnx", "read_onnx_metadata", "require_onnx"]
@@ -71,7 +71,9 @@ class ExportGraph(nn.Module):
         text: (P, C, D) class embeddings to bake in, or None to take them as an input.
     """
 
-    def __init__(self, model: nn.Module, text: torch.Tensor | None = None) -> None:
+    text: torch.Tensor  # a buffer (register_buffer) when the classes are baked in
+
+    def __init__(self, model: ClipModel, text: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         tower = model.inference_tower(fold=True, channels_last=False)  # None for a student
@@ -82,6 +84,8 @@ class ExportGraph(nn.Module):
 
     def forward(self, images: torch.Tensor, text: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         text = self.text if self.baked else text
+        if text is None:
+            raise ValueError("this graph takes the class embeddings as an input: give text")
         maps = cosine_maps(self.model.features(images, tower=self.tower), text).float()  # (B, P, C, h, w)
         output = self.model.head(maps)
         presence = () if output.presence_logits is None else (output.presence_logits,)
@@ -94,7 +98,7 @@ def _kind(model: nn.Module) -> str:
     return "prompts" if model.prompts is not None else "templates"
 
 
-def export_onnx(model: nn.Module, out: str | os.PathLike[str], crop_size: int | None = None,
+def export_onnx(model: ClipModel, out: str | os.PathLike[str], crop_size: int | None = None,
                 classes: Sequence[str] | None = None, text: torch.Tensor | None = None,
                 source: str | None = None, dynamo: bool = True, opset: int = 18,
                 inference: dict[str, Any] | None = None) -> Path:
@@ -243,7 +247,7 @@ class _OnnxModel(nn.Module):
         path: the file, named in errors.
     """
 
-    def __init__(self, session: Any, metadata: dict[str, Any], text_model: nn.Module | None, path: Path) -> None:
+    def __init__(self, session: Any, metadata: dict[str, Any], text_model: ClipModel | None, path: Path) -> None:
         super().__init__()
         state = metadata["head"]
         self.head = MVPHead(has_global=state["has_global"], use_gpr=state["use_gpr"], tau1=1.0,
@@ -253,7 +257,8 @@ class _OnnxModel(nn.Module):
                 getattr(self.head, name).fill_(state[name])
         self.session, self.metadata, self.path = session, metadata, path
         self.text_model = text_model
-        self.feature_stride = int(metadata.get("feature_stride", metadata.get("stride")))  # "stride" in older files
+        stride: Any = metadata.get("feature_stride", metadata.get("stride"))  # "stride" in older files
+        self.feature_stride = int(stride)
         #: The settings the file was exported with (a Segmenter's defaults).
         self.inference_settings = inference_settings(metadata.get("inference"))
 
@@ -290,7 +295,7 @@ class _OnnxModel(nn.Module):
         return torch.from_numpy(maps)
 
 
-def _check_pair(path: str | os.PathLike[str], metadata: dict[str, Any], text_model: nn.Module, source: str) -> None:
+def _check_pair(path: str | os.PathLike[str], metadata: dict[str, Any], text_model: ClipModel, source: str) -> None:
     """Refuse, in one line naming both, a text model that is not the one the open-vocabulary file was exported from."""
     with torch.no_grad():
         probe = text_model.text_embeddings(["object"])  # (P, 1, D)
@@ -326,9 +331,10 @@ class OnnxSegmenter(Segmenter):
         text_source: how to name ``text_model`` in errors (its checkpoint).
     """
 
-    model: _OnnxModel
+    # _OnnxModel is no ClipModel: it stands in for one (the parts Segmenter uses of it, window maps for features).
+    model: _OnnxModel  # type: ignore[assignment]
 
-    def __init__(self, path: str | os.PathLike[str], text_model: nn.Module | None = None,
+    def __init__(self, path: str | os.PathLike[str], text_model: ClipModel | None = None,
                  config: InferenceConfig | None = None, threads: int | None = None,
                  overrides: dict[str, Any] | None = None, text_source: str | None = None) -> None:
         metadata = read_onnx_metadata(path)
@@ -352,7 +358,7 @@ class OnnxSegmenter(Segmenter):
         if not self.dynamic_size:  # format v1: one crop size
             config = dataclasses.replace(config, mode="slide", crop_size=self.crop,
                                          stride=None if config.stride is None else min(config.stride, self.crop))
-        super().__init__(model, config=config, device="cpu")
+        super().__init__(model, config=config, device="cpu")  # type: ignore[arg-type]  # stands in for a ClipModel
 
     @property
     def session(self) -> Any:
@@ -369,8 +375,10 @@ class OnnxSegmenter(Segmenter):
         """The ONNX file."""
         return self.model.path
 
+    # An ONNX file runs on the CPU with onnxruntime's threads: no device parameter, unlike Segmenter.from_source.
     @classmethod
-    def from_source(cls, source: ModelSource, config: InferenceConfig | None = None, threads: int | None = None,
+    def from_source(cls, source: ModelSource, config: InferenceConfig | None = None,  # type: ignore[override]
+                    threads: int | None = None,
                     overrides: Mapping[str, Any] | None = None) -> OnnxSegmenter:
         """:meth:`load` of a model source naming an ONNX file (its prompts or student give the text side)."""
         if source.onnx is None:

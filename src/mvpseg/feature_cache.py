@@ -160,7 +160,7 @@ def build_feature_cache(folder: str | Path, key: dict[str, Any], views: int, num
     shutil.rmtree(tmp, ignore_errors=True)  # a stale, unfinished build: its space is free again
     # The size from one view and the tower's shape, before anything is written: fp16 features of
     # D x (S / stride)^2 and uint8 labels of S x S per view (dense_features floors to the stride).
-    visual = getattr(clip_model, "visual", clip_model)
+    visual: Any = getattr(clip_model, "visual", clip_model)  # open_clip's image tower: untyped
     image, label = load_view(0, 0)
     stride = feature_stride(visual)
     grid = (image.shape[-2] // stride, image.shape[-1] // stride)
@@ -169,6 +169,7 @@ def build_feature_cache(folder: str | Path, key: dict[str, Any], views: int, num
     tmp.mkdir(parents=True)
     jobs = [(index, view) for index in range(num_samples) for view in range(views)]
     features = labels = None
+    dense: torch.Tensor | np.ndarray  # the batch's features, then their fp16 array (the tensor freed)
     bar = tqdm(total=len(jobs), desc="feature cache", unit="view", disable=not progress)
     for start in range(0, len(jobs), batch_size):
         chunk = [load_view(index, view) for index, view in jobs[start : start + batch_size]]
@@ -181,6 +182,7 @@ def build_feature_cache(folder: str | Path, key: dict[str, Any], views: int, num
                                                  shape=(len(jobs), *dense.shape[1:]))
             labels = np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.uint8,
                                                shape=(len(jobs), *chunk[0][1].shape))
+        assert labels is not None  # opened with features
         features[start : start + len(chunk)] = dense
         labels[start : start + len(chunk)] = torch.stack([label for _, label in chunk]).numpy().astype(np.uint8)
         bar.update(len(chunk))

@@ -171,9 +171,9 @@ def _clip_config(folder: Path, where: str) -> dict[str, Any]:
     if model_type is None and config.get("kind") in ("prompts", "student"):
         raise _error(f"{where} holds an mvpseg {config['kind']} checkpoint, not CLIP weights: pass it with "
                      f"--{config['kind']} (Python: {config['kind']}=...)")
-    found = f"a transformers {model_type!r} model ({architectures})" if model_type else \
+    holds = f"a transformers {model_type!r} model ({architectures})" if model_type else \
         f"a config.json without model_type ({architectures})"
-    raise _error(f"{where} holds {found}, not a CLIP: mvpseg loads transformers CLIPModel checkpoints "
+    raise _error(f"{where} holds {holds}, not a CLIP: mvpseg loads transformers CLIPModel checkpoints "
                  f"(model_type 'clip'), open_clip names and tags, and OpenAI or open_clip weights files")
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import build
 from .clip import weights_fingerprint
-from .config import InferenceConfig, ModelSource, to_dict
+from .config import InferenceConfig, ModelSource, ViTMode, to_dict
 from .image import ImageInput, load_image
 from .model import ClipModel, MVPSeg, MVPSegOutput
 from .prompts import validate_class_names
@@ -129,7 +129,7 @@ class Segmenter:
         config: InferenceConfig | None = None,
         student: str | os.PathLike[str] | None = None,
         overrides: Mapping[str, Any] | None = None,
-        vit_mode: str | None = None,
+        vit_mode: ViTMode | None = None,
     ) -> Segmenter:
         """Load CLIP and, optionally, learned prompts or an MVP-SEG+ student.
 
@@ -347,8 +347,9 @@ class Segmenter:
                                        budget_bytes=self.config.upsample_budget_mib * 2**20,
                                        rows=self.config.upsample_rows, with_scores=with_scores)
 
-    def predict(self, image: ImageInput, class_names: Sequence[ClassNames], background: ClassNames | None = None,
-                return_scores: bool = False, background_threshold: float | None = None) -> Prediction:
+    def predict(self, image: ImageInput, class_names: Sequence[ClassNames] | Vocabulary,
+                background: ClassNames | None = None, return_scores: bool = False,
+                background_threshold: float | None = None) -> Prediction:
         """Segment one image against any list of class names.
 
         Args:
@@ -374,9 +375,9 @@ class Segmenter:
         resized = self.resize(array)
         output = self.predict_torch(resized, vocabulary)
         size = array.shape[:2]
-        labels, scores = self.upsample(output, tuple(resized.shape[-2:]), size, return_scores)
+        labels, scores = self.upsample(output, (resized.shape[-2], resized.shape[-1]), size, return_scores)
         if background_threshold is not None:
-            labels = self.threshold_background(output, labels, tuple(resized.shape[-2:]), size, background_threshold)
+            labels = self.threshold_background(output, labels, (resized.shape[-2], resized.shape[-1]), size, background_threshold)
         presence = output.presence[0].cpu().numpy() if output.presence is not None else None
         return Prediction(
             labels=labels.cpu().numpy(),

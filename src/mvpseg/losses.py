@@ -36,7 +36,7 @@ def segmentation_loss(output: MVPSegOutput, labels: torch.Tensor, ignore_index: 
     Returns:
         Scalar loss (mean over labelled pixels by default); 0 when no pixel is labelled.
     """
-    logits = output.final_logits(size=tuple(labels.shape[-2:]))  # (B, C, H, W)
+    logits = output.final_logits(size=(labels.shape[-2], labels.shape[-1]))  # (B, C, H, W)
     pixel_losses = F.cross_entropy(logits, labels, weight=class_weights, ignore_index=ignore_index, reduction="none")
     if normalizer is None:
         normalizer = labelled_weight(labels, ignore_index, class_weights)

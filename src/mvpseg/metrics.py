@@ -120,7 +120,7 @@ class ConfusionMatrix:
         iou = [None if value is None else value * 100.0 for value in self.iou()]
 
         def mean(indices: Sequence[int]) -> float | None:
-            values = [iou[c] for c in indices if iou[c] is not None]
+            values = [value for c in indices if (value := iou[c]) is not None]
             return sum(values) / len(values) if values else None
 
         seen = [c for c in range(self.num_classes) if c not in unseen_set]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from .config import MVPSegConfig
 from .dense import dense_features, feature_stride
 from .prompts import PromptLearner, template_embeddings
 from .tower import inference_tower
+
+if TYPE_CHECKING:
+    import open_clip
 
 __all__ = ["ClipModel", "MVPSegConfig", "MVPHead", "MVPSeg", "MVPSegOutput", "cosine_maps"]
 
@@ -154,7 +157,7 @@ class ClipModel(nn.Module):
         return self._clip[0]
 
     @property
-    def clip_model(self) -> nn.Module:
+    def clip_model(self) -> open_clip.CLIP:
         """The open_clip ``CLIP`` module."""
         return self._clip[0].model
 
@@ -163,6 +166,13 @@ class ClipModel(nn.Module):
         return self.clip.normalisation(device)
 
     cosine_maps = staticmethod(cosine_maps)
+
+    if TYPE_CHECKING:  # what every subclass defines (MVPSeg, Student): declared for the checker only
+
+        @property
+        def feature_stride(self) -> int: ...
+
+        def inference_tower(self, fold: bool = True, channels_last: bool = True) -> nn.Module | None: ...
 
     def features(self, images: torch.Tensor, tower: nn.Module | None = None) -> torch.Tensor:
         raise NotImplementedError

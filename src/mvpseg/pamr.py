@@ -48,8 +48,13 @@ def affinities(image: torch.Tensor, dilations: Sequence[int] = PAMR_DILATIONS) -
     pad = max(dilations)
     padded = F.pad(image, [pad] * 4, mode="replicate")  # (B, K, H + 2 pad, W + 2 pad)
     window = _offsets(dilations, centre=True)
-    mean = sum(_shifted(padded, pad, dy, dx, size) for dy, dx in window) / len(window)  # (B, K, H, W)
-    squares = sum((_shifted(padded, pad, dy, dx, size) - mean).square() for dy, dx in window)
+    mean = torch.zeros_like(image)  # (B, K, H, W)
+    for dy, dx in window:
+        mean += _shifted(padded, pad, dy, dx, size)
+    mean /= len(window)
+    squares = torch.zeros_like(mean)
+    for dy, dx in window:
+        squares += (_shifted(padded, pad, dy, dx, size) - mean).square()  # (B, K, H, W)
     scale = 1e-8 + 0.1 * (squares / (len(window) - 1)).sqrt()  # (B, K, H, W): 0.1 sigma
     logits = torch.stack([-((image - _shifted(padded, pad, dy, dx, size)).abs() / scale).mean(dim=1)
                           for dy, dx in _offsets(dilations, centre=False)], dim=1)  # (B, P, H, W)

@@ -9,6 +9,7 @@ prompt used by Global Prompt Refining; indices 1..K are the segmentation prompts
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -75,18 +76,19 @@ def encode_text_embeddings(clip_model: nn.Module, embeddings: torch.Tensor, toke
     Returns:
         (N, D) text embeddings, not normalised.
     """
-    cast_dtype = clip_model.transformer.get_cast_dtype()
-    attn_mask = clip_model.attn_mask
+    clip: Any = clip_model  # open_clip's CLIP: its parts are attributes set at run time, untyped
+    cast_dtype = clip.transformer.get_cast_dtype()
+    attn_mask = clip.attn_mask
     length = token_ids.shape[1]
-    if attn_mask is not None and clip_model.text_pool_type == "argmax":
+    if attn_mask is not None and clip.text_pool_type == "argmax":
         length = int(token_ids.argmax(dim=-1).max()) + 1
         attn_mask = attn_mask[:length, :length]
         embeddings, token_ids = embeddings[:, :length], token_ids[:, :length]
-    x = embeddings.to(cast_dtype) + clip_model.positional_embedding[:length].to(cast_dtype)  # (N, L, W)
-    x = clip_model.transformer(x, attn_mask=attn_mask)
-    x = clip_model.ln_final(x)
-    x = text_global_pool(x, token_ids, clip_model.text_pool_type, eos_token_id=getattr(clip_model, "text_eos_id", None))
-    projection = clip_model.text_projection
+    x = embeddings.to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)  # (N, L, W)
+    x = clip.transformer(x, attn_mask=attn_mask)
+    x = clip.ln_final(x)
+    x = text_global_pool(x, token_ids, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
+    projection = clip.text_projection
     if projection is not None:
         x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
     return x  # (N, D)
@@ -117,8 +119,9 @@ def template_embeddings(
             names it); the tokenizer would cut such a sentence short without a word.
     """
     names = validate_class_names(class_names)
-    device = clip_model.positional_embedding.device
-    window = clip_model.positional_embedding.shape[0]  # CLIP's text window (77 tokens)
+    clip: Any = clip_model  # open_clip's CLIP: its parts are attributes set at run time, untyped
+    device = clip.positional_embedding.device
+    window = clip.positional_embedding.shape[0]  # CLIP's text window (77 tokens)
     sentences = [template.format(name) for name in names for template in templates]
     encoded = []
     for start in range(0, len(sentences), batch_size):
@@ -134,7 +137,7 @@ def template_embeddings(
                 f"{window}-token text window; shorten it"
             )
         ids = ids[:, :window].to(device)  # (N, L)
-        encoded.append(F.normalize(encode_text_embeddings(clip_model, clip_model.token_embedding(ids), ids).float(), dim=-1))
+        encoded.append(F.normalize(encode_text_embeddings(clip_model, clip.token_embedding(ids), ids).float(), dim=-1))
     per_template = torch.cat(encoded).reshape(len(names), len(templates), -1)  # (C*T, D) -> (C, T, D)
     return F.normalize(per_template.mean(dim=1), dim=-1)
 
@@ -175,8 +178,9 @@ class PromptLearner(nn.Module):
         self.tokenizer = tokenizer
         self.num_prompts = num_prompts
         self.init_text = init_text
-        width = clip_model.token_embedding.weight.shape[1]
-        device = clip_model.token_embedding.weight.device
+        token_embedding = cast(nn.Embedding, clip_model.token_embedding)  # open_clip's CLIP: set at run time
+        width = token_embedding.weight.shape[1]
+        device = token_embedding.weight.device
         if init_text is not None:
             ids = tokenizer([init_text]).to(device)  # (1, L)
             phrase_length = int(ids.argmax(dim=-1)) - 1  # tokens between SOS and EOS
@@ -187,7 +191,7 @@ class PromptLearner(nn.Module):
                 )
             num_context = phrase_length
             with torch.no_grad():
-                phrase = clip_model.token_embedding(ids)[0, 1 : 1 + phrase_length].float()  # (M, W)
+                phrase = token_embedding(ids)[0, 1 : 1 + phrase_length].float()  # (M, W)
             contexts = phrase.unsqueeze(0).repeat(num_prompts + 1, 1, 1)  # (K+1, M, W)
             # Identical segmentation prompts would stay identical (the fused map sums them, and the
             # OC loss has no gradient at cosine 1), so they start from the phrase plus a little noise
@@ -214,7 +218,7 @@ class PromptLearner(nn.Module):
         device = self.contexts.device
         if self._vocabulary == names and self._token_cache is not None and self._token_cache[0].device == device:
             return self._token_cache
-        clip_model = self.clip_model
+        clip_model: Any = self.clip_model  # open_clip's CLIP: its parts are attributes set at run time, untyped
         context_length = clip_model.positional_embedding.shape[0]
         name_ids = self.tokenizer([f"{name}." for name in names])  # (C, L)
         end_positions = name_ids.argmax(dim=-1)  # EOS index = 1 + name tokens (with the period)

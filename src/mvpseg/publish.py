@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .checkpoint import CheckpointError, read_prompt_checkpoint, read_student_checkpoint
 from .files import atomic_write, write_text
@@ -210,7 +210,7 @@ def save_pretrained(source: str | os.PathLike[str] | MVPSeg | Student | Segmente
         if isinstance(source, (str, os.PathLike)):
             path = find_checkpoint(source)
         else:
-            model = getattr(source, "model", source)  # a Segmenter's model, or the model itself
+            model = cast("MVPSeg | Student", getattr(source, "model", source))  # a Segmenter's model, or the model itself
             path = _save_model(model, Path(scratch) / "model.safetensors")
         kind, tensors, metadata = _read_any(path, with_tensors=True)  # every tensor read: a truncated file fails here
         config = model_config(kind, tensors, metadata)

@@ -185,6 +185,9 @@ class Student(ClipModel):
             as to every model of mvpseg; the student renormalises them for its backbone.
     """
 
+    input_scale: torch.Tensor  # buffers (register_buffer), declared for the checker
+    input_shift: torch.Tensor
+
     def __init__(self, clip: ClipBundle, prompts: PromptLearner, backbone: Backbone, decoder: nn.Module,
                  head: MVPHead, config: StudentConfig, background: nn.Parameter | None = None,
                  normalisation: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
@@ -210,7 +213,8 @@ class Student(ClipModel):
 
     def frozen_parts(self) -> list[nn.Module]:
         """The parts whose BatchNorms stay fixed (``config.freeze_bn``: none, the backbone's, or all)."""
-        return {"none": [], "backbone": [self.backbone], "all": [self.backbone, self.decoder]}[self.config.freeze_bn]
+        parts: dict[str, list[nn.Module]] = {"none": [], "backbone": [self.backbone], "all": [self.backbone, self.decoder]}
+        return parts[self.config.freeze_bn]
 
     def train(self, mode: bool = True) -> Student:
         super().train(mode)

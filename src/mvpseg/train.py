@@ -58,6 +58,7 @@ def _feature_cache(config: TrainConfig, samples: SamplePositions, clip: ClipBund
                    device: torch.device, context: Any, progress: bool) -> FeatureCache:
     """Build (rank 0) or open the feature cache of this run's augmented views."""
     key = cache_key(config, clip)
+    assert config.feature_cache is not None  # called for a run with a feature cache only
     folder = Path(config.feature_cache)
     if distributed.is_main_process():
         build_feature_cache(folder, key, config.cache_views, len(samples.dataset), samples.view, clip.model,
@@ -143,7 +144,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             logger.log(done, values)
             bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
         bar.update(1)
-        run.checkpoint(done, model, optimizer, lambda done=done: save_prompt_checkpoint(
+        # (type: ignore: mypy cannot infer a lambda with a default argument)
+        run.checkpoint(done, model, optimizer, lambda done=done: save_prompt_checkpoint(  # type: ignore[misc]
             run.out / "prompts.safetensors", model, extra={**extra, "iters": done}, inference=made_for))
         if callback is not None:
             callback(done)

@@ -49,7 +49,7 @@ def colorize(labels: np.ndarray) -> Image.Image:
     return image
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has a fixed-size default font
@@ -112,14 +112,14 @@ def prompt_map_grid(image: np.ndarray, maps: np.ndarray, titles: Sequence[str], 
         An RGB PIL image with P + 1 tiles.
     """
     font = _font(12)
-    tiles = [Image.fromarray(image).resize((cell, cell), Image.BILINEAR)]
+    tiles = [Image.fromarray(image).resize((cell, cell), Image.Resampling.BILINEAR)]
     for single in maps:
         low, high = value_range if value_range is not None else (float(single.min()), float(single.max()))
         scaled = np.clip((single - low) / max(high - low, 1e-8), 0.0, 1.0)
         heat = np.stack([scaled, 1 - np.abs(2 * scaled - 1), 1 - scaled], axis=-1)  # blue -> green -> red
-        tiles.append(Image.fromarray((heat * 255).astype(np.uint8)).resize((cell, cell), Image.NEAREST))
+        tiles.append(Image.fromarray((heat * 255).astype(np.uint8)).resize((cell, cell), Image.Resampling.NEAREST))
     if outline is not None:
-        regions = np.asarray(Image.fromarray(outline.astype(np.uint8)).resize((cell, cell), Image.NEAREST))
+        regions = np.asarray(Image.fromarray(outline.astype(np.uint8)).resize((cell, cell), Image.Resampling.NEAREST))
         edge = np.zeros_like(regions, dtype=bool)
         edge[1:] |= regions[1:] != regions[:-1]
         edge[:, 1:] |= regions[:, 1:] != regions[:, :-1]

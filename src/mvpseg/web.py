@@ -176,25 +176,25 @@ class PageModel:
         start = time.perf_counter()
         segmenter = self.segmenter
         resized = segmenter.resize(array)
-        resized_size = tuple(resized.shape[-2:])
+        resized_size = (resized.shape[-2], resized.shape[-1])
         output = segmenter.predict_torch(resized, vocabulary)
         labels, _ = segmenter.upsample(output, resized_size, array.shape[:2])
         if threshold > 0:
             labels = segmenter.threshold_background(output, labels, resized_size, array.shape[:2], threshold)
-        labels = labels.cpu().numpy()
+        label_array = labels.cpu().numpy()
         seconds = time.perf_counter() - start
         names = vocabulary.display_names
-        counts = np.bincount(labels.ravel(), minlength=len(names))
+        counts = np.bincount(label_array.ravel(), minlength=len(names))
         maps = output.prompt_maps[0].float().cpu().numpy()  # (P, C, h, w)
         titles = ["templates"] if maps.shape[0] == 1 else ["global"] + [f"prompt {i}" for i in range(1, maps.shape[0])]
         presence = output.presence
         thumbnail = Image.fromarray(array)
         thumbnail.thumbnail((_THUMBNAIL, _THUMBNAIL))
         return PageResult(
-            overlay=overlay(array, labels, names),
-            labels=colorize(labels),
+            overlay=overlay(array, label_array, names),
+            labels=colorize(label_array),
             class_names=names,
-            shares={name: float(count) / labels.size for name, count in zip(names, counts.tolist())},
+            shares={name: float(count) / label_array.size for name, count in zip(names, counts.tolist())},
             presence=None if presence is None else dict(zip(names, map(float, presence[0].cpu().tolist()))),
             prompt_maps=PromptMaps(maps, titles, names, names[int(counts.argmax())], np.asarray(thumbnail)),
             size=(int(array.shape[0]), int(array.shape[1])),
@@ -350,7 +350,7 @@ def exposure(host: str, auth: bool) -> str:
         auth: whether a user name and password are required.
     """
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
         local = all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses)
     except (OSError, ValueError):
         local = False

@@ -8,10 +8,21 @@ import argparse
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import DEFAULT_CLIP, TEMPLATE_CLIP, TEMPLATE_VIT_MODE, VIT_MODES, InferenceConfig, ModelSource
+from ..config import (
+    DEFAULT_CLIP,
+    TEMPLATE_CLIP,
+    TEMPLATE_VIT_MODE,
+    VIT_MODES,
+    InferenceConfig,
+    ModelSource,
+    RunConfig,
+)
 from .flags import add_config_flags, apply_overrides, overrides, read_config_file
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["RENAME", "UsageError", "add_clip_arguments", "add_inference_flags", "add_model_flags", "add_run_flags",
            "clip_source", "inference_config", "inference_overrides", "launch", "load_segmenter", "model_source",
@@ -97,7 +108,7 @@ def model_source(args: argparse.Namespace, **defaults: Any) -> ModelSource:
         raise UsageError(str(error)) from error
 
 
-def load_segmenter(source: ModelSource, device: str | None = None,
+def load_segmenter(source: ModelSource, device: str | torch.device | None = None,
                    inference: Mapping[str, Any] | None = None) -> Any:
     """The :class:`mvpseg.Segmenter` of a model source, or for an ONNX file its ``OnnxSegmenter`` (CPU);
     ``inference``: InferenceConfig fields over the settings the checkpoint or file was made for."""
@@ -145,7 +156,7 @@ def add_run_flags(parser: argparse.ArgumentParser, cls: type, presets: Mapping[s
     add_clip_arguments(parser, default_from="the --config file's")
 
 
-def run_config(args: argparse.Namespace, cls: type, presets: Mapping[str, Mapping[str, Any]]) -> Any:
+def run_config(args: argparse.Namespace, cls: type[RunConfig], presets: Mapping[str, Mapping[str, Any]]) -> Any:
     """The run's config: a --config file or the dataset's preset, then the flags given.
 
     Raises:

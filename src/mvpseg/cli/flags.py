@@ -18,13 +18,14 @@ import dataclasses
 import inspect
 import io
 import json
+import re
 import tokenize
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["add_config_flags", "apply_overrides", "field_help", "overrides", "read_config_file"]
 
@@ -33,6 +34,16 @@ _SEP = "."
 #: The prefix of a config field's argparse destination ("field:model.num_prompts"), which no other
 #: argument of a command has: :func:`overrides` finds the fields by it.
 _DEST = "field:"
+
+
+
+class ConfigClass(Protocol):
+    """A config dataclass that rebuilds itself from a dict (:meth:`mvpseg.config.RunConfig.from_dict`)."""
+
+    def from_dict(self, values: dict[str, Any], /) -> Any: ...
+
+
+_TYPE_IGNORE = re.compile(r"^type:\s*ignore(\[[^\]]*\])?\s*(#\s*)?")
 
 
 @cache
@@ -56,7 +67,9 @@ def field_help(cls: type) -> dict[str, str]:
             if token.type == tokenize.NAME and token.start[1] == 4 and token.string in names:
                 line_field.setdefault(token.start[0], token.string)  # a field is declared at class-body indentation
             elif token.type == tokenize.COMMENT and token.start[0] in line_field:
-                comments[line_field[token.start[0]]] = token.string.lstrip("#").strip()
+                # A checker's pragma before the comment (``# type: ignore[code]  # help``) is no help text.
+                text = _TYPE_IGNORE.sub("", token.string.lstrip("#").strip())
+                comments[line_field[token.start[0]]] = text
     return comments
 
 
@@ -118,7 +131,7 @@ def add_config_flags(
     hints = typing.get_type_hints(cls)
     comments = field_help(cls)
     group = parser.add_argument_group(title or (inspect.getdoc(cls) or cls.__name__).split("\n")[0])
-    nested = []
+    nested: list[tuple[str, Any]] = []  # (dotted path, a nested config dataclass)
     for item in dataclasses.fields(cls):
         path = _prefix + item.name
         if path in skip:
@@ -127,7 +140,7 @@ def add_config_flags(
         if dataclasses.is_dataclass(kind):
             nested.append((path, kind))
             continue
-        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()  # type: ignore[misc]
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()  # type: ignore[operator]  # a field without a default has a factory
         flag = "--" + rename.get(path, item.name.replace("_", "-"))
         text = comments.get(item.name, "").replace("%", "%%")
         preset_values = [(name, values[item.name]) for name, values in (presets or {}).items()
@@ -183,7 +196,7 @@ def apply_overrides(config: Any, values: Mapping[str, Any]) -> Any:
     return dataclasses.replace(config, **top)
 
 
-def read_config_file(path: str | Path, cls: type) -> Any:
+def read_config_file(path: str | Path, cls: ConfigClass) -> Any:
     """A run's ``config.json`` as a ``cls`` (its ``from_dict``), with one-line errors for a wrong file.
 
     Raises:

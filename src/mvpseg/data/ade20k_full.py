@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from functools import cache
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -187,8 +188,9 @@ def prepare_ade847(root: str | Path, num_workers: int = 1, progress: bool = True
     done = [set(os.listdir(target)) if target is not None else None for target in targets]
     todo = []
     for source in sources:
-        image_dir = targets[0] if targets[0] is not None and source.name not in done[0] else None
-        label_dir = targets[1] if targets[1] is not None and f"{source.stem}.tif" not in done[1] else None
+        # done[i] is a set wherever targets[i] is a folder
+        image_dir = targets[0] if targets[0] is not None and source.name not in cast(set[str], done[0]) else None
+        label_dir = targets[1] if targets[1] is not None and f"{source.stem}.tif" not in cast(set[str], done[1]) else None
         if image_dir is not None or label_dir is not None:
             todo.append((source, image_dir, label_dir))
     count = run_conversions(_convert_item, todo, "ade847 images", num_workers, progress)

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelSource
+from ..config import ModelSource, ViTMode
 
 __all__ = ["SegmentBatch", "image_rows"]
 
@@ -83,7 +83,7 @@ class SegmentBatch:
                  pretrained: str | None = "auto", device: str | None = None,
                  inference: Mapping[str, Any] | None = None, out: str | os.PathLike[str] | None = None,
                  skip_existing: bool = False, with_labels: bool = True, max_pixels: int | None = None,
-                 vit_mode: str | None = None, source: ModelSource | Mapping[str, Any] | None = None) -> None:
+                 vit_mode: ViTMode | None = None, source: ModelSource | Mapping[str, Any] | None = None) -> None:
         from ..inference import Segmenter
         from ..vocabulary import Vocabulary
 
@@ -170,7 +170,7 @@ class SegmentBatch:
             shares[index] = list(prediction.class_shares().values())
             statuses.append("done")
             labels.append(prediction.labels.astype(np.int32))
-        result = {key: np.asarray(values) for key, values in columns.items() if key != "bytes"}
+        result: dict[str, Any] = {key: np.asarray(values) for key, values in columns.items() if key != "bytes"}
         result.update(name=np.asarray(names), status=np.asarray(statuses), shares=shares)
         if self.with_labels:
             result["labels"] = labels  # ragged: Ray stores them as variable-shaped tensors

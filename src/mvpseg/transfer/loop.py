@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ from ..config import InferenceConfig, TransferConfig, inference_made_for
 from ..data import build_dataset
 from ..inference import Segmenter
 from ..losses import segmentation_loss
+from ..model import MVPSeg
 from ..runs import Run, RunLog, SamplePositions, augmentation, deterministic_algorithms, seeded_step
 from ..student import BACKGROUND, DeepLabV3PlusDecoder, DepthwiseSeparableASPPDecoder, Student
 from .pseudo import (
@@ -111,13 +113,14 @@ def _transfer(config: TransferConfig, run: Run, progress: bool, callback: Callab
     if main and progress:
         print(f"{dataset.describe()}; {len(names)} classes, {len(unseen)} unseen", flush=True)
     offline = config.pseudo_labels is not None
-    if offline:  # the teacher's labels, written once: read like ground truth (unseen pixels hold unseen classes)
+    if config.pseudo_labels is not None:  # offline: the teacher's labels, written once: read like ground truth (unseen pixels hold unseen classes)
         check_pseudo_labels(config.pseudo_labels, dataset, config.prompts, config.teacher_gpr, config.label_void,
                             config.unseen_min_probability)
         dataset = pseudo_label_dataset(dataset, config.pseudo_labels)
         label_map = dataset.label_lut.copy()
         label_map[label_map < 0] = dataset.info.ignore_index
     teacher = from_pretrained(config.clip, config.pretrained, config.prompts, device=device)
+    assert isinstance(teacher, MVPSeg)  # prompts, no student: from_pretrained gives an MVPSeg
     clip = teacher.clip
     background = config.student.background if config.student.background is not None else BACKGROUND in names
     with seeded_step(config.seed, -1, 0, device):  # the student's random initialisation, from the seed alone
@@ -132,7 +135,7 @@ def _transfer(config: TransferConfig, run: Run, progress: bool, callback: Callab
     teacher_view = Segmenter(teacher, InferenceConfig(short_side=None, mode="whole", precision=config.precision),
                              device=device) if online else None
     # Crops are padded with the backbone's mean colour: 0 once normalised for it, as mmseg pads after normalising.
-    pad_value = tuple(round(255 * value) for value in student.pixel_mean)
+    pad_value = cast(tuple[int, int, int], tuple(round(255 * value) for value in student.pixel_mean))  # RGB
     samples = SamplePositions(dataset, augmentation(config, pad_value), label_map, config.seed)
     log = RunLog(run.out, ("loss", "unseen_pixels", "lr", "tau1", "seconds"), run.start, enabled=main)
     teacher_info = {"prompts": Path(config.prompts).name, "config": teacher.config.to_dict()}
@@ -174,7 +177,8 @@ def _transfer(config: TransferConfig, run: Run, progress: bool, callback: Callab
             log.log(done, values)
             bar.set_postfix(loss=f"{values['loss']:.4f}", phase="teacher" if teaching else "self")
         bar.update(1)
-        run.checkpoint(done, student, optimizer, lambda done=done: save_student_checkpoint(
+        # (type: ignore: mypy cannot infer a lambda with a default argument)
+        run.checkpoint(done, student, optimizer, lambda done=done: save_student_checkpoint(  # type: ignore[misc]
             run.out / "student.safetensors", student, teacher_info, extra={**extra, "iters": done}, inference=made_for))
         if callback is not None:
             callback(done)

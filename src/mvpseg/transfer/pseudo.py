@@ -158,7 +158,9 @@ def write_pseudo_labels(segmenter: Any, dataset: SegmentationDataset, out: str |
                                    dataset.info.ignore_index)[0]
         result = torch.where(result >= VOID, torch.full_like(result, dataset.info.ignore_index), result)
         picture = colorize(result.numpy())
-        atomic_write(folder / f"{dataset.ids[index]}.png", lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+        # (type: ignore: mypy cannot infer a lambda with a default argument)
+        atomic_write(folder / f"{dataset.ids[index]}.png",
+                     lambda tmp, picture=picture: picture.save(tmp, format="PNG"))  # type: ignore[misc]
         written += 1
     barrier()
     if rank == 0:

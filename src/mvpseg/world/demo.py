@@ -303,11 +303,13 @@ def student_row(config: DemoConfig, world: Path, clip: ClipBundle, val, out: Pat
         The row's figures, the student's Segmenter and its training time.
     """
     run = student_transfer_config(config, world, out)
-    changes = {"prompts": prompts, "student": student, "out": run_out}
-    run = replace(run, **{key: str(value) if isinstance(value, Path) else value
-                          for key, value in changes.items() if value is not None})
+    changes: dict[str, Any] = {"prompts": prompts, "student": student, "out": run_out}
+    given: dict[str, Any] = {key: str(value) if isinstance(value, Path) else value
+                             for key, value in changes.items() if value is not None}
+    run = replace(run, **given)
     inference = InferenceConfig(short_side=config.short_side, mode="whole")
     if pseudo_labels:
+        assert run.pseudo_labels is not None  # student_transfer_config names the folder
         teacher = Segmenter(load_mvpseg(run.prompts, clip), inference, device="cpu")
         write_pseudo_labels(teacher, build_dataset("custom", world, "train"), run.pseudo_labels,
                             progress=progress, teacher={"prompts_sha256": prompts_fingerprint(run.prompts)})

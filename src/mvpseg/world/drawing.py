@@ -82,7 +82,7 @@ def other_stuff(stuff: tuple[int, ...], rng: np.random.Generator, num_things: in
 def _smooth_noise(rng: np.random.Generator, size: int, cells: tuple[int, int]) -> np.ndarray:
     """(size, size) float32 noise in about [-1, 1], smooth at the scale of ``cells`` (rows, cols)."""
     coarse = rng.standard_normal(cells).astype(np.float32)
-    return np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.BICUBIC))
+    return np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BICUBIC))
 
 
 def stuff_texture(kind: str, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -162,6 +162,7 @@ def pattern_mask(name: str, u: np.ndarray, v: np.ndarray, period: float, r: np.n
             dv = np.abs(dv - height * np.round(dv / height))
             norm = np.maximum(du, 0.5 * du + 0.8660254 * dv)
             nearest = norm if nearest is None else np.minimum(nearest, norm)
+        assert nearest is not None  # the loop above ran over both lattices
         return nearest < 0.4 * a
     raise ValueError(f"unknown thing pattern {name!r}")
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -76,7 +77,7 @@ def _scenes(seed: int, split: int, count: int, size: int, world: str = "patterns
 
 
 @torch.no_grad()
-def _features(clip: torch.nn.Module, images: np.ndarray, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def _features(clip: open_clip.CLIP, images: np.ndarray, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled (N, D) and dense (N, D, h, w) features, both L2-normalised along D."""
     pooled, dense = [], []
     for start in range(0, len(images), batch_size):
@@ -122,7 +123,7 @@ def _train_probe(dense: torch.Tensor, labels: np.ndarray, num_classes: int, step
 
 def evaluate_tiny_clip(
     clip: torch.nn.Module,
-    tokenizer: open_clip.tokenizer.SimpleTokenizer | object,
+    tokenizer: Callable[..., torch.Tensor],
     num_images: int = 500,
     num_probe_images: int = 500,
     seed: int = 0,
@@ -177,9 +178,9 @@ def evaluate_tiny_clip(
     weight, bias = _train_probe(probe_dense, probe_labels, num_classes, probe_steps, seed)
     probe_iou = _iou(_dense_prediction(dense, weight, bias, image_size), labels, num_classes)
 
-    classes = {}
+    classes: dict[str, dict[str, Any]] = {}
     for c, name in enumerate(CLASS_NAMES):
-        entry = {
+        entry: dict[str, Any] = {
             "kind": "thing" if c < num_things else "stuff",
             "unseen": name in UNSEEN_CLASSES,
             "auc": presence_auc(scores[:, c], present[:, c]),

@@ -306,4 +306,4 @@ def generate_scene(rng: np.random.Generator, size: int = IMAGE_SIZE) -> Scene:
     """Sample, draw and caption one scene; ``Scene.parts`` holds the part masks."""
     spec = sample_spec(rng, size=size)
     image, label, parts = render_parts(spec)
-    return Scene(image=image, label=label, caption=caption(label, rng), spec=spec, parts=parts)  # type: ignore[arg-type]
+    return Scene(image=image, label=label, caption=caption(label, rng), spec=spec, parts=parts)

@@ -32,6 +32,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -237,9 +238,10 @@ def _dense_distillation(visual: torch.nn.Module, tokens: torch.Tensor, teacher: 
         target = F.normalize(dense_features(teacher, images).float(), dim=1)  # (B, D, h', w')
     batch, count = tokens.shape[0], tokens.shape[1] - 1
     side = math.isqrt(count)
-    patches = visual.ln_post(tokens[:, 1:]) @ visual.proj  # (B, h*w, D)
+    vit: Any = visual  # open_clip's VisionTransformer: untyped, its parts are attributes set at run time
+    patches = vit.ln_post(tokens[:, 1:]) @ vit.proj  # (B, h*w, D)
     patches = patches.transpose(1, 2).reshape(batch, -1, side, side)  # (B, h*w, D) -> (B, D, h, w)
-    pooled = F.normalize(F.adaptive_avg_pool2d(patches, target.shape[-2:]), dim=1)  # (B, D, h', w')
+    pooled = F.normalize(F.adaptive_avg_pool2d(patches, (target.shape[-2], target.shape[-1])), dim=1)  # (B, D, h', w')
     return (1 - (pooled * target).sum(dim=1)).mean()
 
 
@@ -272,10 +274,11 @@ def pretrain(config: PretrainConfig) -> Path:
                              "use the same settings, another --out, or --no-resume to start over")
     (out / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
-    model = build_tiny_clip(config.model)
+    # open_clip's CLIPs: untyped, their towers are attributes set at run time.
+    model: Any = build_tiny_clip(config.model)
     if config.init:
         model.load_state_dict(initial_state(model, config.init, config.init_towers), strict=True)
-    teacher = None
+    teacher: Any = None
     if config.teacher:
         teacher = build_tiny_clip(config.teacher_model)
         teacher.load_state_dict(initial_state(teacher, config.teacher), strict=True)

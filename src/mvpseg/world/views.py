@@ -30,10 +30,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from mvpseg.model import ClipModel
 
 __all__ = ["PartViews", "js_divergence", "measure_views", "prompt_lead", "prompt_logits", "prompt_softmax",
            "prompt_probabilities", "view_ceiling", "view_diversity", "view_figures"]
@@ -50,7 +54,7 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
-def view_diversity(sums: np.ndarray, areas: np.ndarray) -> dict[str, object]:
+def view_diversity(sums: np.ndarray, areas: np.ndarray) -> dict[str, Any]:
     """Shares, focus, diversity and how often the strongest parts differ, for one thing class.
 
     Args:
@@ -77,7 +81,7 @@ def view_diversity(sums: np.ndarray, areas: np.ndarray) -> dict[str, object]:
 
 
 @torch.no_grad()
-def prompt_logits(model: torch.nn.Module, images: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
+def prompt_logits(model: ClipModel, images: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
     """Each segmentation prompt's map at the fused map's scale, ``K tau1 m_k``: (B, K, C, h, w) float32.
 
     Args:
@@ -109,7 +113,7 @@ def prompt_lead(logits: torch.Tensor, size: tuple[int, int] | None = None) -> to
     return flat.reshape(batch, prompts, classes, *flat.shape[-2:]).softmax(dim=1)  # -> (B, K, C, H', W')
 
 
-def prompt_probabilities(model: torch.nn.Module, images: torch.Tensor, class_names: Sequence[str],
+def prompt_probabilities(model: ClipModel, images: torch.Tensor, class_names: Sequence[str],
                          size: tuple[int, int] | None = None) -> torch.Tensor:
     """Each segmentation prompt's own class probabilities ``softmax_c(K tau1 m_k)``.
 
@@ -159,7 +163,7 @@ class PartViews:
     def result(self, class_names: Sequence[str], part_names: Sequence[str],
                unseen: Sequence[str]) -> dict[str, object]:
         """Per thing class :func:`view_diversity` with its part names, and the means over things."""
-        classes: dict[str, dict[str, object]] = {}
+        classes: dict[str, dict[str, Any]] = {}
         for c, kinds in enumerate(self.thing_parts):
             if self.areas[c].sum() == 0:
                 continue
@@ -256,20 +260,20 @@ def view_ceiling(dataset, thing_parts: Sequence[Sequence[int]], num_prompts: int
             total = own.sum(dim=1, keepdim=True)
             lead = torch.where(total > 0, own / total.clamp_min(1e-12), torch.full_like(own, 1.0 / num_prompts))
             both = torch.cat([own, lead], dim=1)  # (A, 2K, h, w)
-            both = F.interpolate(both, size=label.shape, mode="bilinear", align_corners=False).numpy()
+            upsampled = F.interpolate(both, size=label.shape, mode="bilinear", align_corners=False).numpy()
             local = np.where(inside, 0, 255).astype(np.uint8)  # this class as class 0 of a one-class PartViews
             for a, accumulator in enumerate(views[c]):
-                accumulator.update(both[a, :num_prompts, None], local, parts, both[a, num_prompts:, None])
-    classes: dict[int, dict[str, object]] = {}
+                accumulator.update(upsampled[a, :num_prompts, None], local, parts, upsampled[a, num_prompts:, None])
+    classes: dict[int, dict[str, Any]] = {}
     for c, accumulators in enumerate(views):
         if accumulators[0].areas[0].sum() == 0:
             continue
         js = [view_diversity(v.sums[0], v.areas[0])["js"] for v in accumulators]
-        lead = [view_diversity(v.lead_sums[0], v.areas[0])["js"] for v in accumulators]
-        if any(value is None for value in js + lead):  # a prompt whose part never shows: no figure
-            js, lead = [-1.0 if v is None else v for v in js], [-1.0 if v is None else v for v in lead]
-        best, best_lead = int(np.argmax(js)), int(np.argmax(lead))
-        classes[c] = {"js": js[best], "lead_js": lead[best_lead], "assignment": list(assignments[c][best]),
+        lead_js = [view_diversity(v.lead_sums[0], v.areas[0])["js"] for v in accumulators]
+        if any(value is None for value in js + lead_js):  # a prompt whose part never shows: no figure
+            js, lead_js = [-1.0 if v is None else v for v in js], [-1.0 if v is None else v for v in lead_js]
+        best, best_lead = int(np.argmax(js)), int(np.argmax(lead_js))
+        classes[c] = {"js": js[best], "lead_js": lead_js[best_lead], "assignment": list(assignments[c][best]),
                       "lead_assignment": list(assignments[c][best_lead])}
     unseen = set(dataset.info.unseen)
 
