@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 import mvpseg
 from mvpseg.world.drawing import scene_rng
 from mvpseg.world.evaluate import EVAL_SPLIT, load_tiny_clip
-from mvpseg.world.pretrain import to_model_input
+from mvpseg.world.pretrain import penultimate_map, to_model_input
 from mvpseg.world.registry import get_world
 
 
@@ -37,10 +36,7 @@ def _penultimate(visual: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         visual(images)
     hook.remove()
-    tokens = captured[0][:, 1:]  # (B, h*w, W)
-    side = math.isqrt(tokens.shape[1])
-    patches = visual.ln_post(tokens) @ visual.proj  # (B, h*w, D)
-    return patches.transpose(1, 2).reshape(len(images), -1, side, side)  # (B, h*w, D) -> (B, D, h, w)
+    return penultimate_map(visual, captured[0])
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from .config import (
     DEFAULT_CLIP,
     TEMPLATE_CLIP,
     TEMPLATE_VIT_MODE,
+    ModelSource,
     MVPSegConfig,
     StudentConfig,
     ViTMode,
@@ -269,10 +270,9 @@ def from_pretrained(
         ClipWeightsUnavailable: "auto" for a checkpoint learned on weights from a local file, which
             must be given (the message names it).
     """
-    if prompts is not None and student is not None:
-        raise ValueError("give prompts or a student, not both (a student holds the prompts it was taught with)")
-    if vit_mode is not None and student is not None:
-        raise ValueError("a student segments with its own network: vit_mode is for prompts and templates")
+    # ModelSource's checks (prompts or a student, a mode for prompts and templates only): one rule
+    ModelSource(prompts=None if prompts is None else os.fspath(prompts),
+                student=None if student is None else os.fspath(student), vit_mode=vit_mode)
     prompts, student = local_checkpoint(prompts, "prompts"), local_checkpoint(student, "student")
     source_file = student if student is not None else prompts
     learned_name, learned_source = (checkpoint_clip(source_file, "student" if student is not None else "prompts")

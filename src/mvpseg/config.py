@@ -60,6 +60,8 @@ def check_vit_mode(mode: str) -> str:
     if mode not in VIT_MODES:
         raise ValueError(f"vit_mode must be one of {', '.join(VIT_MODES)}, not {mode!r}")
     return mode
+
+
 #: Numeric precision: "auto" is fp32 on the CPU and bf16 (fp16 where bf16 is unsupported) autocast on CUDA.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)

@@ -338,10 +338,14 @@ class Segmenter:
         """
         return self.upsample_log_scores(output.final_logits()[0], resized, size, with_scores)
 
+    def _cells_per_pixel(self, resized: tuple[int, int], size: tuple[int, int]) -> tuple[float, float]:
+        """Feature cells per output pixel, rows and columns: the resized image's grid over the output size."""
+        return resized[0] / (size[0] * self.feature_stride), resized[1] / (size[1] * self.feature_stride)
+
     def upsample_log_scores(self, log_scores: torch.Tensor, resized: tuple[int, int], size: tuple[int, int],
                             with_scores: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`upsample` for any log-scores (C', h, w) on this segmenter's feature grid (e.g. a subset of classes)."""
-        cells_per_pixel = (resized[0] / (size[0] * self.feature_stride), resized[1] / (size[1] * self.feature_stride))
+        cells_per_pixel = self._cells_per_pixel(resized, size)
         with torch.inference_mode():
             return upsample_log_scores(log_scores.float(), size, cells_per_pixel,
                                        budget_bytes=self.config.upsample_budget_mib * 2**20,
@@ -375,9 +379,10 @@ class Segmenter:
         resized = self.resize(array)
         output = self.predict_torch(resized, vocabulary)
         size = array.shape[:2]
-        labels, scores = self.upsample(output, (resized.shape[-2], resized.shape[-1]), size, return_scores)
+        resized_size = (resized.shape[-2], resized.shape[-1])
+        labels, scores = self.upsample(output, resized_size, size, return_scores)
         if background_threshold is not None:
-            labels = self.threshold_background(output, labels, (resized.shape[-2], resized.shape[-1]), size, background_threshold)
+            labels = self.threshold_background(output, labels, resized_size, size, background_threshold)
         presence = output.presence[0].cpu().numpy() if output.presence is not None else None
         return Prediction(
             labels=labels.cpu().numpy(),
@@ -405,7 +410,7 @@ class Segmenter:
         if threshold <= 0.0:
             return labels
         log_scores = output.final_logits()[0].float()  # (C, h, w)
-        cells_per_pixel = (resized[0] / (size[0] * self.feature_stride), resized[1] / (size[1] * self.feature_stride))
+        cells_per_pixel = self._cells_per_pixel(resized, size)
         with torch.inference_mode():
             best = label_log_scores(log_scores, labels, cells_per_pixel,
                                     budget_bytes=self.config.upsample_budget_mib * 2**20, rows=self.config.upsample_rows)

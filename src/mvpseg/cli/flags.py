@@ -36,7 +36,6 @@ _SEP = "."
 _DEST = "field:"
 
 
-
 class ConfigClass(Protocol):
     """A config dataclass that rebuilds itself from a dict (:meth:`mvpseg.config.RunConfig.from_dict`)."""
 

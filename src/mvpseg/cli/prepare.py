@@ -63,11 +63,12 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--splits is empty: give e.g. {_SPLITS[args.dataset][1]}")
         else:
             splits = _default_splits(args.dataset, root)
-        convert = {"coco-stuff": data.prepare_coco_stuff, "coco-object": data.prepare_coco_object,
-                   "cityscapes": data.prepare_cityscapes}[args.dataset]
+        from ..data import layouts
+
+        convert, suffix = {"coco-stuff": (data.prepare_coco_stuff, layouts.COCO_STUFF_SUFFIX),
+                           "coco-object": (data.prepare_coco_object, layouts.COCO_OBJECT_SUFFIX),
+                           "cityscapes": (data.prepare_cityscapes, layouts.CITYSCAPES_LABEL_SUFFIX)}[args.dataset]
         written = convert(root, splits=splits, num_workers=args.workers, progress=progress)
-        suffix = {"coco-stuff": "_labelTrainIds.png", "coco-object": "_instanceTrainIds.png",
-                  "cityscapes": "_gtFine_labelTrainIds.png"}[args.dataset]
         print(f"wrote {written} label files (*{suffix}) for {', '.join(splits)} under {root}")
         return 0
     if args.splits is not None:

@@ -18,6 +18,7 @@ from PIL import Image
 from ..files import atomic_write
 from .convert import run_conversions
 from .datasets import DataLayoutError
+from .layouts import CITYSCAPES_LABEL_SUFFIX as _TRAIN_IDS
 
 __all__ = ["CITYSCAPES_TRAIN_IDS", "cityscapes_lut", "convert_cityscapes_label", "prepare_cityscapes"]
 
@@ -61,7 +62,6 @@ CITYSCAPES_TRAIN_IDS: dict[int, int] = {
 }
 
 _LABEL_IDS = "_gtFine_labelIds.png"
-_TRAIN_IDS = "_gtFine_labelTrainIds.png"
 _LAYOUT = "ROOT/cityscapes/gtFine/<split>/<city>/<name>_gtFine_labelIds.png (the official gtFine_trainvaltest)"
 _INVALID = -1
 

@@ -24,6 +24,7 @@ from PIL import Image
 from ..files import atomic_write
 from .convert import run_conversions
 from .datasets import DataLayoutError
+from .layouts import COCO_OBJECT_SUFFIX, COCO_STUFF_SUFFIX
 
 __all__ = [
     "COCO_OBJECT_SUFFIX",
@@ -46,8 +47,6 @@ _STUFF_IDS: tuple[int, ...] = tuple(range(91, 182))
 COCO_STUFF_USED_IDS: tuple[int, ...] = COCO_THING_IDS + _STUFF_IDS
 assert len(COCO_THING_IDS) == 80 and len(COCO_STUFF_USED_IDS) == 171
 
-COCO_STUFF_SUFFIX = "_labelTrainIds.png"
-COCO_OBJECT_SUFFIX = "_instanceTrainIds.png"
 _LAYOUT = "ROOT/coco_stuff164k/annotations/<split>/<id>.png (the official stuffthingmaps_trainval2017)"
 
 

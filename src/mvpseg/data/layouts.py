@@ -15,10 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-__all__ = ["CUSTOM_LAYOUT", "DataLayoutError", "LAYOUTS", "Layout", "OFFICIAL_VAL_SIZES", "VAL_SPLITS",
+__all__ = ["CITYSCAPES_LABEL_SUFFIX", "COCO_OBJECT_SUFFIX", "COCO_STUFF_SUFFIX", "CUSTOM_LAYOUT", "DataLayoutError", "LAYOUTS", "Layout", "OFFICIAL_VAL_SIZES", "VAL_SPLITS",
            "check_files", "custom_files", "not_found", "prepare_remedy"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: The label files the readers read and ``mvpseg prepare`` writes (mmsegmentation's names).
+COCO_STUFF_SUFFIX = "_labelTrainIds.png"
+COCO_OBJECT_SUFFIX = "_instanceTrainIds.png"
+CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
 
 
 class DataLayoutError(ValueError):
@@ -180,11 +184,11 @@ def _coco_files(
 
 
 def _coco_stuff_files(root: Path, split: str) -> tuple[list[str], list[Path], list[Path]]:
-    return _coco_files(root, split, "coco-stuff", "_labelTrainIds.png", _COCO_LAYOUT)
+    return _coco_files(root, split, "coco-stuff", COCO_STUFF_SUFFIX, _COCO_LAYOUT)
 
 
 def _coco_object_files(root: Path, split: str) -> tuple[list[str], list[Path], list[Path]]:
-    return _coco_files(root, split, "coco-object", "_instanceTrainIds.png", _COCO_OBJECT_LAYOUT)
+    return _coco_files(root, split, "coco-object", COCO_OBJECT_SUFFIX, _COCO_OBJECT_LAYOUT)
 
 
 _CITYSCAPES_LAYOUT = (
@@ -210,7 +214,7 @@ def _cityscapes_files(root: Path, split: str) -> tuple[list[str], list[Path], li
     if not relative:
         raise DataLayoutError(f"no *{_CITYSCAPES_IMAGE} images under {image_dir} (expected layout: {_CITYSCAPES_LAYOUT})")
     ids = [r[: -len(_CITYSCAPES_IMAGE)] for r in relative]  # "<city>/<city>_<seq>_<frame>"
-    return ids, [image_dir / r for r in relative], [label_dir / f"{i}_gtFine_labelTrainIds.png" for i in ids]
+    return ids, [image_dir / r for r in relative], [label_dir / f"{i}{CITYSCAPES_LABEL_SUFFIX}" for i in ids]
 
 
 _ADE20K_LAYOUT = (

@@ -46,7 +46,7 @@ from mvpseg.world.pool import batch_indices, caption_from_counts, draw_pool, is_
 from mvpseg.world.registry import get_world
 
 __all__ = ["PretrainConfig", "pretrain", "main", "TINY_CONFIG_PATH", "WEIGHTS_NAME", "STATE_NAME", "build_tiny_clip",
-           "initial_state"]
+           "initial_state", "penultimate_map"]
 
 TINY_CONFIG_PATH = Path(__file__).parent / "assets" / "mvpseg-tiny.json"
 WEIGHTS_NAME = "mvpseg-tiny.safetensors"
@@ -224,23 +224,29 @@ def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
     return int(metadata["step"]), running
 
 
+def penultimate_map(visual: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """A ViT's tokens before its last block, (B, 1 + h*w, W), through ``ln_post`` and ``proj`` (the map the CLS
+    token's embedding takes) as a map of its square grid: (B, D, h, w)."""
+    batch, count = tokens.shape[0], tokens.shape[1] - 1
+    side = math.isqrt(count)
+    vit: Any = visual  # open_clip's VisionTransformer: untyped, its parts are attributes set at run time
+    patches = vit.ln_post(tokens[:, 1:]) @ vit.proj  # (B, h*w, D)
+    return patches.transpose(1, 2).reshape(batch, -1, side, side)  # (B, h*w, D) -> (B, D, h, w)
+
+
 def _dense_distillation(visual: torch.nn.Module, tokens: torch.Tensor, teacher: torch.nn.Module,
                         images: torch.Tensor) -> torch.Tensor:
     """Mean ``1 - cos`` between the teacher's dense MaskCLIP features and a ViT's tokens before its last block.
 
-    ``tokens`` (B, 1 + h*w, W), the output of the ViT's penultimate block, go through ``ln_post`` and ``proj``
-    (the map the CLS token's embedding takes) and are average-pooled to the teacher's grid. The last block
-    is left to the contrastive and pooled terms, as CLIP's is trained.
+    ``tokens`` (B, 1 + h*w, W), the output of the ViT's penultimate block, become :func:`penultimate_map` and
+    are average-pooled to the teacher's grid. The last block is left to the contrastive and pooled terms, as
+    CLIP's is trained.
     """
     from mvpseg.dense import dense_features
 
     with torch.no_grad():
         target = F.normalize(dense_features(teacher, images).float(), dim=1)  # (B, D, h', w')
-    batch, count = tokens.shape[0], tokens.shape[1] - 1
-    side = math.isqrt(count)
-    vit: Any = visual  # open_clip's VisionTransformer: untyped, its parts are attributes set at run time
-    patches = vit.ln_post(tokens[:, 1:]) @ vit.proj  # (B, h*w, D)
-    patches = patches.transpose(1, 2).reshape(batch, -1, side, side)  # (B, h*w, D) -> (B, D, h, w)
+    patches = penultimate_map(visual, tokens)  # (B, D, h, w)
     pooled = F.normalize(F.adaptive_avg_pool2d(patches, (target.shape[-2], target.shape[-1])), dim=1)  # (B, D, h', w')
     return (1 - (pooled * target).sum(dim=1)).mean()
 
