@@ -22,6 +22,7 @@ __all__ = [
     "check_vit_mode",
     "PRECISIONS",
     "DemoConfig",
+    "DenseOptions",
     "DEMO_PRESETS",
     "EVAL_PRESETS",
     "STUDENT_EVAL_PRESETS",
@@ -178,8 +179,33 @@ class ModelSource:
 
 
 @dataclass
+class DenseOptions:
+    """How a ViT's dense mode runs beyond its name: each mode's own parameters and the positional-embedding
+    resize (:mod:`mvpseg.dense`). The defaults are mvpseg's; the peers' protocols set theirs per benchmark
+    (:mod:`mvpseg.protocols`). ResNet towers ignore them."""
+
+    position_resize: Literal["grid", "authors"] = "grid"  # positional embedding on another grid: grid (bicubic to exactly the patch grid) or authors (the peers' F.interpolate(scale_factor=(g + 0.1) / g0, bicubic))
+    naclip_std: float = 5.0  # naclip, resclip: the neighbourhood Gaussian's standard deviation, in patches
+    resclip_lambda: float = 0.4  # resclip: weight of the middle blocks' attention (its Context and COCO-Stuff value)
+    resclip_tau: float = 2.0  # resclip: scale of the attention
+
+    def __post_init__(self) -> None:
+        if self.position_resize not in ("grid", "authors"):
+            raise ValueError(f"position_resize must be grid or authors, not {self.position_resize!r}")
+        if self.naclip_std <= 0:
+            raise ValueError(f"naclip_std must be positive, not {self.naclip_std}")
+        if not 0.0 <= self.resclip_lambda <= 1.0:
+            raise ValueError(f"resclip_lambda must be in [0, 1], not {self.resclip_lambda}")
+
+
+#: Text templates of the zero-training classifier: MaskCLIP's 85 (mvpseg's default) or OpenAI's 80 ImageNet ones
+#: (the peers').
+TemplateSet = Literal["maskclip-85", "openai-imagenet-80"]
+
+
+@dataclass
 class InferenceConfig:
-    """How images are fed to the model at inference."""
+    """How images are fed to the model at inference, and how its scores become labels."""
 
     short_side: int | None = 512  # resize so the short side has this length; 0 or none keeps the size
     long_side: int | None = None  # resize so the long side has this length (mmseg's img_scale=(L, L) with keep_ratio); overrides short_side
@@ -193,8 +219,22 @@ class InferenceConfig:
     text_batch: int = 32  # classes encoded by the text tower at once (bounds memory for large vocabularies)
     fold_batchnorm: bool = True  # ResNet towers: a copy with the frozen BatchNorms folded into the convolutions
     channels_last: bool = True  # ResNet towers: NHWC convolutions (faster with oneDNN and cuDNN)
+    # The peers' protocols (mvpseg.protocols sets these per benchmark; the defaults are mvpseg's own protocol).
+    resize_cap: int | None = None  # with short_side: mmcv's keep-ratio rescale to (cap, short_side), the factor min(cap / long side, short_side / short side), sizes rounded half up (the peers' Resize(scale=(2048, S), keep_ratio=True)); none: the short side alone
+    antialias: bool = True  # resize with antialiasing (mvpseg); off: plain bilinear, the image rounded to 8 bits as mmcv's cv2 resize leaves it (the peers)
+    stitch: Literal["cells", "pixels"] = "cells"  # cells: windows averaged on the feature grid, scores upsampled once (mvpseg); pixels: each window's cosines upsampled to its pixels, averaged over overlaps, then upsampled to the image's own size (the peers' forward_slide)
+    templates: TemplateSet = "maskclip-85"  # the template classifier's texts: maskclip-85 (MaskCLIP's) or openai-imagenet-80 (the peers'); learned prompts ignore it
+    synonym_rule: Literal["max-logit", "softmax-max"] = "max-logit"  # a class's several names: max-logit (its best name's logit, mvpseg) or softmax-max (softmax over every name, then each class's best probability: the peers)
+    logit_scale: float | None = None  # the template classifier's logit scale; none: CLIP's 100 (the peers: 40 to 65)
+    area_thd: float = 0.0  # classes other than 0 whose argmax area is below this share of those classes' pixels are dropped (SCLIP's area_thd; 0: off)
+    prob_thd: float = 0.0  # pixels whose best class probability is below this become class 0 (the peers' prob_thd; 0: off)
+    pamr_steps: int = 0  # PAMR refinement steps on the upsampled scores (NACLIP's protocol: 10; 0: off)
+    pamr_dilations: tuple[int, ...] = (8, 16)  # PAMR's dilations, in pixels
+    dense: DenseOptions = field(default_factory=DenseOptions)
 
     def __post_init__(self) -> None:
+        if isinstance(self.dense, dict):
+            self.dense = from_dict(DenseOptions, self.dense, "dense options")
         if self.short_side == 0:
             self.short_side = None
         if self.long_side == 0:
@@ -217,6 +257,22 @@ class InferenceConfig:
             raise ValueError("upsample_budget_mib and upsample_rows must be positive")
         if self.text_batch < 1:
             raise ValueError("text_batch must be positive")
+        if self.resize_cap is not None and self.resize_cap < 1:
+            raise ValueError("resize_cap must be positive")
+        if self.stitch not in ("cells", "pixels"):
+            raise ValueError(f"stitch must be cells or pixels, not {self.stitch!r}")
+        if self.templates not in get_args(TemplateSet):
+            raise ValueError(f"templates must be one of {', '.join(get_args(TemplateSet))}, not {self.templates!r}")
+        if self.synonym_rule not in ("max-logit", "softmax-max"):
+            raise ValueError(f"synonym_rule must be max-logit or softmax-max, not {self.synonym_rule!r}")
+        if self.logit_scale is not None and self.logit_scale <= 0:
+            raise ValueError(f"logit_scale must be positive, not {self.logit_scale}")
+        if not 0.0 <= self.area_thd < 1.0 or not 0.0 <= self.prob_thd <= 1.0:
+            raise ValueError(f"area_thd must be in [0, 1) and prob_thd in [0, 1], not {self.area_thd} and {self.prob_thd}")
+        if self.pamr_steps < 0:
+            raise ValueError(f"pamr_steps must be 0 (off) or a positive number of steps, not {self.pamr_steps}")
+        if self.pamr_steps and (not self.pamr_dilations or min(self.pamr_dilations) < 1):
+            raise ValueError(f"pamr_dilations must be positive pixel counts, not {self.pamr_dilations}")
 
     #: The scale fields a checkpoint or an ONNX file records: the settings its model was made for.
     SCALE_FIELDS: ClassVar[tuple[str, ...]] = ("short_side", "long_side", "mode", "crop_size", "stride")
