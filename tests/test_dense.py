@@ -166,3 +166,55 @@ def test_every_vit_mode_is_one_row_of_the_mode_table() -> None:
     for mode, spec in MODE_SPECS.items():
         assert spec.attention in {*_ATTENTION, "block", "self-calibration"}, mode
     assert [m for m, s in MODE_SPECS.items() if s.residual] == ["vanilla", "maskclip", "csa"]  # the papers' code
+
+
+def test_dense_options_none_is_the_defaults(tiny_vit: mvpseg.ClipBundle) -> None:
+    from mvpseg.config import DenseOptions
+    from mvpseg.dense import VIT_MODES
+
+    images = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(5))  # a 5 x 7 grid: positions resized
+    for mode in VIT_MODES:
+        plain = dense_features(tiny_vit.model, images, mode)
+        assert torch.equal(dense_features(tiny_vit.model, images, mode, options=None), plain), mode
+        assert torch.equal(dense_features(tiny_vit.model, images, mode, options=DenseOptions()), plain), mode
+    authors = dense_features(tiny_vit.model, images, "maskclip", DenseOptions(position_resize="authors"))
+    assert (authors - dense_features(tiny_vit.model, images, "maskclip")).abs().max() > 1e-4  # another resize
+
+
+def test_models_take_dense_options_as_a_segmenter_passes_them(tiny_vit: mvpseg.ClipBundle,
+                                                              tiny_rn: mvpseg.ClipBundle) -> None:
+    # model.features(crops, tower=..., options=config.dense): the options reach the ViT's mode; ResNets,
+    # students ignore them
+    from mvpseg.build import build_student
+    from mvpseg.config import DenseOptions, MVPSegConfig, StudentConfig
+
+    images = torch.randn(1, 3, 40, 56, generator=torch.Generator().manual_seed(6))
+    options = DenseOptions(position_resize="authors", naclip_std=1.0, resclip_lambda=0.9, resclip_tau=1.0)
+    model = mvpseg.build_mvpseg(tiny_vit, MVPSegConfig(num_prompts=2, vit_mode="resclip"))
+    tower = model.inference_tower()
+    with torch.no_grad():
+        given = model.features(images, tower=tower, options=options)
+        default = model.features(images, tower=tower)
+    torch.testing.assert_close(given, F.normalize(dense_features(tiny_vit.model, images, "resclip", options), dim=1))
+    torch.testing.assert_close(default, F.normalize(dense_features(tiny_vit.model, images, "resclip"), dim=1))
+    assert (given - default).abs().max() > 1e-3
+    teacher = mvpseg.build_mvpseg(tiny_rn, MVPSegConfig(num_prompts=2, num_context=3))
+    student = build_student(teacher, StudentConfig(arch="deeplabv2", head="mvpseg", backbone="clip", output_stride=8,
+                                                   head_channels=16)).eval()
+    with torch.no_grad():
+        for resnet_model in (teacher, student):
+            tower = resnet_model.inference_tower()
+            assert torch.equal(resnet_model.features(images, tower=tower, options=options),
+                               resnet_model.features(images, tower=tower))
+
+
+def test_dense_options_refuse_what_no_mode_can_run() -> None:
+    from mvpseg.config import DenseOptions, InferenceConfig
+
+    for bad, match in [({"position_resize": "nearest"}, "position_resize"), ({"naclip_std": 0.0}, "naclip_std"),
+                       ({"resclip_lambda": 1.5}, "resclip_lambda"), ({"resclip_tau": -1.0}, "resclip_tau")]:
+        with pytest.raises(ValueError, match=match):
+            DenseOptions(**bad)
+    # an InferenceConfig rebuilt from its JSON values keeps its dense options
+    config = InferenceConfig(dense=DenseOptions(position_resize="authors", resclip_lambda=0.6))
+    assert InferenceConfig(**{**config.__dict__, "dense": {"position_resize": "authors", "resclip_lambda": 0.6}}) == config

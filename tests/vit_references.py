@@ -1,39 +1,74 @@
 """Independent references for the training-free ViT modes: each paper's released code transcribed in its
 own layout (sequence-first tokens, heads folded into the batch, ``bmm``), run on an open_clip tower.
 
-- NACLIP: sinahmr/NACLIP ``clip/model.py`` (``VisionTransformer.forward``, ``gaussian_window``,
-  ``get_attention_addition``, ``custom_attn`` with ``arch='reduced'``, ``attn_strategy='naclip'``).
-- ResCLIP: yvhangyang/ResCLIP ``clip/model.py`` with ``use_rcs=True, use_sfr=False``,
-  ``arch='wo_resi'``, ``attn_strategy='resclip'``, ``attn_rcs_weights=[2.0, lam]``.
-- SC-CLIP: SuleBai/SC-CLIP ``clip/model.py`` (``VisionTransformer.forward``, ``lof_pytorch``,
-  ``mean_interpolation``, ``adaptively_aggregate``, ``custom_attn``), one image at a time as its code runs.
+- Tokens and positions: the ``VisionTransformer.forward`` prologue and ``interpolate_pos_encoding`` that
+  wangf3014/SCLIP ``clip/model.py`` (l.229-281) has, and sinahmr/NACLIP, yvhangyang/ResCLIP, SuleBai/SC-CLIP
+  ``clip/model.py`` and mc-lan/ClearCLIP ``open_clip/transformer.py`` repeat: at another size than the
+  tower's, ``F.interpolate(scale_factor=((h + 0.1) / g, (w + 0.1) / g), mode="bicubic")``.
+- The blocks before the last: as ResCLIP's ``forward`` runs them (each block's attention written out,
+  ``softmax(q s k^T)``, ``x + out_proj(A v)``, ``x + mlp(ln_2 x)``); the others run ``blk(x)``, the same
+  sums. :func:`trunk` runs them once; every mode's last block (``*_tail``) starts from its result.
+- SCLIP: ``custom_attn`` with ``csa=True`` (``csa``), or ``csa=False`` (the untouched block, ``vanilla``),
+  the residual and MLP kept.
+- ClearCLIP: ``custom_attn`` with ``model_type`` 'ClearCLIP' (q-q: ``qq``), 'vanilla' (q-k: ``qk`` with
+  ``ignore_residual=True``, its released config; ``vanilla`` with False), 'MaskCLIP' (each token's own
+  value: ``value`` with ``ignore_residual=True``, ``maskclip`` with False).
+- NACLIP: ``gaussian_window``, ``get_attention_addition``, ``custom_attn`` with ``arch='reduced'``,
+  ``attn_strategy='naclip'``.
+- ResCLIP: ``custom_attn`` with ``use_rcs=True, use_sfr=False``, ``arch='wo_resi'``,
+  ``attn_strategy='resclip'``, ``attn_rcs_weights=[tau, lam]``.
+- SC-CLIP: ``forward``, ``lof_pytorch``, ``mean_interpolation``, ``adaptively_aggregate``, ``custom_attn``,
+  one image at a time as its code runs.
 
-Every function takes the open_clip ``VisionTransformer`` and normalised images at the tower's own size
-(no positional interpolation) and returns patch features (B, h*w, D) before normalisation. Defaults are the
-authors' ViT-B settings; their ViT-L ones are passed as arguments (ResCLIP's code keeps ``layers=range(5, 9)``
-on every backbone; SC-CLIP's authors give ``pre_adjust_idx=16, post_adjust_idx=6, multi_start_idx=8,
-multi_end_idx=19, res_cls=0.1`` for ViT-L/14 in SuleBai/SC-CLIP issue #5).
+Every mode function takes the open_clip ``VisionTransformer`` and normalised images (any size) and returns
+patch features (B, h*w, D) before normalisation. Defaults are the authors' ViT-B settings; their ViT-L ones
+are passed as arguments (ResCLIP's code keeps ``layers=range(5, 9)`` on every backbone; SC-CLIP's authors
+give ``pre_adjust_idx=16, post_adjust_idx=6, multi_start_idx=8, multi_end_idx=19, res_cls=0.1`` for
+ViT-L/14 in SuleBai/SC-CLIP issue #5).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
+def interpolate_pos_encoding(visual, x: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """SCLIP ``clip/model.py`` l.263-281 (``w`` the image's height, ``h`` its width, as its forward names them)."""
+    patch_size = visual.conv1.kernel_size[0]
+    npatch = x.shape[1] - 1
+    N = visual.positional_embedding.shape[0] - 1
+    if npatch == N and w == h:
+        return visual.positional_embedding
+    class_pos_embed = visual.positional_embedding[[0]]
+    patch_pos_embed = visual.positional_embedding[1:]
+    dim = x.shape[-1]
+    w0 = w // patch_size
+    h0 = h // patch_size
+    w0, h0 = w0 + 0.1, h0 + 0.1
+    patch_pos_embed = F.interpolate(
+        patch_pos_embed.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
+        scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)),
+        mode="bicubic",
+    )
+    assert int(w0) == patch_pos_embed.shape[-2] and int(h0) == patch_pos_embed.shape[-1]
+    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
+    return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
+
+
 def _tokens(visual, images: torch.Tensor) -> torch.Tensor:
+    B, nc, w, h = images.shape
     x = visual.conv1(images)
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     x = torch.cat([visual.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1]), x], dim=1)
-    x = x + visual.positional_embedding
+    if x.shape[1] != visual.positional_embedding.shape[0]:
+        x = x + interpolate_pos_encoding(visual, x, w, h)
+    else:
+        x = x + visual.positional_embedding
     return visual.ln_pre(x).permute(1, 0, 2)  # LND
-
-
-def _block(blk, x: torch.Tensor) -> torch.Tensor:
-    """An open_clip block (batch first) on LND tokens."""
-    return blk(x.permute(1, 0, 2)).permute(1, 0, 2)
 
 
 def _heads(attn_layer, x: torch.Tensor):
@@ -50,6 +85,83 @@ def _output(attn_layer, attn_weights: torch.Tensor, v: torch.Tensor, bsz: int, e
     attn_output = torch.bmm(attn_weights, v)
     attn_output = attn_output.transpose(0, 1).contiguous().view(-1, bsz, embed_dim)
     return attn_layer.out_proj(attn_output)
+
+
+@dataclass
+class Trunk:
+    """The tokens the last block starts from, and what the middle blocks leave for ResCLIP and SC-CLIP."""
+
+    x: torch.Tensor  # the penultimate block's output, LND
+    feats_list: list  # every block's output but the last's (SC-CLIP), LND
+    attn_map: list  # every block's attention but the last's (ResCLIP), (B * heads, L, L)
+    n_patches: tuple  # (rows, columns), NACLIP's and ResCLIP's n_patches
+
+
+def trunk(visual, images: torch.Tensor) -> Trunk:
+    """Every block but the last, as ResCLIP's ``forward`` runs them (l.297-323)."""
+    B, nc, w, h = images.shape
+    n_patches = (w // visual.conv1.kernel_size[0], h // visual.conv1.kernel_size[0])
+    x = _tokens(visual, images)
+    feats_list, attn_map = [], []
+    for blk in visual.transformer.resblocks[:-1]:
+        normed = blk.ln_1(x)
+        q, k, v, scale = _heads(blk.attn, normed)
+        attn_i = F.softmax(torch.bmm(q * scale, k.transpose(1, 2)), dim=-1)
+        x = x + _output(blk.attn, attn_i, v, normed.shape[1], normed.shape[2])
+        x = x + blk.mlp(blk.ln_2(x))
+        feats_list.append(x)
+        attn_map.append(attn_i)
+    return Trunk(x, feats_list, attn_map, n_patches)
+
+
+def _patches(visual, x: torch.Tensor) -> torch.Tensor:
+    """LND tokens after the last block -> (B, h*w, D), CLS dropped."""
+    return (visual.ln_post(x.permute(1, 0, 2)) @ visual.proj)[:, 1:]
+
+
+def sclip_tail(visual, t: Trunk, csa: bool = True) -> torch.Tensor:
+    """SCLIP's last block (l.249-251) and its ``custom_attn`` (l.283-313)."""
+    x = t.x
+    blk = visual.transformer.resblocks[-1]
+    normed = blk.ln_1(x)
+    q, k, v, scale = _heads(blk.attn, normed)
+    if csa:
+        q_attn = torch.bmm(q, q.transpose(1, 2)) * scale
+        k_attn = torch.bmm(k, k.transpose(1, 2)) * scale
+        attn_weights = F.softmax(q_attn, dim=-1) + F.softmax(k_attn, dim=-1)
+    else:
+        attn_weights = torch.bmm(q * scale, k.transpose(1, 2))
+        attn_weights = F.softmax(attn_weights, dim=-1)
+    x = x + _output(blk.attn, attn_weights, v, normed.shape[1], normed.shape[2])
+    x = x + blk.mlp(blk.ln_2(x))
+    return _patches(visual, x)
+
+
+def clearclip_tail(visual, t: Trunk, model_type: str = "ClearCLIP", ignore_residual: bool = True) -> torch.Tensor:
+    """ClearCLIP's last block (``open_clip/transformer.py`` l.523-536) and ``custom_attn`` (l.589-622)."""
+    x = t.x
+    blk = visual.transformer.resblocks[-1]
+    normed = blk.ln_1(x)
+    q, k, v, scale = _heads(blk.attn, normed)
+    if model_type == "vanilla":
+        attn_weights = F.softmax(torch.bmm(q, k.transpose(1, 2)) * scale, dim=-1)
+    elif model_type == "MaskCLIP":
+        mask = torch.empty(q.shape[1], q.shape[1], dtype=q.dtype)
+        mask.fill_(float("-inf"))
+        mask.fill_diagonal_(0)
+        attn_weights = F.softmax(mask.unsqueeze(0).repeat(q.shape[0], 1, 1), dim=-1)
+    elif model_type == "SCLIP":
+        attn_weights = (F.softmax(torch.bmm(q, q.transpose(1, 2)) * scale, dim=-1)
+                        + F.softmax(torch.bmm(k, k.transpose(1, 2)) * scale, dim=-1))
+    elif model_type == "ClearCLIP":
+        attn_weights = F.softmax(torch.bmm(q, q.transpose(1, 2)) * scale, dim=-1)
+    else:
+        raise ValueError(model_type)
+    out = _output(blk.attn, attn_weights, v, normed.shape[1], normed.shape[2])
+    if not ignore_residual:
+        out = x + out
+        out = out + blk.mlp(blk.ln_2(out))
+    return _patches(visual, out)
 
 
 def gaussian_window(dim1: int, dim2: int, std: float = 1.0) -> torch.Tensor:
@@ -80,37 +192,21 @@ def _naclip_weights(attn_layer, x, n_patches, std):
     return F.softmax(attn_weights, dim=-1), v
 
 
-def naclip(visual, images: torch.Tensor, std: float = 5.0) -> torch.Tensor:
-    n_patches = (images.shape[2] // visual.conv1.kernel_size[0], images.shape[3] // visual.conv1.kernel_size[0])
-    x = _tokens(visual, images)
-    for blk in visual.transformer.resblocks[:-1]:
-        x = _block(blk, x)
+def naclip_tail(visual, t: Trunk, std: float = 5.0) -> torch.Tensor:
     blk = visual.transformer.resblocks[-1]
-    normed = blk.ln_1(x)
-    attn_weights, v = _naclip_weights(blk.attn, normed, n_patches, std)
-    x = _output(blk.attn, attn_weights, v, normed.shape[1], normed.shape[2]).permute(1, 0, 2)
-    return (visual.ln_post(x) @ visual.proj)[:, 1:]
+    normed = blk.ln_1(t.x)
+    attn_weights, v = _naclip_weights(blk.attn, normed, t.n_patches, std)
+    return _patches(visual, _output(blk.attn, attn_weights, v, normed.shape[1], normed.shape[2]))
 
 
-def resclip(visual, images: torch.Tensor, tau: float = 2.0, lam: float = 0.4,
-            layers: range = range(5, 9), std: float = 5.0) -> torch.Tensor:
-    n_patches = (images.shape[2] // visual.conv1.kernel_size[0], images.shape[3] // visual.conv1.kernel_size[0])
-    x = _tokens(visual, images)
-    attn_map = []
-    for blk in visual.transformer.resblocks[:-1]:
-        normed = blk.ln_1(x)
-        q, k, v, scale = _heads(blk.attn, normed)
-        attn_i = F.softmax(torch.bmm(q * scale, k.transpose(1, 2)), dim=-1)
-        x = x + _output(blk.attn, attn_i, v, normed.shape[1], normed.shape[2])
-        x = x + blk.mlp(blk.ln_2(x))
-        attn_map.append(attn_i)
-    attention_rcs = torch.stack([attn_map[i] for i in layers]).mean(dim=0)
+def resclip_tail(visual, t: Trunk, tau: float = 2.0, lam: float = 0.4, layers: range = range(5, 9),
+                 std: float = 5.0) -> torch.Tensor:
+    attention_rcs = torch.stack([t.attn_map[i] for i in layers]).mean(dim=0)
     blk = visual.transformer.resblocks[-1]
-    normed = blk.ln_1(x)
-    attn_weights, v = _naclip_weights(blk.attn, normed, n_patches, std)
+    normed = blk.ln_1(t.x)
+    attn_weights, v = _naclip_weights(blk.attn, normed, t.n_patches, std)
     attn_weights = tau * ((1 - lam) * attn_weights + lam * attention_rcs)
-    x = _output(blk.attn, attn_weights, v, normed.shape[1], normed.shape[2]).permute(1, 0, 2)
-    return (visual.ln_post(x) @ visual.proj)[:, 1:]
+    return _patches(visual, _output(blk.attn, attn_weights, v, normed.shape[1], normed.shape[2]))
 
 
 def lof_pytorch(x: torch.Tensor, n_neighbors: int = 30, contamination: float = 0.05):
@@ -164,32 +260,37 @@ def _aggregate(maskclip_feats: torch.Tensor, corrs: torch.Tensor) -> torch.Tenso
     return torch.matmul(corrs_normalized, maskclip_feats.permute(1, 0, 2)).permute(1, 0, 2)
 
 
-def scclip(visual, images: torch.Tensor, beta: float = 0.4, pre_adjust_idx: int = 8, post_adjust_idx: int = 3,
-           multi_start_idx: int = 3, multi_end_idx: int = 10, res_cls: float = 0.3) -> torch.Tensor:
-    """SC-CLIP's forward, one image at a time (its LOF takes one image)."""
-    return torch.cat([_scclip_one(visual, image[None], beta, pre_adjust_idx, post_adjust_idx, multi_start_idx,
-                                  multi_end_idx, res_cls) for image in images])
+def scclip_tail(visual, t: Trunk, beta: float = 0.4, pre_adjust_idx: int = 8, post_adjust_idx: int = 3,
+                multi_start_idx: int = 3, multi_end_idx: int = 10, res_cls: float = 0.3,
+                outlier_row_length: str = "rows") -> torch.Tensor:
+    """SC-CLIP's forward after the blocks, one image at a time (its LOF takes one image).
+
+    ``outlier_row_length``: SC-CLIP turns an outlier's flat index into ``(index // feat_w, index % feat_w)``
+    with ``feat_w`` the grid's rows ("rows", its line 275), which is the position on square grids only;
+    "columns" divides by the row length the flattening used, as a non-square grid needs.
+    """
+    images = []
+    for image in range(t.x.shape[1]):
+        one = Trunk(t.x[:, image : image + 1], [f[:, image : image + 1] for f in t.feats_list], [], t.n_patches)
+        images.append(_scclip_one(visual, one, beta, pre_adjust_idx, post_adjust_idx, multi_start_idx,
+                                  multi_end_idx, res_cls, outlier_row_length))
+    return torch.cat(images)
 
 
-def _scclip_one(visual, images, beta, pre_adjust_idx, post_adjust_idx, multi_start_idx, multi_end_idx, res_cls):
-    B = images.shape[0]
+def _scclip_one(visual, t, beta, pre_adjust_idx, post_adjust_idx, multi_start_idx, multi_end_idx, res_cls,
+                outlier_row_length):
+    B = 1
     width = visual.conv1.out_channels
-    feat_w = images.shape[2] // visual.conv1.kernel_size[0]
-    feat_h = images.shape[3] // visual.conv1.kernel_size[0]
-    x = _tokens(visual, images)
-    blocks = visual.transformer.resblocks
-    feats_list = []
-    for idx, blk in enumerate(blocks[:-1], start=1):
-        x = _block(blk, x)
-        feats_list.append(x)
-        if idx == len(blocks) - 1:
-            cls_token = x[:1, ...]
-            outlier_indices, _ = lof_pytorch(x[1:, ...].squeeze(1), n_neighbors=30, contamination=0.05)
-            top_indices = [(torch.div(index, feat_w, rounding_mode="trunc"), index % feat_w)
-                           for index in outlier_indices]
-            feature_map = x[1:, :, :].permute(1, 2, 0).reshape(B, width, feat_w, feat_h)
-            feature_map = mean_interpolation(feature_map, top_indices)
-            x = feature_map.reshape(B, width, feat_w * feat_h).permute(2, 0, 1)
+    feat_w, feat_h = t.n_patches  # SC-CLIP: x.shape[-2], x.shape[-1] of conv1's output
+    feats_list = t.feats_list
+    x = feats_list[-1]
+    cls_token = x[:1, ...]
+    outlier_indices, _ = lof_pytorch(x[1:, ...].squeeze(1), n_neighbors=30, contamination=0.05)
+    row = feat_w if outlier_row_length == "rows" else feat_h
+    top_indices = [(torch.div(index, row, rounding_mode="trunc"), index % row) for index in outlier_indices]
+    feature_map = x[1:, :, :].permute(1, 2, 0).reshape(B, width, feat_w, feat_h)
+    feature_map = mean_interpolation(feature_map, top_indices)
+    x = feature_map.reshape(B, width, feat_w * feat_h).permute(2, 0, 1)
     feats = feats_list[pre_adjust_idx][1:, ...].clone()
     feats = feats.permute(1, 2, 0).reshape(B, width, feat_w, feat_h)
     feats = mean_interpolation(feats, top_indices)
@@ -199,7 +300,7 @@ def _scclip_one(visual, images, beta, pre_adjust_idx, post_adjust_idx, multi_sta
     mid_simi = before_simi.clone()
     before_simi[before_simi < beta] = 0.0
     x = _aggregate(x, before_simi)
-    blk = blocks[-1]
+    blk = visual.transformer.resblocks[-1]
     x = _scclip_attn(blk.attn, blk.ln_1(x), mid_simi=mid_simi) + res_cls * cls_token
     feats = feats_list[post_adjust_idx][1:, ...].clone()
     feats = feats / feats.norm(dim=2, keepdim=True)
@@ -215,3 +316,35 @@ def _scclip_one(visual, images, beta, pre_adjust_idx, post_adjust_idx, multi_sta
     x += re_feats
     x = x.permute(1, 0, 2)
     return visual.ln_post(x) @ visual.proj
+
+
+# Each mvpseg mode as its authors' code runs it: the tail and its setting.
+TAILS = {
+    "vanilla": lambda visual, t, **kw: sclip_tail(visual, t, csa=False),  # SCLIP, csa=False: the untouched block
+    "maskclip": lambda visual, t, **kw: clearclip_tail(visual, t, "MaskCLIP", ignore_residual=False),
+    "value": lambda visual, t, **kw: clearclip_tail(visual, t, "MaskCLIP", ignore_residual=True),
+    "qq": lambda visual, t, **kw: clearclip_tail(visual, t, "ClearCLIP", ignore_residual=True),
+    "qk": lambda visual, t, **kw: clearclip_tail(visual, t, "vanilla", ignore_residual=True),  # its base_config.py
+    "csa": lambda visual, t, **kw: sclip_tail(visual, t, csa=True),
+    "naclip": naclip_tail,
+    "resclip": resclip_tail,
+    "scclip": scclip_tail,
+}
+
+
+def reference(mode: str, visual, images: torch.Tensor, **settings) -> torch.Tensor:
+    """``mode``'s features as its authors' code computes them: (B, h*w, D)."""
+    return TAILS[mode](visual, trunk(visual, images), **settings)
+
+
+def naclip(visual, images: torch.Tensor, std: float = 5.0) -> torch.Tensor:
+    return naclip_tail(visual, trunk(visual, images), std=std)
+
+
+def resclip(visual, images: torch.Tensor, tau: float = 2.0, lam: float = 0.4, layers: range = range(5, 9),
+            std: float = 5.0) -> torch.Tensor:
+    return resclip_tail(visual, trunk(visual, images), tau=tau, lam=lam, layers=layers, std=std)
+
+
+def scclip(visual, images: torch.Tensor, **settings) -> torch.Tensor:
+    return scclip_tail(visual, trunk(visual, images), **settings)

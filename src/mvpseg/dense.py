@@ -21,7 +21,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
-from .config import VIT_MODES, check_vit_mode
+from .config import VIT_MODES, DenseOptions, check_vit_mode
 
 __all__ = ["MODE_SPECS", "LayerChoices", "ModeSpec", "PUBLISHED_LAYERS", "dense_features", "feature_stride",
            "layer_choices", "VIT_MODES"]
@@ -33,27 +33,33 @@ __all__ = ["MODE_SPECS", "LayerChoices", "ModeSpec", "PUBLISHED_LAYERS", "dense_
 # - "maskclip": each token takes its own value path; the block's residual and MLP are kept
 #   (``y = x + out_proj(v_proj(ln_1 x)); y = y + mlp(ln_2 y)``), as MaskCLIP's code does.
 # - "value": the value path alone, no residual and no MLP (``y = out_proj(v_proj(ln_1 x))``).
-# - "qq": ClearCLIP: query-query attention, no residual and no MLP.
+# - "qq": ClearCLIP (its paper and its published figures, ``model_type='ClearCLIP'``): query-query
+#   attention, no residual and no MLP.
+# - "qk": ClearCLIP's released config (``model_type='vanilla', ignore_residual=True``): the block's own
+#   query-key attention, no residual and no MLP (``y = out_proj(softmax(q k^T s) v)``).
 # - "csa": SCLIP's correlative self-attention, the block's residual and MLP kept as SCLIP's code
 #   does: ``y = x + out_proj(A v); y = y + mlp(ln_2 y)`` with, over all tokens (CLS included),
 #   ``A = softmax(q q^T s) + softmax(k k^T s)``: each term softmaxed on its own and the two summed.
 # - "naclip": NACLIP (its ``arch="reduced"``): ``A = softmax(k k^T s + Omega)`` with the Gaussian
-#   neighbourhood ``Omega[p, P] = exp(-|pos_p - pos_P|^2 / (2 * 5^2))`` on the patch grid (0 on the
-#   CLS row and column); ``y = out_proj(A v)``, no residual and no MLP.
+#   neighbourhood ``Omega[p, P] = exp(-|pos_p - pos_P|^2 / (2 std^2))`` on the patch grid (0 on the
+#   CLS row and column; std ``DenseOptions.naclip_std``, 5 patches); ``y = out_proj(A v)``, no residual
+#   and no MLP.
 # - "resclip": ResCLIP's residual cross-correlation self-attention (RCS) on NACLIP:
 #   ``A = tau * ((1 - lam) * A_naclip + lam * A_mid)``, ``A_mid`` the mean of the ordinary
 #   ``softmax(q k^T s)`` of the middle blocks (layers 6-9, on ViT-B and ViT-L: :func:`layer_choices`),
-#   tau 2, lam 0.4 (its Context and COCO-Stuff setting); ``y = out_proj(A v)``. ResCLIP's second
-#   part (semantic feedback refinement) needs the class names and is left out.
+#   tau and lam ``DenseOptions.resclip_tau`` and ``resclip_lambda`` (2 and 0.4 by default, its Context-59
+#   and COCO-Stuff setting); ``y = out_proj(A v)``. ResCLIP's second part (semantic feedback
+#   refinement) needs the class names and is left out.
 # - "scclip": SC-CLIP's self-calibration (:func:`_scclip_tokens`): anomaly tokens found by the local
 #   outlier factor after the penultimate block and replaced by their neighbours' mean, the last
 #   block's attention averaged with the similarity of a middle block's features, features aggregated
 #   over similar tokens, and a multi-level fusion of middle blocks through the last block.
 # Only resclip and scclip read middle blocks; which ones depends on the depth (:func:`layer_choices`):
 # the authors' own settings for ViT-B (12 blocks) and ViT-L (24), ViT-B's scaled to other depths.
+# A mode's numeric parameters that the authors' configs set (NACLIP's std, ResCLIP's tau and lambda) and
+# the positional embedding's resize are :class:`mvpseg.config.DenseOptions` fields; SC-CLIP's below are
+# fixed in its code (beta, k, contamination) or follow the depth (res_cls).
 
-NACLIP_STD = 5.0  # NACLIP's neighbourhood: the Gaussian's standard deviation, in patches
-RESCLIP_TAU, RESCLIP_LAMBDA = 2.0, 0.4  # ResCLIP's RCS: scale of the attention, weight of the middle blocks'
 SCCLIP_BETA = 0.4  # SC-CLIP: similarities below this are dropped from the feature aggregation
 SCCLIP_RES_CLS = 0.3  # SC-CLIP: weight of the CLS token added to every patch token (ViT-B; see layer_choices)
 SCCLIP_NEIGHBOURS, SCCLIP_CONTAMINATION = 30, 0.05  # SC-CLIP's local outlier factor: k, share of outliers
@@ -84,8 +90,23 @@ def _resnet_dense(visual: ModifiedResNet, images: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)  # (B, h, w, D) -> (B, D, h, w)
 
 
-def _interpolated_positions(visual: VisionTransformer, grid: tuple[int, int]) -> torch.Tensor:
-    """The positional embedding resized (bicubic) to a ``grid`` of patches: (1 + h*w, W)."""
+def _interpolated_positions(visual: VisionTransformer, grid: tuple[int, int], resize: str = "grid") -> torch.Tensor:
+    """The positional embedding resized (bicubic) to a ``grid`` of patches (h, w): (1 + h*w, W).
+
+    ``resize`` (:attr:`mvpseg.config.DenseOptions.position_resize`):
+
+    - "grid": ``F.interpolate(size=(h, w))``: output cell i samples the g x g source at
+      ``(i + 0.5) * g / h - 0.5``, the two grids' edges aligned.
+    - "authors": what SCLIP, ClearCLIP, NACLIP, ResCLIP and SC-CLIP run (their ``interpolate_pos_encoding``):
+      ``F.interpolate(scale_factor=((h + 0.1) / g, (w + 0.1) / g))`` with the scale used as given
+      (``recompute_scale_factor`` False or unset), so the output is still h x w but cell i samples
+      ``(i + 0.5) * g / (h + 0.1) - 0.5``: a grid shrunk by h / (h + 0.1) towards the top-left corner.
+      Rows and columns get their own factor (non-square grids are handled alike by all five). One case
+      differs: their code skips the resize whenever the token count equals the embedding's (e.g. a 7 x 28
+      grid for a 14 x 14 embedding) and reads the square embedding as that grid; mvpseg resizes it.
+
+    The embedding is returned as it is on its own g x g grid, as in all five repositories.
+    """
     positions = visual.positional_embedding  # (1 + g*g, W)
     cls_position, patch_positions = positions[:1], positions[1:]
     side = int(math.isqrt(patch_positions.shape[0]))
@@ -93,9 +114,13 @@ def _interpolated_positions(visual: VisionTransformer, grid: tuple[int, int]) ->
         return positions
     width = positions.shape[1]
     patch_positions = patch_positions.reshape(1, side, side, width).permute(0, 3, 1, 2)  # -> (1, W, g, g)
-    patch_positions = F.interpolate(
-        patch_positions.float(), size=grid, mode="bicubic", align_corners=False
-    ).to(positions.dtype)
+    if resize == "authors":
+        scale = ((grid[0] + 0.1) / side, (grid[1] + 0.1) / side)
+        patch_positions = F.interpolate(patch_positions.float(), scale_factor=scale, mode="bicubic",
+                                        align_corners=False, recompute_scale_factor=False)  # (1, W, h, w)
+    else:
+        patch_positions = F.interpolate(patch_positions.float(), size=grid, mode="bicubic", align_corners=False)
+    patch_positions = patch_positions.to(positions.dtype)
     patch_positions = patch_positions.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], width)  # -> (h*w, W)
     return torch.cat([cls_position, patch_positions], dim=0)
 
@@ -152,7 +177,7 @@ def _block(block: _Block, x: torch.Tensor, keep_attention: bool = False
     return x + block.ls_2(block.mlp(block.ln_2(x))), weights
 
 
-def neighbourhood_bias(grid: tuple[int, int], std: float = NACLIP_STD) -> torch.Tensor:
+def neighbourhood_bias(grid: tuple[int, int], std: float = DenseOptions.naclip_std) -> torch.Tensor:
     """NACLIP's additive attention bias: (1 + h*w, 1 + h*w), CLS first (its row and column 0).
 
     ``Omega[p, P] = exp(-|pos_p - pos_P|^2 / (2 std^2))`` for patches p, P at grid positions (row, column).
@@ -185,10 +210,11 @@ MODE_SPECS: dict[str, ModeSpec] = {
     "naclip": ModeSpec("kk+neighbourhood", residual=False),
     "resclip": ModeSpec("kk+neighbourhood", residual=False, middle_attention=True),
     "scclip": ModeSpec("self-calibration", residual=False, every_output=True),
+    "qk": ModeSpec("qk", residual=False),
 }
 
 
-def _value_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def _value_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int], options: DenseOptions) -> torch.Tensor:
     """Each token's own value: (B, L, W) -> (B, L, W)."""
     attention: nn.MultiheadAttention = block.attn
     width = x.shape[-1]
@@ -196,42 +222,49 @@ def _value_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int]) -> torc
     return F.linear(block.ln_1(x), weight[2 * width :], bias[2 * width :])
 
 
-def _qq_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def _qq_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int], options: DenseOptions) -> torch.Tensor:
     """ClearCLIP: ``softmax(q q^T s) v`` per head. (B, L, W) -> (B, L, W)."""
     q, _, v = _qkv(block, x)
     # scaled_dot_product_attention(a, a, v) = softmax(a a^T / sqrt(head_width)) v, per head.
     return _merge_heads(F.scaled_dot_product_attention(q, q, v))
 
 
-def _csa_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def _qk_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int], options: DenseOptions) -> torch.Tensor:
+    """ClearCLIP's released config: the block's own ``softmax(q k^T s) v`` per head. (B, L, W) -> (B, L, W)."""
+    q, k, v = _qkv(block, x)
+    return _merge_heads(F.scaled_dot_product_attention(q, k, v))
+
+
+def _csa_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int], options: DenseOptions) -> torch.Tensor:
     """SCLIP: ``(softmax(q q^T s) + softmax(k k^T s)) v``, the two row-softmaxes summed, not averaged."""
     q, k, v = _qkv(block, x)
     return _merge_heads(F.scaled_dot_product_attention(q, q, v) + F.scaled_dot_product_attention(k, k, v))
 
 
-def _neighbourhood_heads(block: _Block, x: torch.Tensor, grid: tuple[int, int]
+def _neighbourhood_heads(block: _Block, x: torch.Tensor, grid: tuple[int, int], std: float
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """NACLIP: ``softmax(k k^T s + Omega) v`` per head, (B, n, L, W/n), and v."""
+    """NACLIP: ``softmax(k k^T s + Omega) v`` per head, (B, n, L, W/n), and v; Omega's Gaussian has ``std``."""
     _, k, v = _qkv(block, x)
-    omega = neighbourhood_bias(grid).to(device=x.device, dtype=k.dtype)  # (L, L)
+    omega = neighbourhood_bias(grid, std).to(device=x.device, dtype=k.dtype)  # (L, L)
     # scaled_dot_product_attention(k, k, v, Omega) = softmax(k k^T s + Omega) v, per head.
     return F.scaled_dot_product_attention(k, k, v, attn_mask=omega), v
 
 
-def _naclip_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    return _merge_heads(_neighbourhood_heads(block, x, grid)[0])
+def _naclip_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int], options: DenseOptions) -> torch.Tensor:
+    return _merge_heads(_neighbourhood_heads(block, x, grid, options.naclip_std)[0])
 
 
 #: The attention kinds of :data:`MODE_SPECS` (but "block" and SC-CLIP's, which need more than one block).
-_ATTENTION = {"value": _value_mixing, "qq": _qq_mixing, "qq+kk": _csa_mixing, "kk+neighbourhood": _naclip_mixing}
+_ATTENTION = {"value": _value_mixing, "qq": _qq_mixing, "qk": _qk_mixing, "qq+kk": _csa_mixing,
+              "kk+neighbourhood": _naclip_mixing}
 
 
-def _last_block(block: _Block, x: torch.Tensor, mode: str, grid: tuple[int, int] = (0, 0),
+def _last_block(block: _Block, x: torch.Tensor, mode: str, options: DenseOptions, grid: tuple[int, int] = (0, 0),
                 middle_attention: torch.Tensor | None = None) -> torch.Tensor:
     """Run the last residual block of a ViT as its mode's row of :data:`MODE_SPECS` says. x: (B, L, W).
 
-    ``grid`` is the patch grid (naclip, resclip); ``middle_attention`` (B, n, L, L) the mean attention
-    of the middle blocks (resclip).
+    ``options`` holds the modes' parameters; ``grid`` is the patch grid (naclip, resclip);
+    ``middle_attention`` (B, n, L, L) the mean attention of the middle blocks (resclip).
     """
     spec = MODE_SPECS[mode]
     if spec.attention == "block":
@@ -239,11 +272,12 @@ def _last_block(block: _Block, x: torch.Tensor, mode: str, grid: tuple[int, int]
     if spec.middle_attention:
         if middle_attention is None:
             raise ValueError(f"{mode} needs the middle blocks' attention")
-        heads, v = _neighbourhood_heads(block, x, grid)
-        heads = RESCLIP_TAU * ((1 - RESCLIP_LAMBDA) * heads + RESCLIP_LAMBDA * middle_attention.to(v.dtype) @ v)
+        heads, v = _neighbourhood_heads(block, x, grid, options.naclip_std)
+        tau, lam = options.resclip_tau, options.resclip_lambda
+        heads = tau * ((1 - lam) * heads + lam * middle_attention.to(v.dtype) @ v)  # (B, n, L, W/n)
         mixed = _merge_heads(heads)
     else:
-        mixed = _ATTENTION[spec.attention](block, x, grid)  # (B, L, W)
+        mixed = _ATTENTION[spec.attention](block, x, grid, options)  # (B, L, W)
     out = block.attn.out_proj(mixed)
     if not spec.residual:  # the attention output alone: no residual, no MLP
         return out
@@ -402,7 +436,7 @@ def _scclip_tokens(last: nn.Module, outputs: list[torch.Tensor], grid: tuple[int
     return x + _aggregate(fused, after)
 
 
-def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str) -> torch.Tensor:
+def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str, options: DenseOptions) -> torch.Tensor:
     if visual.attn_pool is not None:
         raise ValueError("ViT towers with an attentional pooler (CoCa) are not supported for dense features")
     x = visual.conv1(images)  # (B, W, h, w)
@@ -410,7 +444,7 @@ def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str) -> to
     x = x.reshape(batch, width, height * grid_width).permute(0, 2, 1)  # (B, W, h, w) -> (B, h*w, W)
     cls_token = visual.class_embedding.to(x.dtype).expand(batch, 1, width)
     x = torch.cat([cls_token, x], dim=1)  # (B, 1 + h*w, W)
-    x = x + _interpolated_positions(visual, (height, grid_width)).to(x.dtype)
+    x = x + _interpolated_positions(visual, (height, grid_width), options.position_resize).to(x.dtype)
     x = visual.ln_pre(x)
     blocks = list(visual.transformer.resblocks)
     spec = MODE_SPECS[mode]
@@ -428,14 +462,15 @@ def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str) -> to
         x = visual.ln_post(_scclip_tokens(blocks[-1], outputs, grid))  # (B, h*w, W)
     else:
         middle_attention = torch.stack(attentions).mean(dim=0) if attentions else None
-        x = _last_block(blocks[-1], x, mode, grid, middle_attention)
+        x = _last_block(blocks[-1], x, mode, options, grid, middle_attention)
         x = visual.ln_post(x[:, 1:])  # drop CLS: (B, h*w, W)
     if visual.proj is not None:
         x = x @ visual.proj  # (B, h*w, D)
     return x.permute(0, 2, 1).reshape(batch, -1, height, grid_width)  # (B, h*w, D) -> (B, D, h, w)
 
 
-def dense_features(clip_model: nn.Module, images: torch.Tensor, vit_mode: str = "maskclip") -> torch.Tensor:
+def dense_features(clip_model: nn.Module, images: torch.Tensor, vit_mode: str = "maskclip",
+                   options: DenseOptions | None = None) -> torch.Tensor:
     """Per-location CLIP embeddings of normalised images, MaskCLIP-style.
 
     Args:
@@ -444,6 +479,8 @@ def dense_features(clip_model: nn.Module, images: torch.Tensor, vit_mode: str = 
         images: (B, 3, H, W) float, normalised with the model's mean and std. Any H and W
             (ViT positional embeddings are interpolated; sizes are floored to the stride).
         vit_mode: how the last ViT block runs, one of :data:`VIT_MODES`; ignored for ResNets.
+        options: the ViT modes' parameters and the positional embedding's resize
+            (:class:`mvpseg.config.DenseOptions`); None: its defaults. Ignored for ResNets.
 
     Returns:
         (B, D, h, w) features in CLIP's joint embedding space, not normalised, with
@@ -459,5 +496,5 @@ def dense_features(clip_model: nn.Module, images: torch.Tensor, vit_mode: str = 
                 images = images.contiguous(memory_format=torch.channels_last)  # an inference_tower's layout
             return _resnet_dense(visual, images)
         if isinstance(visual, VisionTransformer):
-            return _vit_dense(visual, images, vit_mode)
+            return _vit_dense(visual, images, vit_mode, DenseOptions() if options is None else options)
     raise TypeError(_unsupported(visual))

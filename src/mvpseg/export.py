@@ -37,7 +37,7 @@ from torch import nn
 
 from .checkpoint import INFERENCE_FIELDS, inference_settings
 from .clip import ClipBundle, normalisation, weights_fingerprint
-from .config import InferenceConfig, ModelSource, to_dict
+from .config import DenseOptions, InferenceConfig, ModelSource, to_dict
 from .files import atomic_write
 from .inference import Segmenter, with_overrides
 from .model import ClipModel, MVPHead, MVPSeg, cosine_maps
@@ -279,7 +279,8 @@ class _OnnxModel(nn.Module):
         assert self.text_model is not None, "a file with baked classes takes no text"
         return self.text_model.text_embeddings(class_names)
 
-    def features(self, crops: torch.Tensor, tower: nn.Module | None = None) -> torch.Tensor:
+    def features(self, crops: torch.Tensor, tower: nn.Module | None = None,
+                 options: DenseOptions | None = None) -> torch.Tensor:
         raise NotImplementedError("an ONNX model gives prompt maps, not features: use window_maps")
 
     def window_maps(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .clip import ClipBundle
-from .config import MVPSegConfig
+from .config import DenseOptions, MVPSegConfig
 from .dense import dense_features, feature_stride
 from .prompts import PromptLearner, template_embeddings
 from .tower import inference_tower
@@ -25,7 +25,7 @@ from .tower import inference_tower
 if TYPE_CHECKING:
     import open_clip
 
-__all__ = ["ClipModel", "MVPSegConfig", "MVPHead", "MVPSeg", "MVPSegOutput", "cosine_maps"]
+__all__ = ["ClipModel", "MVPSegConfig", "MVPHead", "MVPSeg", "MVPSegOutput", "SegmentationModel", "cosine_maps"]
 
 
 def cosine_maps(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -132,6 +132,60 @@ class MVPHead(nn.Module):
         return MVPSegOutput(fused_logits=fused, presence_logits=presence, prompt_maps=prompt_maps)
 
 
+_Model = TypeVar("_Model", bound="SegmentationModel")
+
+
+class SegmentationModel(Protocol):
+    """What :class:`mvpseg.Segmenter` uses of a model, all of it: :class:`ClipModel`s (:class:`MVPSeg`, the
+    students) offer it, and so does ``mvpseg.export``'s model of an ONNX file (its windows in onnxruntime).
+
+    Attributes:
+        head: fusion (and GPR) over the stitched per-prompt maps (B, P, C, h, w).
+        inference_settings: the InferenceConfig fields the model's checkpoint was made for (a Segmenter's
+            defaults; empty for a model built in code).
+    """
+
+    head: MVPHead
+    inference_settings: dict[str, Any]
+
+    @property
+    def clip(self) -> ClipBundle | None:
+        """The frozen CLIP the model runs on; None for an ONNX file whose classes are baked in."""
+
+    @property
+    def config(self) -> Any:
+        """The settings the model was built from (a dataclass), recorded in a Segmenter's identity."""
+
+    @property
+    def feature_stride(self) -> int:
+        """Pixels per feature cell."""
+
+    def normalisation(self, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (1, 3, 1, 1) mean and std the model's images are normalised with."""
+
+    def inference_tower(self, fold: bool = True, channels_last: bool = True) -> nn.Module | None:
+        """The image tower inference runs (``features``' ``tower``), or None."""
+
+    def features(self, images: torch.Tensor, tower: nn.Module | None = None,
+                 options: DenseOptions | None = None) -> torch.Tensor:
+        """(B, D, h, w) L2-normalised dense features of normalised images (B, 3, H, W)."""
+
+    def cosine_maps(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Features (B, D, h, w) against text (P, C, D) -> (B, P, C, h, w)."""
+
+    def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
+        """(P, C, D) normalised class embeddings."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trained tensors, fingerprinted in a Segmenter's identity."""
+
+    def to(self: _Model, device: torch.device) -> _Model:
+        """The model on ``device``."""
+
+    def eval(self: _Model) -> _Model:
+        """The model in inference mode."""
+
+
 class ClipModel(nn.Module):
     """What every mvpseg model is (:class:`MVPSeg`, :class:`mvpseg.student.Student`): a frozen CLIP it holds,
     dense features scored by their cosine against class embeddings, and a head (:class:`MVPHead`) over those maps.
@@ -174,7 +228,8 @@ class ClipModel(nn.Module):
 
         def inference_tower(self, fold: bool = True, channels_last: bool = True) -> nn.Module | None: ...
 
-    def features(self, images: torch.Tensor, tower: nn.Module | None = None) -> torch.Tensor:
+    def features(self, images: torch.Tensor, tower: nn.Module | None = None,
+                 options: DenseOptions | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
@@ -237,13 +292,17 @@ class MVPSeg(ClipModel):
         """The image tower as inference runs it (:func:`mvpseg.dense.inference_tower`): same features, faster."""
         return inference_tower(self.clip_model.visual, fold=fold, channels_last=channels_last)
 
-    def features(self, images: torch.Tensor, tower: nn.Module | None = None) -> torch.Tensor:
+    def features(self, images: torch.Tensor, tower: nn.Module | None = None,
+                 options: DenseOptions | None = None) -> torch.Tensor:
         """(B, D, h, w) L2-normalised dense features of normalised images (B, 3, H, W).
 
         Args:
             images: (B, 3, H, W) float, normalised with CLIP's mean and std.
             tower: the image tower to run; default CLIP's own (:class:`mvpseg.Segmenter` passes an
                 :func:`mvpseg.dense.inference_tower`, which gives the same features faster).
+            options: the ViT mode's parameters and positional resize (:class:`mvpseg.config.DenseOptions`,
+                an ``InferenceConfig.dense``); None: the defaults. The mode itself is the model's
+                (``config.vit_mode``).
         """
         visual = self.clip_model.visual if tower is None else tower
-        return F.normalize(dense_features(visual, images, self.config.vit_mode).float(), dim=1)
+        return F.normalize(dense_features(visual, images, self.config.vit_mode, options).float(), dim=1)

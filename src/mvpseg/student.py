@@ -30,7 +30,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from .backbones import Backbone, freeze_batchnorm
 from .clip import ClipBundle
-from .config import StudentConfig
+from .config import DenseOptions, StudentConfig
 from .model import ClipModel, MVPHead
 from .prompts import PromptLearner, validate_class_names
 
@@ -227,9 +227,10 @@ class Student(ClipModel):
         """No separate image tower: the student's own network makes its features."""
         return None
 
-    def features(self, images: torch.Tensor, tower: nn.Module | None = None) -> torch.Tensor:
+    def features(self, images: torch.Tensor, tower: nn.Module | None = None,
+                 options: DenseOptions | None = None) -> torch.Tensor:
         """(B, D, h, w) features of CLIP-normalised images (B, 3, H, W): L2-normalised with mvpseg's head, as they
-        come with MaskCLIP+'s (``norm_feat=False``); ``tower`` is unused."""
+        come with MaskCLIP+'s (``norm_feat=False``); ``tower`` and ``options`` (a ViT mode's) are unused."""
         low, high = self.backbone(images * self.input_scale.to(images.dtype) + self.input_shift.to(images.dtype))
         features = self.decoder(low, high).float()
         return F.normalize(features, dim=1) if self.config.head == "mvpseg" else features
