@@ -32,7 +32,7 @@ def _flags(name: str) -> set[str]:
 
 def _config_classes() -> list[type]:
     return [value for value in vars(configs).values()
-            if dataclasses.is_dataclass(value) and value.__module__ == configs.__name__]
+            if dataclasses.is_dataclass(value) and value.__module__.startswith(configs.__name__ + ".")]
 
 
 @pytest.mark.parametrize("cls", _config_classes(), ids=lambda cls: cls.__name__)
@@ -47,11 +47,11 @@ def test_every_config_field_is_documented(cls: type) -> None:
      set()),
     ("transfer", configs.TransferConfig, {"use_gpr": "gpr", "seg": "seg-weight", "cls": "cls-weight",
                                           "oc": "oc-weight"}, set()),
-    ("pseudo-label", configs.InferenceConfig, {}, set()),
+    ("pseudo-label", configs.InferenceConfig, {"pamr_steps": "pamr"}, set()),
     ("demo", configs.DemoConfig, {}, set()),
-    ("segment", configs.InferenceConfig, {}, set()),
-    ("serve", configs.InferenceConfig, {}, set()),
-    ("eval", configs.InferenceConfig, {}, set()),
+    ("segment", configs.InferenceConfig, {"pamr_steps": "pamr"}, set()),
+    ("serve", configs.InferenceConfig, {"pamr_steps": "pamr"}, set()),
+    ("eval", configs.InferenceConfig, {"pamr_steps": "pamr"}, set()),
 ])
 def test_every_config_field_is_a_flag(command: str, cls: type, rename: dict[str, str], skip: set[str]) -> None:
     flags = _flags(command)

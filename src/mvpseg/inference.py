@@ -25,18 +25,19 @@ import torch.nn.functional as F
 
 from . import build
 from .clip import weights_fingerprint
-from .config import InferenceConfig, ModelSource, ViTMode, to_dict
-from .image import ImageInput, load_image
-from .model import ClipModel, MVPSeg, MVPSegOutput
-from .prompts import validate_class_names
+from .config import InferenceConfig, ModelSource, ViTMode, to_dict, with_overrides
+from .image import ImageInput, load_image, resize_cv2
+from .model import MVPSeg, MVPSegOutput, SegmentationModel
+from .prompts import TEMPLATE_SETS, template_embeddings, validate_class_names
+from .protocols import Protocol, get_protocol
 from .runtime import autocast, default_device
-from .upsample import label_log_scores, upsample_log_scores
+from .scoring import refined_probabilities, threshold_labels
+from .upsample import interpolate_cells, label_log_scores, upsample_log_scores
 from .vocabulary import ClassNames, Vocabulary, background_threshold_problem, max_over_names
+from .windows import Box, sliding_windows
 
 __all__ = ["InferenceConfig", "Prediction", "Segmenter", "sliding_windows", "with_overrides"]
 
-#: A window on the image: (y0, y1, x0, x1) in pixels.
-Box = tuple[int, int, int, int]
 
 
 @dataclass
@@ -62,35 +63,6 @@ class Prediction:
         return {name: float(count) / total for name, count in zip(self.class_names, counts.tolist())}
 
 
-def sliding_windows(height: int, width: int, crop: int, stride: int) -> list[Box]:
-    """Window boxes (y0, y1, x0, x1) covering an image, as mmsegmentation's slide inference does.
-
-    The last window in each direction is shifted back to end at the border; an image smaller than
-    the crop gives one window of its own size.
-    """
-    rows = max(height - crop + stride - 1, 0) // stride + 1
-    cols = max(width - crop + stride - 1, 0) // stride + 1
-    boxes = []
-    for row in range(rows):
-        for col in range(cols):
-            y1, x1 = min(row * stride + crop, height), min(col * stride + crop, width)
-            boxes.append((max(y1 - crop, 0), y1, max(x1 - crop, 0), x1))
-    return boxes
-
-
-def with_overrides(config: InferenceConfig, overrides: Mapping[str, Any] | None) -> InferenceConfig:
-    """``config`` with the fields a user typed laid over it; a new crop without a stride takes the crop's
-    default stride (a recorded stride belongs to the recorded crop).
-
-    Raises:
-        ValueError: an explicit stride larger than the crop (one line).
-    """
-    overrides = dict(overrides or {})
-    if "crop_size" in overrides and "stride" not in overrides:
-        overrides["stride"] = None
-    return dataclasses.replace(config, **overrides)
-
-
 class Segmenter:
     """MVP-SEG (or the MaskCLIP template baseline) ready to segment images.
 
@@ -102,7 +74,7 @@ class Segmenter:
         device: where to run; default CUDA when available.
     """
 
-    def __init__(self, model: ClipModel, config: InferenceConfig | None = None,
+    def __init__(self, model: SegmentationModel, config: InferenceConfig | None = None,
                  device: str | torch.device | None = None) -> None:
         self.device = default_device(device)
         self.config = config or InferenceConfig(**model.inference_settings)
@@ -130,6 +102,7 @@ class Segmenter:
         student: str | os.PathLike[str] | None = None,
         overrides: Mapping[str, Any] | None = None,
         vit_mode: ViTMode | None = None,
+        protocol: str | Protocol | None = None,
     ) -> Segmenter:
         """Load CLIP and, optionally, learned prompts or an MVP-SEG+ student.
 
@@ -148,6 +121,9 @@ class Segmenter:
                 a user typed (``{"short_side": 512}``).
             vit_mode: a ViT's dense mode; default the prompts', else (templates) "scclip"
                 (:func:`mvpseg.build.from_pretrained`).
+            protocol: an evaluation protocol (:mod:`mvpseg.protocols`; a name, ``"NAME:BENCHMARK"`` or a
+                :class:`~mvpseg.protocols.Protocol`): its settings over the checkpoint's, under ``overrides``; with
+                the templates its ViT mode unless ``vit_mode`` is given.
 
         Returns:
             A ready :class:`Segmenter`.
@@ -155,16 +131,22 @@ class Segmenter:
         source = ModelSource(clip=clip, pretrained=None if pretrained is None else str(pretrained),
                              prompts=None if prompts is None else str(prompts),
                              student=None if student is None else str(student), vit_mode=vit_mode)
-        return cls.from_source(source, device=device, config=config, overrides=overrides)
+        return cls.from_source(source, device=device, config=config, overrides=overrides, protocol=protocol)
 
     @classmethod
     def from_source(cls, source: ModelSource, device: str | torch.device | None = None,
-                    config: InferenceConfig | None = None, overrides: Mapping[str, Any] | None = None) -> Segmenter:
+                    config: InferenceConfig | None = None, overrides: Mapping[str, Any] | None = None,
+                    protocol: str | Protocol | None = None) -> Segmenter:
         """The Segmenter of a :class:`mvpseg.ModelSource`, as every command builds it (:meth:`from_pretrained`'s
         arguments in one value; an ONNX file loads with ``mvpseg.export.OnnxSegmenter.from_source``)."""
         if source.onnx is not None:
             raise ValueError("this model source names an ONNX file: load it with "
                              "mvpseg.export.OnnxSegmenter.from_source (the export extra)")
+        if protocol is not None:
+            protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+            if protocol.vit_mode and source.vit_mode is None and source.prompts is None and source.student is None:
+                source = dataclasses.replace(source, vit_mode=protocol.vit_mode)  # type: ignore[arg-type]
+            overrides = {**protocol.overrides(), **(overrides or {})}
         target = default_device(device)
         model = build.from_pretrained(source.clip, source.pretrained, source.prompts, device=target,
                                       student=source.student, vit_mode=source.vit_mode)
@@ -198,20 +180,37 @@ class Segmenter:
         fraction of its activations in memory (171 classes x 4 prompts at once: about 700 MiB).
         """
         names = tuple(validate_class_names(class_names))
-        if names not in self._text_cache:
+        key = self._text_key(names)
+        if key not in self._text_cache:
             step = self.config.text_batch
             with torch.inference_mode(), self.autocast():
-                parts = [self.model.text_embeddings(names[start : start + step]).float()
+                parts = [self._encode_text(names[start : start + step]).float()
                          for start in range(0, len(names), step)]  # (P, c, D) each
-            self._text_cache[names] = torch.cat(parts, dim=1)  # (P, C, D)
-        return self._text_cache[names]
+            self._text_cache[key] = torch.cat(parts, dim=1)  # (P, C, D)
+        return self._text_cache[key]
+
+    def is_template_model(self) -> bool:  # the zero-training template classifier (no prompts, not a student)
+        return isinstance(self.model, MVPSeg) and self.model.prompts is None
+
+    def _text_key(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The text cache's key: the names, and the template set when it is not the model's own."""
+        return names if self.config.templates == "maskclip-85" or not self.is_template_model() else (
+            f"<{self.config.templates}>", *names)
+
+    def _encode_text(self, names: Sequence[str]) -> torch.Tensor:
+        """(P, c, D) embeddings of some names: the template classifier's with ``config.templates``, else the model's."""
+        if self.config.templates != "maskclip-85" and self.is_template_model():
+            clip_model = self.model.clip_model
+            return template_embeddings(clip_model, self.model.clip.tokenizer, names,
+                                       templates=TEMPLATE_SETS[self.config.templates]).unsqueeze(0)  # (c, D) -> (1, c, D)
+        return self.model.text_embeddings(names)
 
     def cache_text_embeddings(self, class_names: Sequence[str], embeddings: torch.Tensor) -> None:
         """Use ``embeddings`` (P, C, D) for this vocabulary instead of running the text tower."""
         names = tuple(validate_class_names(class_names))
         if embeddings.ndim != 3 or embeddings.shape[1] != len(names):
             raise ValueError(f"embeddings must be (P, {len(names)}, D), got {tuple(embeddings.shape)}")
-        self._text_cache[names] = embeddings.to(self.device)
+        self._text_cache[self._text_key(names)] = embeddings.to(self.device)
 
     def clear_text_cache(self) -> None:
         """Forget every vocabulary's embeddings (the next call runs the text tower again)."""
@@ -229,23 +228,19 @@ class Segmenter:
         Returns:
             (1, 3, H', W') float32 on this device, normalised with CLIP's mean and std.
         """
-        # uint8 -> float on the contiguous HWC array, then scaled in place: the same numbers as
-        # permuting first, in one pass less and without a second full-size float temporary.
-        tensor = torch.from_numpy(image).to(self.device).float().div_(255.0)  # (H, W, 3) in [0, 1]
+        size = self.config.resized_size(image.shape[0], image.shape[1])
+        smooth = self.config.resize_filter == "antialias"
+        if self.config.resize_filter == "cv2" and size != image.shape[:2]:
+            image = resize_cv2(image, size)  # the peers' mmcv Resize, exactly
+        # uint8 -> float on the contiguous HWC array (a copy), then scaled in place; the "bilinear" filter
+        # resizes the 8-bit levels and rounds them as cv2 does, and scales them after.
+        tensor = torch.from_numpy(image).to(self.device).float()  # (H, W, 3) in [0, 255]
+        tensor = tensor.div_(255.0) if smooth else tensor
         tensor = tensor.permute(2, 0, 1)[None]  # HWC -> (1, 3, H, W) (a view)
-        height, width = image.shape[:2]
-        short_side, long_side = self.config.short_side, self.config.long_side
-        size = None
-        if long_side is not None:
-            # mmseg's img_scale=(L, L) with keep_ratio (mmcv's rescale_size): factor L / long side, sizes
-            # rounded half up as int(x * s + 0.5); small images are enlarged. 500x375 -> 520x390 at L = 520.
-            scale = long_side / max(height, width)
-            size = (max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1))
-        elif short_side is not None and min(height, width) != short_side:
-            scale = short_side / min(height, width)
-            size = (max(round(height * scale), 1), max(round(width * scale), 1))
-        if size is not None and size != (height, width):
-            tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if size != image.shape[:2]:
+            tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=smooth)
+            tensor = tensor if smooth else tensor.round_().clamp_(0, 255)
+        tensor = tensor if smooth else tensor.div_(255.0)
         return tensor.sub_(self._mean).div_(self._std)  # in place: no full-size temporaries
 
     def pad(self, images: torch.Tensor) -> torch.Tensor:
@@ -263,6 +258,8 @@ class Segmenter:
         (the step at most the crop: windows never leave a gap)."""
         if self.config.mode == "whole":
             return [(0, height, 0, width)]
+        if self.config.stitch == "pixels":  # the peers' forward_slide: windows of the crop anywhere on the image
+            return sliding_windows(height, width, self.config.crop_size, self.config.window_stride)
         return sliding_windows(height, width, *self.config.window_on_cells(self.feature_stride))
 
     def window_batches(self, padded: torch.Tensor) -> Iterator[tuple[list[Box], torch.Tensor]]:
@@ -284,11 +281,46 @@ class Segmenter:
 
     def features(self, crops: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) L2-normalised dense features of normalised crops (B, 3, H, W), with the inference tower."""
-        return self.model.features(crops, tower=self.tower)
+        return self.model.features(crops, tower=self.tower, options=self.config.dense)
 
     def window_maps(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, P, C, h, w) float32 cosine maps of normalised crops (B, 3, H, W) against text (P, C, D)."""
         return self.model.cosine_maps(self.features(crops), text).float()
+
+    def stitched_maps(self, padded: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, P, N, h, w) float32 cosine maps of padded images (B, 3, H, W) against text (P, N, D) on the feature
+        grid: the windows' maps averaged on the cells where they overlap (``stitch="cells"``)."""
+        batch, step = padded.shape[0], self.feature_stride
+        grid = (padded.shape[-2] // step, padded.shape[-1] // step)
+        canvas = torch.zeros(batch, text.shape[0], text.shape[1], *grid, device=self.device)  # (B, P, N, h, w)
+        counts = torch.zeros(1, 1, 1, *grid, device=self.device)
+        with torch.inference_mode(), self.autocast():
+            for group, crops in self.window_batches(padded):  # crops: (G*B, 3, h', w')
+                maps = self.window_maps(crops, text)  # (G*B, P, N, h', w')
+                for index, (y0, y1, x0, x1) in enumerate(group):
+                    cells = (..., slice(y0 // step, y1 // step), slice(x0 // step, x1 // step))
+                    canvas[cells] += maps[index * batch : (index + 1) * batch]
+                    counts[cells] += 1
+        return canvas / counts
+
+    def pixel_maps(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, P, N, H, W) float32 cosine maps of images (B, 3, H, W) against text (P, N, D) at the images' pixels:
+        each window's maps upsampled (bilinear) to the window, summed and divided by the windows over each pixel
+        (``stitch="pixels"``, the peers' ``forward_slide``; a window whose side is not a whole number of patches
+        is seen on its whole patches and its maps stretched over all of it, as theirs are)."""
+        batch, _, height, width = images.shape
+        canvas = torch.zeros(batch, text.shape[0], text.shape[1], height, width, device=self.device)  # (B, P, N, H, W)
+        counts = torch.zeros(1, 1, 1, height, width, device=self.device)
+        with torch.inference_mode(), self.autocast():
+            for group, crops in self.window_batches(images.to(self.device)):  # crops: (G*B, 3, h', w')
+                maps = self.window_maps(crops, text)  # (G*B, P, N, h, w)
+                stretched = F.interpolate(maps.flatten(1, 2), size=crops.shape[-2:], mode="bilinear",
+                                          align_corners=False)  # (G*B, P*N, h, w) -> (G*B, P*N, h', w')
+                stretched = stretched.unflatten(1, maps.shape[1:3])  # -> (G*B, P, N, h', w')
+                for index, (y0, y1, x0, x1) in enumerate(group):
+                    canvas[..., y0:y1, x0:x1] += stretched[index * batch : (index + 1) * batch]
+                    counts[..., y0:y1, x0:x1] += 1
+        return canvas / counts
 
     def predict_torch(self, images: torch.Tensor, class_names: Sequence[ClassNames] | Vocabulary) -> MVPSegOutput:
         """Segment already resized, normalised images.
@@ -306,19 +338,9 @@ class Segmenter:
         """
         vocabulary = Vocabulary.of(class_names)
         text = self.text_embeddings(vocabulary.names)  # (P, N, D): one entry per distinct name
-        padded = self.pad(images.to(self.device))
-        batch, step = padded.shape[0], self.feature_stride
-        grid = (padded.shape[-2] // step, padded.shape[-1] // step)
-        canvas = torch.zeros(batch, text.shape[0], text.shape[1], *grid, device=self.device)  # (B, P, C, h, w)
-        counts = torch.zeros(1, 1, 1, *grid, device=self.device)
+        maps = self.stitched_maps(self.pad(images.to(self.device)), text)  # (B, P, N, h, w)
         with torch.inference_mode(), self.autocast():
-            for group, crops in self.window_batches(padded):  # crops: (G*B, 3, h', w')
-                maps = self.window_maps(crops, text)  # (G*B, P, C, h', w')
-                for index, (y0, y1, x0, x1) in enumerate(group):
-                    cells = (..., slice(y0 // step, y1 // step), slice(x0 // step, x1 // step))
-                    canvas[cells] += maps[index * batch : (index + 1) * batch]
-                    counts[cells] += 1
-            output = self.model.head(canvas / counts)  # over the N names
+            output = self.model.head(maps)  # over the N names
             presence = output.presence_logits
             return MVPSegOutput(
                 fused_logits=max_over_names(output.fused_logits, vocabulary, dim=1),  # (B, N, h, w) -> (B, C, h, w)
@@ -376,6 +398,11 @@ class Segmenter:
         if problem:
             raise ValueError(problem)
         array = load_image(image)
+        if self.config.scores_at_pixels:
+            probabilities = self.probabilities(array, vocabulary)  # (C, H, W)
+            labels = self.labels(probabilities, background_threshold)
+            return Prediction(labels=labels.cpu().numpy(), class_names=vocabulary.display_names,
+                              scores=probabilities.cpu().numpy() if return_scores else None)
         resized = self.resize(array)
         output = self.predict_torch(resized, vocabulary)
         size = array.shape[:2]
@@ -390,6 +417,47 @@ class Segmenter:
             scores=scores.cpu().numpy() if scores is not None else None,
             presence=presence,
         )
+
+    # --- the peers' protocols: every class's probability at every pixel -------------------------------------
+
+    def probabilities(self, image: np.ndarray, vocabulary: Vocabulary) -> torch.Tensor:
+        """(C, H, W) float32 class probabilities at an image's (H, W, 3) own size, as the settings score them: the
+        template classifier's names' cosine maps (stitched on the cells or the pixels), upsampled, refined by PAMR,
+        scaled by ``logit_scale`` (default the classifier's), by the synonym rule; learned prompts' and students'
+        final map ``softmax(fused) * g`` upsampled as log-scores. ``stitch="pixels"`` is for the templates alone."""
+        config = self.config
+        template = self.is_template_model()
+        if config.stitch == "pixels" and not template:
+            raise ValueError("stitch 'pixels' is the training-free protocol of the template classifier: learned prompts "
+                             "and students segment with stitch 'cells'")
+        resized = self.resize(image)  # (1, 3, H', W')
+        size = (int(image.shape[0]), int(image.shape[1]))
+        cells_per_pixel = self._cells_per_pixel((resized.shape[-2], resized.shape[-1]), size)
+        if template:
+            text = self.text_embeddings(vocabulary.names)  # (1, N, D)
+            if config.stitch == "pixels":
+                maps = self.pixel_maps(resized, text)[:, 0]  # (1, N, H', W')
+                with torch.inference_mode():
+                    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)  # (1, N, H, W)
+            else:
+                grid = self.stitched_maps(self.pad(resized), text)[0, 0]  # (N, h, w)
+                with torch.inference_mode():
+                    maps = interpolate_cells(grid, size, cells_per_pixel)[None]  # (1, N, H, W)
+        else:
+            output = self.predict_torch(resized, vocabulary)
+            with torch.inference_mode():
+                maps = interpolate_cells(output.final_logits()[0].float(), size, cells_per_pixel)[None]  # (1, C, H, W)
+        with torch.inference_mode():
+            guide = F.interpolate(resized, size=size, mode="bilinear", align_corners=False) if config.pamr_steps else None
+            scale = None if not template else config.logit_scale or float(self.model.head.tau1)
+            return refined_probabilities(maps, vocabulary, scale, config, guide)
+
+    def labels(self, probabilities: torch.Tensor, background_threshold: float | None = None) -> torch.Tensor:
+        """(H, W) int32 labels of class probabilities (C, H, W) under ``area_thd`` and ``prob_thd`` (or a higher
+        ``background_threshold``): :func:`mvpseg.scoring.threshold_labels` (``probabilities`` changed in place)."""
+        with torch.inference_mode():
+            return threshold_labels(probabilities, self.config.area_thd,
+                                    max(self.config.prob_thd, background_threshold or 0.0))
 
     def threshold_background(self, output: MVPSegOutput, labels: torch.Tensor, resized: tuple[int, int],
                              size: tuple[int, int], threshold: float) -> torch.Tensor:

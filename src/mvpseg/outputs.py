@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from .config import to_dict
 from .files import atomic_write, write_text
 from .viz import colorize, overlay
 
@@ -49,7 +50,8 @@ def run_record(segmenter: Segmenter, classes: Sequence[ClassNames], background: 
         (:meth:`mvpseg.InferenceConfig.result_fields`, the window stride in effect, device)}.
     """
     config = segmenter.config
-    inference: dict[str, Any] = {name: getattr(config, name) for name in config.result_fields()}
+    values = to_dict(config)
+    inference: dict[str, Any] = {name: values[name] for name in config.result_fields()}
     inference["stride"] = config.window_stride
     inference["device"] = segmenter.device.type
     return json.loads(json.dumps({

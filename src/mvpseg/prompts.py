@@ -20,6 +20,7 @@ from torch import nn
 __all__ = [
     "PromptLearner",
     "TEMPLATES",
+    "TEMPLATE_SETS",
     "encode_text_embeddings",
     "template_embeddings",
     "validate_class_names",
@@ -33,6 +34,10 @@ TEMPLATES: tuple[str, ...] = tuple(template("{}") for template in OPENAI_IMAGENE
     "this is the {} in the scene.",
     "this is one {} in the scene.",
 )
+
+#: The template sets of the zero-training classifier by name (:data:`mvpseg.config.TemplateSet`): MaskCLIP's 85
+#: (mvpseg's) and OpenAI's 80 ImageNet templates alone (the training-free peers' ``openai_imagenet_template``).
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"maskclip-85": TEMPLATES, "openai-imagenet-80": TEMPLATES[:80]}
 
 _PLACEHOLDER = "X"  # one BPE token ("x</w>"); its embedding is replaced by the learned context
 

@@ -9,10 +9,13 @@ argmax of ``F.interpolate(log_scores, size, mode="bilinear")``.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["upsample_log_scores", "block_rows", "label_log_scores"]
+__all__ = ["UpsampleStats", "upsample_log_scores", "block_rows", "interpolate_cells", "label_log_scores"]
 
 
 def _axis_weights(size: int, cells_per_pixel: float, cells: int,
@@ -29,6 +32,24 @@ def _axis_weights(size: int, cells_per_pixel: float, cells: int,
     index1 = (index0 + 1).clamp_max(cells - 1)
     weight1 = (real - index0).clamp(0, 1)
     return index0, index1, 1 - weight1, weight1
+
+
+def interpolate_cells(maps: torch.Tensor, size: tuple[int, int], cells_per_pixel: tuple[float, float]) -> torch.Tensor:
+    """Maps on the feature grid bilinearly interpolated to ``size`` at once, with the geometry of
+    :func:`upsample_log_scores` (a resized image's grid over the output pixels): every value materialised.
+
+    Args:
+        maps: (C, h, w) float32.
+        size: (H, W) the output size.
+        cells_per_pixel: feature cells per output pixel, rows and columns.
+
+    Returns:
+        (C, H, W) float32.
+    """
+    rows = _axis_weights(size[0], cells_per_pixel[0], maps.shape[1], maps.device)
+    cols = _axis_weights(size[1], cells_per_pixel[1], maps.shape[2], maps.device)
+    tall = maps[:, rows[0]] * rows[2][:, None] + maps[:, rows[1]] * rows[3][:, None]  # (C, h, w) -> (C, H, w)
+    return tall[:, :, cols[0]] * cols[2] + tall[:, :, cols[1]] * cols[3]  # (C, H, w) -> (C, H, W)
 
 
 def _quad_candidates(log_scores: torch.Tensor, margin: float) -> torch.Tensor:
@@ -126,6 +147,31 @@ def block_rows(width: int, budget_bytes: float, rows: int | None = None) -> int:
     return max(int(budget_bytes // (_LIVE_ROWS * 4 * width)), 1)
 
 
+@dataclass
+class UpsampleStats:
+    """What one :func:`upsample_log_scores` call computed, filled in when passed to it (benchmarks, tests).
+
+    The unit of work, and of memory, is a class block: one class's values over one block of output rows.
+    """
+
+    class_blocks: int = 0  # class blocks computed (bands that one class wins outright need none)
+    values: int = 0  # class values computed in all, the sum of the blocks' sizes (pruning lowers it)
+    largest_block: tuple[int, ...] = ()  # shape of the largest class block held at once: (rows, columns)
+
+    @property
+    def block_bytes(self) -> int:
+        """Memory of the largest block's temporaries (:data:`_LIVE_ROWS` float32 rows like it): what
+        ``budget_bytes`` bounds, unless a single row is over it."""
+        return math.prod(self.largest_block) * 4 * _LIVE_ROWS if self.largest_block else 0
+
+    def add(self, block: torch.Tensor) -> None:
+        """Count one class block (rows, columns)."""
+        self.class_blocks += 1
+        self.values += block.numel()
+        if block.numel() > (math.prod(self.largest_block) if self.largest_block else -1):
+            self.largest_block = tuple(block.shape)
+
+
 def _interpolate_rows(top: torch.Tensor, bottom: torch.Tensor, weight_top: torch.Tensor,
                       weight_bottom: torch.Tensor) -> torch.Tensor:
     """Rows between two width-interpolated cell rows of one class: (W,) x2, (r,) x2 -> (r, W) float32."""
@@ -135,7 +181,7 @@ def _interpolate_rows(top: torch.Tensor, bottom: torch.Tensor, weight_top: torch
 
 def upsample_log_scores(log_scores: torch.Tensor, size: tuple[int, int], cells_per_pixel: tuple[float, float],
                         budget_bytes: float = 64 * 2**20, rows: int | None = None, with_scores: bool = False,
-                        prune: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        prune: bool = True, stats: UpsampleStats | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Labels (and scores) of bilinearly upsampled log-scores, a block of rows and a class at a time.
 
     The value of class c at output pixel (y, x) is computed as ``F.interpolate(log_scores, size,
@@ -155,6 +201,8 @@ def upsample_log_scores(log_scores: torch.Tensor, size: tuple[int, int], cells_p
         rows: fixed rows per block instead of the budget.
         with_scores: also return ``exp`` of the upsampled log-scores.
         prune: skip the classes that cannot win (labels only); False visits every class.
+        stats: an :class:`UpsampleStats` to count the class blocks into (their temporaries' memory,
+            ``stats.block_bytes``, is within ``budget_bytes``).
 
     Returns:
         labels (H, W) int32 on the input's device; scores (C, H, W) float32 on the CPU, or None.
@@ -218,6 +266,8 @@ def upsample_log_scores(log_scores: torch.Tensor, size: tuple[int, int], cells_p
             for k in range(top.shape[0]):
                 span = visited[k]
                 value = _interpolate_rows(top[k, :span], bottom[k, :span], weight_top, weight_bottom)  # (r, span)
+                if stats is not None:
+                    stats.add(value)
                 if scores is not None:
                     scores[k, first_row:last_row] = value.exp().cpu()
                 if best is None or winner is None:

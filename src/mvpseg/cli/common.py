@@ -24,9 +24,11 @@ from .flags import add_config_flags, apply_overrides, overrides, read_config_fil
 if TYPE_CHECKING:
     import torch
 
+    from ..protocols import Protocol
+
 __all__ = ["RENAME", "UsageError", "add_clip_arguments", "add_inference_flags", "add_model_flags", "add_run_flags",
            "clip_source", "inference_config", "inference_overrides", "launch", "load_segmenter", "model_source",
-           "run_config"]
+           "protocol_line", "protocol_of", "run_config"]
 
 
 _CLIP_WEIGHTS_HELP = (
@@ -96,12 +98,16 @@ def add_model_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
     group.add_argument("--device", default=None, help=_DEVICE_HELP)
 
 
-def model_source(args: argparse.Namespace, **defaults: Any) -> ModelSource:
+def model_source(args: argparse.Namespace, protocol: Protocol | None = None, **defaults: Any) -> ModelSource:
     """The :class:`mvpseg.config.ModelSource` of :func:`add_model_flags`' flags (``defaults`` under what was typed);
-    a bad combination is a :class:`UsageError`."""
+    a bad combination is a :class:`UsageError`. With a ``protocol``, MaskCLIP's templates (no prompts, student or
+    ONNX file) take its ViT mode unless ``--vit-mode`` is given."""
     typed = {name: value for name, value in overrides(args).items() if name in ModelSource.__dataclass_fields__}
     if getattr(args, "clip_weights", None):
         typed["pretrained"] = args.clip_weights
+    if (protocol is not None and protocol.vit_mode
+            and not any(typed.get(name) for name in ("prompts", "student", "onnx"))):
+        defaults.setdefault("vit_mode", protocol.vit_mode)
     try:
         return ModelSource(**{**defaults, **typed})
     except ValueError as error:
@@ -121,9 +127,54 @@ def load_segmenter(source: ModelSource, device: str | torch.device | None = None
     return Segmenter.from_source(source, device=device, overrides=inference)
 
 
-def add_inference_flags(parser: argparse.ArgumentParser, presets: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-    """One flag per :class:`mvpseg.config.InferenceConfig` field (``--mode``, ``--short-side``, ...)."""
-    add_config_flags(parser, InferenceConfig, title="inference", presets=presets)
+#: Inference fields whose flag is not named after the field.
+INFERENCE_RENAME = {"pamr_steps": "pamr"}
+
+
+def add_inference_flags(parser: argparse.ArgumentParser, presets: Mapping[str, Mapping[str, Any]] | None = None,
+                        protocol_benchmark: str = "") -> None:
+    """One flag per :class:`mvpseg.config.InferenceConfig` field (``--mode``, ``--short-side``, ``--pamr``, the dense
+    options' ``--position-resize``, ...), and ``--protocol`` (:func:`protocol_of`).
+
+    Args:
+        parser: the command's parser.
+        presets: each named preset's values, shown in the flags' help.
+        protocol_benchmark: how the command picks a protocol's benchmark, for ``--protocol``'s help.
+    """
+    from ..protocols import PROTOCOL_NAMES  # standard library only
+
+    add_config_flags(parser, InferenceConfig, title="inference", presets=presets, rename=INFERENCE_RENAME)
+    parser.add_argument("--protocol", metavar="NAME[:BENCHMARK]",
+                        help=f"an evaluation protocol's settings ({', '.join(PROTOCOL_NAMES)}; docs/protocols.md): "
+                             f"its resize, windows, templates, synonym rule, logit scale, thresholds, PAMR, dense "
+                             f"options and (with MaskCLIP's templates) ViT mode, on one benchmark{protocol_benchmark}; "
+                             f"inference flags given too are laid over it")
+
+
+def protocol_of(args: argparse.Namespace, benchmark: str | None = None) -> Protocol | None:
+    """The :class:`mvpseg.protocols.Protocol` of ``--protocol NAME[:BENCHMARK]`` (``benchmark`` when the flag names
+    none), or None without the flag; an unknown protocol or a benchmark it has no values for is a UsageError."""
+    text = getattr(args, "protocol", None)
+    if not text:
+        return None
+    from ..protocols import get_protocol
+
+    try:
+        return get_protocol(text, benchmark)
+    except ValueError as error:
+        raise UsageError(f"--protocol: {error}") from error
+
+
+def protocol_line(protocol: Protocol | None, config: InferenceConfig) -> str:
+    """One line saying how the scores were made: the protocol (or the settings' own) and its values that matter."""
+    what = f"protocol {protocol.name} ({protocol.benchmark})" if protocol is not None else "settings"
+    size = (f"short side {config.short_side}" + (f" (cap {config.resize_cap})" if config.resize_cap else "")
+            if config.long_side is None else f"long side {config.long_side}")
+    windows = "whole image" if config.mode == "whole" else f"windows {config.crop_size}/{config.window_stride}"
+    scale = "the classifier's" if config.logit_scale is None else f"{config.logit_scale:g}"
+    return (f"{what}: {size}, {windows} stitched on {config.stitch}, templates {config.templates}, synonyms "
+            f"{config.synonym_rule}, logit scale {scale}, area_thd {config.area_thd:g}, prob_thd {config.prob_thd:g}, "
+            f"PAMR {config.pamr_steps or 'off'}, positions {config.dense.position_resize}")
 
 
 def inference_config(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> InferenceConfig:
@@ -131,9 +182,14 @@ def inference_config(args: argparse.Namespace, base: Mapping[str, Any] | None = 
     return apply_overrides(InferenceConfig(**(base or {})), inference_overrides(args))
 
 
-def inference_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The inference fields typed on the command line, to lay over the settings a checkpoint was made for."""
-    return {name: value for name, value in overrides(args).items() if name in InferenceConfig.__dataclass_fields__}
+def inference_overrides(args: argparse.Namespace, protocol: Protocol | None = None) -> dict[str, Any]:
+    """The inference fields typed on the command line (dense options as ``dense.FIELD``), over a protocol's settings
+    when one is given: what is laid over the settings a checkpoint was made for."""
+    typed = {name: value for name, value in overrides(args).items()
+             if name.split(".", 1)[0] in InferenceConfig.__dataclass_fields__}
+    if protocol is None:
+        return typed
+    return {**protocol.overrides(), **typed}
 
 
 # --- the training commands' runs -------------------------------------------------------------------------

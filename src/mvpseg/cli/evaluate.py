@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 
 from ..config import EVAL_PRESETS, STUDENT_EVAL_PRESETS
-from .common import UsageError, add_inference_flags, add_model_flags, inference_config, model_source
+from .common import (
+    UsageError,
+    add_inference_flags,
+    add_model_flags,
+    inference_config,
+    model_source,
+    protocol_line,
+    protocol_of,
+)
 
 __all__ = ["DATASET_CHOICES", "add_parser", "run"]
 
@@ -53,19 +61,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for metrics.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_flags(parser, skip=("onnx",))
-    add_inference_flags(parser, presets={name: values for name, values in EVAL_PRESETS.items() if name != "custom"})
+    add_inference_flags(parser, presets={name: values for name, values in EVAL_PRESETS.items() if name != "custom"},
+                        protocol_benchmark=" (default: --dataset's); its class file too unless --class-names-file "
+                                           "is given")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import build_dataset, peer_class_file
+    from ..data.classes import class_names_path
     from ..distributed import cleanup, init_distributed, is_main_process
     from ..evaluate import dataset_preset, evaluate, evaluation_setup, write_metrics
     from ..inference import Segmenter
     from ..metrics import format_table
 
     for flag, value in (("--class-names-file", args.class_names_file), ("--unseen-file", args.unseen_file)):
-        if value is not None and not Path(value).is_file():
+        if value is not None and not Path(value).is_file() and not (flag == "--unseen-file" and value == "none"):
             raise UsageError(f"{flag}: file not found: {value}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be a positive number of images, not {args.limit}")
@@ -73,13 +84,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give --peer-class-names or --class-names-file, not both")
     if args.peer_class_names and args.dataset == "custom":
         raise UsageError("--peer-class-names: a custom dataset has no peers' class file; give --class-names-file")
-    source = model_source(args)
+    protocol = protocol_of(args, args.dataset)
+    source = model_source(args, protocol)
     presets = STUDENT_EVAL_PRESETS if source.student else EVAL_PRESETS  # MaskCLIP+'s protocol for students
-    config = inference_config(args, base=dataset_preset(presets, args.dataset))
+    base = protocol.inference if protocol is not None else dataset_preset(presets, args.dataset)
+    config = inference_config(args, base=base)
+    prompt_names = peer_class_file(args.dataset) if args.peer_class_names else None
+    if protocol is not None and protocol.class_file and args.class_names_file is None and prompt_names is None:
+        prompt_names = class_names_path(protocol.class_file)
     # The data first: a wrong --data-root fails in one line before CLIP is loaded.
     dataset = build_dataset(args.dataset, args.data_root, args.split, class_names_file=args.class_names_file,
-                            unseen_file=args.unseen_file,
-                            prompt_names_file=peer_class_file(args.dataset) if args.peer_class_names else None)
+                            unseen_file=args.unseen_file, prompt_names_file=prompt_names)
     _, _, device = init_distributed(args.device)
     try:
         segmenter = Segmenter.from_source(source, device=device, config=config)
@@ -87,11 +102,14 @@ def run(args: argparse.Namespace) -> int:
         if is_main_process():
             setup = evaluation_setup(segmenter, dataset, args.split, source.student or source.prompts,
                                      limit=args.limit)
+            setup["protocol"] = protocol.record() if protocol is not None else None
+            setup["vit_mode"] = source.vit_mode
             path = write_metrics(args.out, metrics, extra=setup)
             what = (f"student {source.student}" if source.student else f"prompts {source.prompts}"
                     if source.prompts else "MaskCLIP templates")
             print(f"{dataset.info.name} {args.split}: {metrics['num_images']} images, "
                   f"CLIP {segmenter.clip.name}, {what}")
+            print(protocol_line(protocol, segmenter.config))
             print(format_table(metrics, dataset.info.unseen_names))
             print(dataset.describe(), file=sys.stderr)  # the size check: is this the official split?
             print(f"wrote {path}", file=sys.stderr)

@@ -17,6 +17,7 @@ from .common import (
     inference_overrides,
     load_segmenter,
     model_source,
+    protocol_of,
 )
 
 __all__ = ["add_parser", "parse_class_list", "parse_vocabulary", "run"]
@@ -123,7 +124,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="read images of up to N pixels (width x height); default: Pillow's guard against "
                              "decompression bombs, about 179 million. Raise it only for large images you trust")
     add_model_flags(parser)
-    add_inference_flags(parser)
+    add_inference_flags(parser, protocol_benchmark=" (default: each setting as most of its benchmarks have it)")
     parser.set_defaults(run=run)
 
 
@@ -173,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
 
     classes, background = parse_vocabulary(args)
     check_background_threshold(args.background_threshold, args.background)
-    source = model_source(args)
+    protocol = protocol_of(args)
+    source = model_source(args, protocol)
     if args.refuse_different and not args.skip_existing:
         raise UsageError("--refuse-different goes with --skip-existing: it says what to do with outputs made differently")
     if args.peer_timeout <= 1.0:
@@ -195,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     # A failed process stops the others within seconds; a late first beat is not a failure.
     watch = distributed.PeerWatch(dead_after_s=args.peer_timeout, startup_s=max(120.0, 12 * args.peer_timeout))
     try:
-        segmenter = load_segmenter(source, device, inference_overrides(args))
+        segmenter = load_segmenter(source, device, inference_overrides(args, protocol))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         if rank == 0:

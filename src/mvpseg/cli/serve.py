@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import ModelSource
-from .common import UsageError, add_inference_flags, add_model_flags, inference_overrides, model_source
+from .common import (
+    UsageError,
+    add_inference_flags,
+    add_model_flags,
+    inference_overrides,
+    model_source,
+    protocol_of,
+)
 
 if TYPE_CHECKING:
     from ..inference import Segmenter
@@ -42,7 +49,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="scenes of the synthetic world offered as examples (default: 4)")
     add_model_flags(parser, skip=("onnx",), title="model (mvpseg.ModelSource; with no model option: the shipped "
                                                   "world prompts on the tiny CLIP mvpseg-tiny)")
-    add_inference_flags(parser)
+    add_inference_flags(parser, protocol_benchmark=" (default: each setting as most of its benchmarks have it)")
     parser.set_defaults(run=run)
 
 
@@ -69,8 +76,10 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
         from ..world.prompts_asset import WORLD_PROMPTS
 
         return Segmenter.from_pretrained(clip=TINY_CLIP_NAME, pretrained="mvpseg", prompts=WORLD_PROMPTS,
-                                         device=args.device, overrides=inference_overrides(args))
-    return Segmenter.from_source(model_source(args), device=args.device, overrides=inference_overrides(args))
+                                         device=args.device, overrides=inference_overrides(args, protocol_of(args)))
+    protocol = protocol_of(args)
+    return Segmenter.from_source(model_source(args, protocol), device=args.device,
+                                 overrides=inference_overrides(args, protocol))
 
 
 def _check_port(host: str, port: int) -> None:
