@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from .metrics import ConfusionMatrix
 from .version import __version__
 from .vocabulary import ClassNames, Vocabulary
 
-__all__ = ["dataset_preset", "evaluate", "evaluation_setup", "inference_preset", "write_metrics"]
+__all__ = ["accumulate", "dataset_preset", "evaluate", "evaluation_setup", "inference_preset", "write_metrics"]
 
 def inference_preset(dataset: str, **overrides: Any) -> InferenceConfig:
     """The standard evaluation settings of a dataset (:data:`mvpseg.config.EVAL_PRESETS`).
@@ -128,17 +128,37 @@ def evaluate(
 
     matrix = ConfusionMatrix(len(names), ignore_index=info.ignore_index)
     indices = range(rank, total, world_size)
-    count = 0
-    for index in tqdm(indices, desc=f"eval {info.name}", unit="image", disable=not progress or rank != 0):
-        image, label = dataset.load(index)  # (H, W, 3) uint8, (H, W) int64 in 0..C-1 or ignore
-        prediction = segmenter.predict(image, vocabulary)  # labels (H, W) at the image's, i.e. the label's, size
-        matrix.update(torch.from_numpy(prediction.labels), torch.from_numpy(label))
-        count += 1
+    count = accumulate(segmenter, dataset, vocabulary, matrix,
+                       tqdm(indices, desc=f"eval {info.name}", unit="image", disable=not progress or rank != 0))
     matrix.matrix = all_reduce_sum(matrix.matrix)
     num_images = int(all_reduce_sum(torch.tensor([count], dtype=torch.int64))[0])
     metrics = matrix.compute(names, unseen_idx)
     metrics["num_images"] = num_images
     return metrics
+
+
+def accumulate(segmenter: Segmenter, dataset: SegmentationDataset, vocabulary: Vocabulary, matrix: ConfusionMatrix,
+               indices: Iterable[int]) -> int:
+    """Segment the samples ``indices`` of a split and add them to ``matrix``: :func:`evaluate`'s loop, for a caller
+    that keeps the matrix itself (``mvpseg benchmark`` checkpoints it every few images).
+
+    Args:
+        segmenter: the segmenter, with its InferenceConfig.
+        dataset: the split; samples are read without its transform (original sizes).
+        vocabulary: the C classes as the text tower scores them (index k: label k).
+        matrix: the (C, C) confusion matrix the images are added to.
+        indices: sample indices, in the order they are segmented.
+
+    Returns:
+        How many images were added.
+    """
+    count = 0
+    for index in indices:
+        image, label = dataset.load(index)  # (H, W, 3) uint8, (H, W) int64 in 0..C-1 or ignore
+        prediction = segmenter.predict(image, vocabulary)  # labels (H, W) at the image's, i.e. the label's, size
+        matrix.update(torch.from_numpy(prediction.labels), torch.from_numpy(label))
+        count += 1
+    return count
 
 
 def evaluation_setup(

@@ -12,13 +12,13 @@ import warnings
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import demo, evaluate, export, prepare, push, segment, serve, train, transfer
+from . import benchmark, demo, evaluate, export, prepare, push, segment, serve, train, transfer
 from .common import UsageError
 
 __all__ = ["build_parser", "main", "UsageError"]
 
 #: The commands, in the order ``mvpseg --help`` lists them.
-COMMANDS = (segment, serve, evaluate, prepare, train, transfer, push, export, demo)
+COMMANDS = (segment, serve, evaluate, benchmark, prepare, train, transfer, push, export, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,9 @@
 
 Image ``i`` of a split is drawn from ``scene_rng(seed, split_code, i)``, so the files do not depend
 on the number of worker processes.
+
+:func:`write_ade20k_world` writes a world's val split in a benchmark's official layout instead (ADE20K's
+``ADEChallengeData2016``), so that ``mvpseg benchmark`` and ``mvpseg eval --dataset ade20k`` run end to end offline.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -29,7 +33,7 @@ from mvpseg.viz import voc_palette
 from mvpseg.world.drawing import scene_rng
 from mvpseg.world.registry import get_world
 
-__all__ = ["write_world", "SPLIT_CODES"]
+__all__ = ["write_ade20k_world", "write_world", "SPLIT_CODES"]
 
 #: Seed-stream code of each split (pretraining and CLIP evaluation use their own codes, 2 and 3).
 SPLIT_CODES = {"train": 0, "val": 1}
@@ -109,3 +113,43 @@ def write_world(
     (root / "class_names.txt").write_text("".join(f"{name}\n" for name in module.CLASS_NAMES))
     (root / "unseen.txt").write_text("".join(f"{name}\n" for name in module.UNSEEN_CLASSES))
     return root
+
+
+def write_ade20k_world(root: str | os.PathLike[str], num_images: int, seed: int = 0, image_size: int | None = None,
+                       world: str = "parts") -> Path:
+    """A world's val split in ADE20K's official layout, read by ``build_dataset("ade20k", root, "val")``::
+
+        ROOT/ADEChallengeData2016/images/validation/ADE_val_<n>.jpg       JPEG, quality 95
+        ROOT/ADEChallengeData2016/annotations/validation/ADE_val_<n>.png  greyscale: ADE-150 class k stored as k + 1
+
+    A world class whose name is an ADE-150 class (the parts world's lamp, table, flower, grass, water, sand,
+    sky) is stored as that class; the others, and the world's ignore pixels, as 0 ("other", which ADE's
+    evaluation ignores). The images are the val images of :func:`write_world` with the same seed.
+
+    Args:
+        root: the data root (created); ``ROOT/ADEChallengeData2016`` is written.
+        num_images: images in the split.
+        seed: the world's seed.
+        image_size: square image side in pixels (default: the world's).
+        world: which world (:data:`mvpseg.world.registry.WORLDS`).
+
+    Returns:
+        The data root.
+    """
+    from mvpseg.data import dataset_info
+
+    module = get_world(world)
+    ade = {name: index + 1 for index, name in enumerate(dataset_info("ade20k").class_names)}
+    lut = np.zeros(256, dtype=np.uint8)  # world value -> stored ADE value; unnamed classes and ignore: 0
+    for index, name in enumerate(module.CLASS_NAMES):
+        lut[index] = ade.get(name, 0)
+    base = Path(root) / "ADEChallengeData2016"
+    for folder in ("images/validation", "annotations/validation"):
+        (base / folder).mkdir(parents=True, exist_ok=True)
+    for index in range(num_images):
+        scene = module.generate_scene(scene_rng(seed, SPLIT_CODES["val"], index),
+                                      size=image_size or module.IMAGE_SIZE)
+        name = f"ADE_val_{index + 1:08d}"
+        Image.fromarray(scene.image).save(base / "images" / "validation" / f"{name}.jpg", quality=95)
+        Image.fromarray(lut[scene.label], mode="L").save(base / "annotations" / "validation" / f"{name}.png")
+    return Path(root)
