@@ -14,7 +14,7 @@ templates, the class-name file, how synonyms and the background are scored, the 
 
 A protocol is a set of :class:`mvpseg.InferenceConfig` values plus the ViT mode and the class file the
 repository runs; every piece stays its own setting, so that a user can mix them (``--protocol sclip
---pamr-steps 10``). Only the standard library is imported here.
+--pamr 10``). Only the standard library is imported here.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ class MVPSegConfig:
     tau1_init: float | None = None  # initial fusion scale tau1; default CLIP's logit scale / K
     tau2_init: float = 0.07  # initial GPR temperature tau2 (CLIP's initial temperature)
     learn_temperatures: bool = True  # train tau1 and tau2 (log-parametrised) along with the prompts
-    vit_mode: ViTMode = "maskclip"  # last ViT block for dense features: maskclip, value, qq (ClearCLIP), csa (SCLIP), naclip, resclip, scclip, or vanilla (untouched: the baseline)
+    vit_mode: ViTMode = "maskclip"  # last ViT block for dense features: maskclip, value, qq (ClearCLIP), qk (ClearCLIP as released), csa (SCLIP), naclip, resclip, scclip, or vanilla (untouched: the baseline)
 
     def __post_init__(self) -> None:
         if self.num_prompts < 1:
