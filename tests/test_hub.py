@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx2
 import numpy as np
@@ -149,21 +150,28 @@ def test_save_pretrained_writes_checkpoint_config_and_card(tmp_path: Path) -> No
 
 
 def test_push_stages_the_folder_and_uploads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import HfApi
+
     staged: dict[str, object] = {}
 
-    def fake_upload(folder, repo, private=False, message=None):  # noqa: ANN001
-        staged.update(repo=repo, private=private, files=sorted(p.name for p in Path(folder).iterdir()),
-                      card=(Path(folder) / "README.md").read_text())
-        return "https://huggingface.co/org/world-prompts/commit/abc"
+    def create_repo(self, repo_id, private=None, exist_ok=False, **kwargs):  # noqa: ANN001  # the Hub, offline
+        staged.update(created=repo_id, private=private, exist_ok=exist_ok)
 
-    monkeypatch.setattr(publish, "upload", fake_upload)
+    def upload_folder(self, repo_id, folder_path, commit_message=None, **kwargs):  # noqa: ANN001
+        staged.update(repo=repo_id, files=sorted(p.name for p in Path(folder_path).iterdir()),
+                      card=(Path(folder_path) / "README.md").read_text(), message=commit_message)
+        return SimpleNamespace(commit_url="https://huggingface.co/org/world-prompts/commit/abc")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     (tmp_path / "metrics.json").write_text(json.dumps({"miou": 42.0, "hiou": 33.3}))
     run = tmp_path / "run"
     run.mkdir()
     shutil.copyfile(WORLD_PROMPTS, run / "prompts.safetensors")
     assert main(["push", str(run), "--repo", "org/world-prompts", "--metrics", str(tmp_path / "metrics.json"),
                  "--private"]) == 0
-    assert staged["repo"] == "org/world-prompts" and staged["private"] is True
+    assert staged["created"] == staged["repo"] == "org/world-prompts" and staged["private"] is True
+    assert staged["exist_ok"] is True and staged["message"] == "Upload with mvpseg push"
     assert staged["files"] == ["README.md", "config.json", "prompts.safetensors"]
     assert "| 42.0 | - | - | 33.3 | - |" in str(staged["card"])
     # --to writes the same files without uploading, and the folder loads like a Hub id

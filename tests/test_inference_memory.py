@@ -12,7 +12,7 @@ import mvpseg
 import mvpseg.upsample as upsample
 from mvpseg.inference import InferenceConfig, Segmenter
 from mvpseg.tower import fold_batchnorm
-from mvpseg.upsample import upsample_log_scores
+from mvpseg.upsample import UpsampleStats, upsample_log_scores
 
 NAMES = ["cat", "dog", "grass", "sky", "road"]
 
@@ -43,25 +43,21 @@ def test_block_rows_respects_the_budget() -> None:
 
 
 @pytest.mark.parametrize("prune", [True, False])
-def test_upsampling_blocks_stay_within_budget_and_give_the_unchunked_labels(
-        monkeypatch: pytest.MonkeyPatch, prune: bool) -> None:
+def test_upsampling_blocks_stay_within_budget_and_give_the_unchunked_labels(prune: bool) -> None:
     log_scores = _regions(30, 6, 9)
     size, cells_per_pixel = (150, 211), (6 / 150, 9 / 211)
     budget = 20_000  # bytes: a few rows of 211 pixels
-    shapes: list[tuple[int, ...]] = []
-    original = upsample._interpolate_rows
-
-    def recording(*args: torch.Tensor) -> torch.Tensor:
-        block = original(*args)
-        shapes.append(tuple(block.shape))
-        return block
-
-    monkeypatch.setattr(upsample, "_interpolate_rows", recording)
-    labels, scores = upsample_log_scores(log_scores, size, cells_per_pixel, budget_bytes=budget, prune=prune)
-    assert scores is None and shapes
-    assert max(rows * width for rows, width in shapes) * 4 * upsample._LIVE_ROWS <= budget
+    stats = UpsampleStats()
+    labels, scores = upsample_log_scores(log_scores, size, cells_per_pixel, budget_bytes=budget, prune=prune,
+                                         stats=stats)
+    assert scores is None and stats.class_blocks > 0
     # Every block holds one class's rows: nothing of shape (C, H, W), nor (C, rows, W).
-    assert all(len(shape) == 2 for shape in shapes)
+    assert len(stats.largest_block) == 2 and 1 < stats.largest_block[0] < 150
+    assert stats.block_bytes == stats.largest_block[0] * stats.largest_block[1] * 4 * upsample._LIVE_ROWS <= budget
+    if prune:  # the classes that cannot win are skipped: far fewer values than every class at every pixel
+        assert stats.values < 0.25 * 30 * 150 * 211
+    else:
+        assert stats.values == 30 * 150 * 211
     expected = F.interpolate(log_scores[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
     np.testing.assert_array_equal(labels.numpy(), expected.int().numpy())
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 
 #: Modules that only the command line, the page and the integrations may import (lazily or not).
-LEAVES = ("mvpseg.export", "mvpseg.publish", "mvpseg.integrations")
+LEAVES = ("mvpseg.export", "mvpseg.onnx_segmenter", "mvpseg.publish", "mvpseg.integrations")
 #: ... and who those are.
 TOP = ("mvpseg.cli", "mvpseg.web", "mvpseg.integrations", "mvpseg.__main__")
 #: What loading a model for inference and predicting must not bring in.

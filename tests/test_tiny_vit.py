@@ -57,21 +57,22 @@ def test_prompts_keep_the_mode_they_were_learned_with(tiny_vit, tmp_path: Path) 
         from_pretrained(prompts=path, pretrained=None, vit_mode="sclip")
 
 
-def test_zero_training_default_is_scclip_on_vit_b16(tiny_vit, monkeypatch) -> None:
+def test_zero_training_default_is_scclip_on_vit_b16(monkeypatch: pytest.MonkeyPatch) -> None:
+    import open_clip
+
     import mvpseg.build as build
 
-    asked: list[str] = []
+    real = open_clip.create_model
 
-    def load_clip(name, pretrained=None, device="cpu"):  # records the CLIP asked for, gives a tiny ViT
-        asked.append(name)
-        return tiny_vit
+    def create_model(name, pretrained=None, **kwargs):  # ViT-B-16 asked for, a tiny ViT given (no 150M weights)
+        return real("test-tiny-vit" if name == "ViT-B-16" else name, pretrained=pretrained, **kwargs)
 
-    monkeypatch.setattr(build, "load_clip", load_clip)
+    monkeypatch.setattr(open_clip, "create_model", create_model)
     templates = build.from_pretrained(pretrained=None)  # no prompts, no CLIP named: the templates' default
-    assert asked == ["ViT-B-16"] and templates.config.vit_mode == "scclip" and templates.prompts is None
-    assert build.from_pretrained(clip="test-tiny-vit", pretrained=None).config.vit_mode == "scclip"
+    assert templates.clip.name == "ViT-B-16" and templates.config.vit_mode == "scclip" and templates.prompts is None
+    named = build.from_pretrained(clip="test-tiny-vit", pretrained=None)
+    assert named.clip.name == "test-tiny-vit" and named.config.vit_mode == "scclip"
     assert build.from_pretrained(clip="test-tiny-vit", pretrained=None, vit_mode="naclip").config.vit_mode == "naclip"
-    assert asked[1:] == ["test-tiny-vit", "test-tiny-vit"]
 
 
 def test_segment_takes_a_vit_mode(tiny_vit, tmp_path: Path) -> None:

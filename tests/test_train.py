@@ -21,9 +21,10 @@ import mvpseg
 from mvpseg import distributed
 from mvpseg.checkpoint import CheckpointError
 from mvpseg.data import build_dataset
-from mvpseg.losses import LossWeights, total_loss
+from mvpseg.losses import LossWeights, presence_loss, total_loss
 from mvpseg.model import MVPSegConfig
-from mvpseg.train import TrainConfig, train, training_vocabulary
+from mvpseg.runs import SamplePositions, augmentation
+from mvpseg.train import TrainConfig, TrainStep, train, training_vocabulary
 
 MODEL = MVPSegConfig(num_prompts=2, num_context=4)
 
@@ -95,13 +96,13 @@ def test_killed_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(setup
                                                                           tmp_path: Path) -> None:
     whole = train(_config(setup, tmp_path / "whole"), progress=False)
 
-    def kill_after_step_4(step: int) -> None:
+    def kill_after_step_4(step: int, record: TrainStep) -> None:
         if step == 4:  # one step past the checkpoint at step 3: that step's work is lost, as in a crash
             raise _Killed
 
     config = _config(setup, tmp_path / "killed")
     with pytest.raises(_Killed):
-        train(config, progress=False, callback=kill_after_step_4)
+        train(config, progress=False, on_step=kill_after_step_4)
     resumed = train(config, resume=True, progress=False)
     expected, got = load_file(whole), load_file(resumed)
     assert set(expected) == set(got)
@@ -111,19 +112,15 @@ def test_killed_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(setup
         assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_run_with_the_view_terms_off_never_runs_them_and_one_with_them_resumes_bit_for_bit(
-        setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mvpseg.losses
-
-    def never(*args, **kwargs):
-        raise AssertionError("a view term ran while switched off")
-
-    plain = train(_config(setup, tmp_path / "plain", iters=3), progress=False)
-    with monkeypatch.context() as patch:  # the default run again, with the view terms unable to run
-        patch.setattr(mvpseg.losses, "view_assignment_loss", never)
-        patch.setattr(mvpseg.losses, "overlap_penalty", never)
-        again = train(_config(setup, tmp_path / "again", iters=3), progress=False)
-    assert all(torch.equal(a, b) for a, b in zip(load_file(plain).values(), load_file(again).values()))
+def test_a_run_with_the_view_terms_off_has_the_papers_loss_and_one_with_them_resumes_bit_for_bit(
+        setup: tuple[Path, Path], tmp_path: Path) -> None:
+    steps: list[TrainStep] = []
+    plain = train(_config(setup, tmp_path / "plain", iters=3), progress=False,
+                  on_step=lambda step, record: steps.append(record))
+    assert [sorted(record.losses) for record in steps] == [["cls", "loss", "oc", "seg"]] * 3  # the paper's terms
+    for record in steps:  # and the paper's sum (weights 1, 1, 1), nothing added
+        terms = record.losses
+        assert terms["loss"] == pytest.approx(terms["seg"] + terms["cls"] + terms["oc"], rel=1e-6, abs=0)
     with (tmp_path / "plain" / "log.csv").open() as handle:
         assert "views" not in next(csv.reader(handle))  # the paper's log columns only
 
@@ -131,13 +128,13 @@ def test_a_run_with_the_view_terms_off_never_runs_them_and_one_with_them_resumes
     whole = train(_config(setup, tmp_path / "whole", loss=loss), progress=False)
     assert not all(torch.equal(a, b) for a, b in zip(load_file(plain).values(), load_file(whole).values()))
 
-    def kill_after_step_4(step: int) -> None:
+    def kill_after_step_4(step: int, record: TrainStep) -> None:
         if step == 4:
             raise _Killed
 
     config = _config(setup, tmp_path / "killed", loss=loss)
     with pytest.raises(_Killed):
-        train(config, progress=False, callback=kill_after_step_4)
+        train(config, progress=False, on_step=kill_after_step_4)
     resumed = train(config, resume=True, progress=False)
     expected, got = load_file(whole), load_file(resumed)
     assert all(torch.equal(expected[name], got[name]) for name in expected)
@@ -243,7 +240,6 @@ def test_feature_cache_gives_the_losses_of_the_uncached_path(setup: tuple[Path, 
 
 
 def test_transductive_training_never_teaches_gpr_that_unseen_classes_are_absent() -> None:
-    from mvpseg.losses import presence_loss
     from mvpseg.model import MVPSegOutput
 
     # Image 0 holds classes 0 and 1; image 1 holds class 0 only; class 2 (unseen) is never labelled.
@@ -259,44 +255,56 @@ def test_transductive_training_never_teaches_gpr_that_unseen_classes_are_absent(
     assert torch.equal(logits.grad[:, 2], torch.zeros(2)) and logits.grad[:, :2].abs().min() > 0
 
 
-def test_transductive_run_trains_gpr_on_seen_classes_only(setup: tuple[Path, Path], tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import mvpseg.train as training
+def test_transductive_run_trains_gpr_on_seen_classes_only(setup: tuple[Path, Path], tiny_rn: mvpseg.ClipBundle,
+                                                          tmp_path: Path) -> None:
+    def first_presence_loss(transductive: bool) -> float:
+        steps: list[TrainStep] = []
+        train(_config(setup, tmp_path / f"transductive={transductive}", iters=1, transductive=transductive),
+              progress=False, on_step=lambda step, record: steps.append(record))
+        return steps[0].losses["cls"]
 
-    seen_masks = []
-    real = training.total_loss
+    # Step 1's L_cls recomputed by hand: the initial prompts (seeded) on the run's first batch (same positions).
+    config = _config(setup, tmp_path / "unused", transductive=True)
+    dataset = build_dataset("custom", setup[0], "train", seed=config.seed)
+    names, label_map = training_vocabulary(dataset, transductive=True)
+    assert names == ["sky", "grass", "red car", "tree"]  # tree unseen: shown, its pixels unlabelled
+    samples = SamplePositions(dataset, augmentation(config), label_map, config.seed)
+    batch = [samples[i] for i in range(config.batch_size)]
+    images = torch.stack([sample["image"] for sample in batch]).float() / 255  # (B, 3, H, W) in [0, 1]
+    mean, std = tiny_rn.normalisation()
+    labels = torch.stack([sample["label"] for sample in batch])
+    model = mvpseg.build_mvpseg(tiny_rn, config.model, generator=torch.Generator().manual_seed(config.seed))
+    with torch.no_grad():
+        output = model((images - mean) / std, names)
+        seen_only = float(presence_loss(output, labels, known=torch.tensor([True, True, True, False])))
+        every_class = float(presence_loss(output, labels))  # tree's target would be "absent": it is never labelled
+        inductive = float(presence_loss(model((images - mean) / std, names[:3]), labels))  # tree not shown
+    assert abs(seen_only - every_class) > 1e-3  # the test can tell them apart
+    assert first_presence_loss(transductive=True) == pytest.approx(seen_only, rel=1e-4)
+    assert first_presence_loss(transductive=False) == pytest.approx(inductive, rel=1e-4)  # every class shown labelled
 
-    def recording(*args, **kwargs):
-        seen_masks.append(kwargs.get("known_presence"))
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "total_loss", recording)
-    train(_config(setup, tmp_path / "t", iters=1, transductive=True), progress=False)
-    assert seen_masks[0].tolist() == [True, True, True, False]  # sky, grass, red car seen; tree unseen
-    train(_config(setup, tmp_path / "i", iters=1), progress=False)
-    assert seen_masks[1] is None  # inductive: every class shown is labelled
-
-
-def test_a_phrase_initialised_run_resumes_from_the_same_command_line(setup: tuple[Path, Path], tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import mvpseg.train as training
+def test_a_phrase_initialised_run_resumes_from_the_same_command_line(setup: tuple[Path, Path], tmp_path: Path) -> None:
     from mvpseg.cli import main
 
     root, weights = setup
     command = ["train", "--dataset", "custom", "--data-root", str(root), "--clip", "test-tiny-rn", "--clip-weights",
                str(weights), "--out", str(tmp_path / "run"), "--iters", "4", "--checkpoint-every", "2",
                "--batch-size", "2", "--crop-size", "32", "--num-workers", "0", "--init-text", "a photo of a", "--quiet"]
-    real = training.train
+    forwards = []
 
-    def interrupted(config, resume=False, progress=True, callback=None):
-        def stop(step: int) -> None:
-            if step == 3:
+    def ctrl_c_in_step_3(module: torch.nn.Module, inputs: object, output: object) -> None:
+        if isinstance(module, mvpseg.MVPSeg) and module.training:  # one forward of the prompts per step
+            forwards.append(1)
+            if len(forwards) == 3:
                 raise KeyboardInterrupt
-        return real(config, resume=resume, progress=progress, callback=stop)
 
-    monkeypatch.setattr(training, "train", interrupted)
-    assert main(command) == 130  # stopped after the checkpoint at step 2
-    monkeypatch.setattr(training, "train", real)
+    hook = torch.nn.modules.module.register_module_forward_hook(ctrl_c_in_step_3)
+    try:
+        assert main(command) == 130  # stopped after the checkpoint at step 2
+    finally:
+        hook.remove()
+    assert len(forwards) == 3
     assert main([*command, "--resume"]) == 0  # a fresh parse of the same command line resumes
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model"]["num_context"] is None and saved["model"]["init_text"] == "a photo of a"
@@ -310,3 +318,23 @@ def test_training_says_how_many_images_it_found(setup: tuple[Path, Path], tmp_pa
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     train(_config(setup, tmp_path / "run", iters=1), progress=True)
     assert "custom train: 8 images (8 SegmentationClass); 4 classes, 1 unseen" in capsys.readouterr().out
+
+
+def test_every_class_seen(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    """The cross-dataset protocol's prompts: trained on every class (no zero-shot split)."""
+    import json
+    import shutil
+
+    from mvpseg.cli import main
+    from mvpseg.data import build_dataset
+
+    root, weights = setup
+    root = Path(shutil.copytree(root, tmp_path / "data"))
+    (root / "unseen.txt").write_text("tree\n")  # the dataset's own split, which "none" lifts
+    assert build_dataset("custom", root, "train").info.unseen
+    assert build_dataset("custom", root, "train", unseen_file="none").info.unseen == ()
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "custom", "--data-root", str(root), "--clip", "test-tiny-rn", "--clip-weights",
+                 str(weights), "--quiet", "--out", str(out), "--iters", "1", "--batch-size", "2", "--crop-size", "32",
+                 "--num-workers", "0", "--every-class-seen"]) == 0
+    assert json.loads((out / "config.json").read_text())["every_class_seen"] is True

@@ -23,7 +23,7 @@ from mvpseg.build import build_student, load_student
 from mvpseg.checkpoint import read_student_checkpoint, save_prompt_checkpoint
 from mvpseg.config import MVPSegConfig, StudentConfig, TransferConfig
 from mvpseg.data import build_dataset
-from mvpseg.transfer import UNSEEN, VOID, assign_unseen, transfer, write_pseudo_labels
+from mvpseg.transfer import UNSEEN, VOID, TransferStep, assign_unseen, transfer, write_pseudo_labels
 from mvpseg.transfer.pseudo import on_pixels, prompts_fingerprint, teacher_scores, transfer_vocabulary
 
 S, U = 3, 9  # a seen class and the "unseen" sentinel used in hand-made maps below
@@ -163,22 +163,14 @@ def _config(setup: tuple[Path, Path, Path], out: Path, **overrides) -> TransferC
     return TransferConfig(**values)
 
 
-def test_transfer_trains_a_student_that_segments_like_a_segmenter(setup: tuple[Path, Path, Path], tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import mvpseg.transfer.loop as loop
-
-    graded = []  # the stride of the maps the unseen pixels were ranked by, per step: the teacher's or the student's
-    real = loop.teacher_scores
-
-    def recording(output, unseen, use_gpr):
-        graded.append(output.fused_logits.shape[-1])
-        return real(output, unseen, use_gpr)
-
-    monkeypatch.setattr(loop, "teacher_scores", recording)
-    path = transfer(_config(setup, tmp_path / "run"), progress=False)
-    # crop 32: the teacher's maps are 1 cell wide (stride 32), the student's 4 (stride 8); self_train_from=3
-    # counts steps from 1 as MaskCLIP+: the teacher labels steps 1 and 2
-    assert graded == [1, 1, 4, 4, 4, 4]
+def test_transfer_trains_a_student_that_segments_like_a_segmenter(setup: tuple[Path, Path, Path],
+                                                                 tmp_path: Path) -> None:
+    steps: list[TransferStep] = []
+    path = transfer(_config(setup, tmp_path / "run"), progress=False, on_step=lambda step, record: steps.append(record))
+    # Who ranked the unseen pixels, on maps of which width. crop 32: the teacher's maps are 1 cell wide (stride 32),
+    # the student's 4 (stride 8); self_train_from=3 counts steps from 1 as MaskCLIP+: the teacher labels steps 1, 2.
+    assert [(record.ranked_by, record.unseen_scores.shape[-1]) for record in steps] == [
+        ("teacher", 1), ("teacher", 1), ("student", 4), ("student", 4), ("student", 4), ("student", 4)]
     tensors, metadata = read_student_checkpoint(path)
     assert metadata["teacher"]["prompts"] == "prompts.safetensors" and metadata["clip"]["name"] == "test-tiny-rn"
     assert metadata["extra"]["unseen"] == ["tree"] and metadata["config"]["backbone"] == "clip"
@@ -204,13 +196,13 @@ def test_a_killed_and_resumed_transfer_ends_bit_for_bit_like_an_uninterrupted_on
     student = StudentConfig(arch="deeplabv3plus", head="mvpseg", backbone="clip", head_channels=8, freeze_bn="backbone")
     whole = transfer(_config(setup, tmp_path / "whole", student=student), progress=False)
 
-    def kill_after_step_4(step: int) -> None:
+    def kill_after_step_4(step: int, record: TransferStep) -> None:
         if step == 4:  # one step past the checkpoint at step 3: that step's work is lost, as in a crash
             raise _Killed
 
     config = _config(setup, tmp_path / "killed", student=student)
     with pytest.raises(_Killed):
-        transfer(config, progress=False, callback=kill_after_step_4)
+        transfer(config, progress=False, on_step=kill_after_step_4)
     resumed = transfer(config, resume=True, progress=False)
     expected, got = load_file(whole), load_file(resumed)
     assert set(expected) == set(got)
@@ -359,22 +351,23 @@ def test_teacher_scores_reach_the_pixels_bilinearly() -> None:
     assert labels[0, 0].tolist() == expected_labels.tolist() == [5, 5, 5, 5, 5, 6, 6, 6]
 
 
-@pytest.mark.parametrize("teacher_gpr", [False, True])
-def test_the_online_teacher_ranks_unseen_classes_as_teacher_gpr_says(
-        setup: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, teacher_gpr: bool) -> None:
-    import mvpseg.transfer.loop as loop
-
-    ranked = []  # (stride of the maps, use_gpr) of every ranking of the unseen pixels
-    real = loop.teacher_scores
-
-    def recording(output, unseen, use_gpr):
-        ranked.append((output.fused_logits.shape[-1], use_gpr))
-        return real(output, unseen, use_gpr)
-
-    monkeypatch.setattr(loop, "teacher_scores", recording)
-    transfer(_config(setup, tmp_path / "run", iters=4, teacher_gpr=teacher_gpr), progress=False)
-    # steps 1-2: the teacher (1 cell wide at crop 32), with GPR as asked; steps 3-4: the student, never GPR
-    assert ranked == [(1, teacher_gpr), (1, teacher_gpr), (4, False), (4, False)]
+def test_the_online_teacher_ranks_unseen_classes_as_teacher_gpr_says(setup: tuple[Path, Path, Path],
+                                                                    tmp_path: Path) -> None:
+    (tmp_path / "unseen.txt").write_text("red car\ntree\n")  # two unseen classes: a ranking GPR can change
+    ranked: dict[bool, list[TransferStep]] = {False: [], True: []}
+    for teacher_gpr, records in ranked.items():
+        transfer(_config(setup, tmp_path / str(teacher_gpr), iters=3, crop_size=64, teacher_gpr=teacher_gpr,
+                         unseen_file=str(tmp_path / "unseen.txt")),
+                 progress=False, on_step=lambda step, record, records=records: records.append(record))
+    for records in ranked.values():  # steps 1-2: the teacher (2 x 2 cells at crop 64); step 3: the student
+        assert [(record.ranked_by, record.unseen_scores.shape[1:]) for record in records] == [
+            ("teacher", (2, 2, 2)), ("teacher", (2, 2, 2)), ("student", (2, 8, 8))]
+    # Step 1 (same crops, same teacher): GPR multiplies each class's map by its image-level score g, so the
+    # log-odds of red car over tree move by log g(red car) - log g(tree): one shift per image, on every cell.
+    plain, gpr = ranked[False][0].unseen_scores, ranked[True][0].unseen_scores  # (B, U, h, w)
+    shift = (gpr[:, 0] - gpr[:, 1]) - (plain[:, 0] - plain[:, 1])  # (B, h, w)
+    assert shift.abs().min() > 1e-3
+    torch.testing.assert_close(shift, shift[:, :1, :1].expand_as(shift))
 
 
 @pytest.mark.parametrize("background", [None, False, True])

@@ -26,9 +26,16 @@ from mvpseg.config import TRANSFER_PRESETS, MVPSegConfig, StudentConfig, Transfe
 from mvpseg.data import DataLayoutError, build_dataset
 from mvpseg.losses import segmentation_loss
 from mvpseg.runs import Run, SamplePositions, augmentation, learning_rate, seeded_step
-from mvpseg.transfer import transfer, write_pseudo_labels
+from mvpseg.transfer import TransferStep, transfer, write_pseudo_labels
 from mvpseg.transfer.loop import synchronise_batchnorms
-from mvpseg.transfer.pseudo import on_pixels, prompts_fingerprint
+from mvpseg.transfer.pseudo import (
+    UNSEEN,
+    VOID,
+    check_unseen_hidden,
+    on_pixels,
+    prompts_fingerprint,
+    transfer_vocabulary,
+)
 
 UNSEEN_NAMES = ["red car", "tree"]  # classes 2 and 3 of the fake dataset
 
@@ -71,63 +78,63 @@ def _initial_student(world: dict[str, Path], config: TransferConfig):
 
 
 def test_the_loss_sees_ground_truth_on_seen_pixels_and_the_teacher_then_the_student_on_unseen_ones(
-        world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mvpseg.transfer.loop as loop
+        world: dict[str, Path], tmp_path: Path) -> None:
+    def run(folder: str, **overrides) -> list[TransferStep]:
+        steps: list[TransferStep] = []
+        transfer(_config(world, tmp_path / folder, **overrides), progress=False,
+                 on_step=lambda step, record: steps.append(record))
+        return steps
 
-    scores, seen_by_loss = [], []
-    real_scores, real_loss = loop.teacher_scores, loop.segmentation_loss
-
-    def recording(output, *args):
-        result = real_scores(output, *args)
-        if result.shape[-1] == 2:  # the teacher's 2 x 2 cells: unseen classes in a checkerboard, the borders matter
-            board = (torch.arange(2)[:, None] + torch.arange(2)[None]) % 2  # (2, 2)
-            result = torch.stack([board, 1 - board]).float().expand_as(result).log_softmax(dim=1)
-        scores.append(result)
-        return result
-
-    monkeypatch.setattr(loop, "teacher_scores", recording)
-    monkeypatch.setattr(loop, "segmentation_loss",
-                        lambda output, labels, *args, **kwargs: seen_by_loss.append(labels.clone())
-                        or real_loss(output, labels, *args, **kwargs))
-    config = _config(world, tmp_path / "run")
-    transfer(config, progress=False)
+    # A confidence threshold halfway between the teacher's least and most sure cells (its first two steps, the same
+    # crops in every run): where it falls between pixels depends on how the cells lie over them.
+    sure = torch.cat([record.unseen_scores.exp().amax(dim=1).flatten() for record in run("teacher", iters=2)])
+    threshold = float(sure.min() + sure.max()) / 2
+    config = _config(world, tmp_path / "run", unseen_min_probability=threshold)
+    steps = run("run", unseen_min_probability=threshold)
     # The ground truth of the very crops the run drew: same seed, same positions, the dataset's own labels.
     dataset = build_dataset("custom", world["root"], "train", seed=config.seed, unseen_file=config.unseen_file)
     identity = np.full(256, 255, dtype=np.int64)
     identity[:4] = np.arange(4)
     truth = SamplePositions(dataset, augmentation(config), identity, config.seed)
     unseen = torch.tensor([2, 3])
-    assert len(scores) == len(seen_by_loss) == 4
-    for step in range(4):
+
+    def labels(gt: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Ground truth on seen pixels; on unseen ones the best unseen class of scores (B, U, 40, 40) when sure."""
+        best, choice = scores.max(dim=1)
+        named = torch.where(best.exp() >= threshold, unseen[choice], torch.full_like(choice, 255))
+        return torch.where(torch.isin(gt, unseen), named, gt)
+
+    assert [record.ranked_by for record in steps] == ["teacher", "teacher", "student", "student"]
+    stretched_differs, outcomes = [], set()
+    for step, record in enumerate(steps):
         gt = torch.stack([truth[step * 2 + i]["label"] for i in range(2)])  # (B, 40, 40)
-        grid = scores[step]  # (B, U, h, w): the teacher's (stride 32, 2 cells) until step 2, then the student's (5)
-        assert grid.shape[-1] == (2 if step < 2 else 5)
+        grid = record.unseen_scores  # (B, U, h, w): the teacher's (stride 32, 2 cells) until step 2, then the student's (5)
+        assert grid is not None and grid.shape[-1] == (2 if step < 2 else 5)
+        assert bool(torch.isin(gt, unseen).any())
         if step < 2:  # the teacher's cells cover the crop padded to 64: upsample to 64, keep the crop's 40 pixels
             upsampled = F.interpolate(grid, size=(64, 64), mode="bilinear", align_corners=False)[..., :40, :40]
+            stretched = F.interpolate(grid, size=(40, 40), mode="bilinear", align_corners=False)  # cells over the crop
+            stretched_differs.append(not torch.equal(labels(gt, upsampled), labels(gt, stretched)))
         else:
             upsampled = F.interpolate(grid, size=(40, 40), mode="bilinear", align_corners=False)
-        expected = torch.where(torch.isin(gt, unseen), unseen[upsampled.argmax(dim=1)], gt)
-        assert torch.equal(seen_by_loss[step], expected), step
-        assert bool(torch.isin(gt, unseen).any())
-    # The teacher phase chose differently from the ground truth somewhere: the test can tell them apart.
-    assert any(not torch.equal(labels, torch.stack([truth[s * 2 + i]["label"] for i in range(2)]))
-               for s, labels in enumerate(seen_by_loss))
+        assert torch.equal(record.labels, labels(gt, upsampled)), step
+        hidden = torch.isin(gt, unseen)  # what became of the unseen pixels: unsure, named as in truth, named otherwise
+        outcomes |= {"unsure" if label == 255 else "right" if label == truth_label else "wrong"
+                     for label, truth_label in zip(record.labels[hidden].tolist(), gt[hidden].tolist())}
+    assert any(stretched_differs)  # the test can tell the teacher's cells in place from cells stretched over the crop,
+    assert outcomes == {"unsure", "right", "wrong"}  # a threshold from none, and a ranking from the ground truth
 
 
-def test_unseen_ground_truth_reaching_a_step_stops_the_run(world: dict[str, Path], tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import mvpseg.transfer.loop as loop
-
-    real = loop.transfer_vocabulary
-
-    def leaking(dataset, label_void=False):  # a label map that forgets to hide the unseen classes
-        names, label_map, unseen = real(dataset, label_void)
-        label_map[: len(names)] = np.arange(len(names))
-        return names, label_map, unseen
-
-    monkeypatch.setattr(loop, "transfer_vocabulary", leaking)
-    with pytest.raises(RuntimeError, match="unseen ground truth reached step 0"):
-        transfer(_config(world, tmp_path / "run"), progress=False)
+def test_the_label_map_hides_unseen_ground_truth_and_a_leak_stops_a_step(world: dict[str, Path]) -> None:
+    dataset = build_dataset("custom", world["root"], "train", unseen_file=str(world["root"] / "unseen2.txt"))
+    names, label_map, unseen = transfer_vocabulary(dataset, label_void=True)
+    assert names == ["sky", "grass", "red car", "tree"] and unseen == [2, 3]
+    assert label_map[[0, 1, 2, 3, 255]].tolist() == [0, 1, UNSEEN, UNSEEN, VOID]  # the truth of 2 and 3 withheld
+    assert not np.isin(label_map, unseen).any()  # no dataset label becomes an unseen class
+    labels = torch.from_numpy(label_map[np.array([[[0, 1], [2, 3]], [[255, 3], [1, 0]]])])  # (B, 2, 2)
+    check_unseen_hidden(labels, unseen, step=0)  # markers and seen classes pass
+    with pytest.raises(RuntimeError, match="unseen ground truth reached step 7: the label map leaks"):
+        check_unseen_hidden(torch.from_numpy(np.array([[[0, 1], [2, UNSEEN]]])), unseen, step=7)
 
 
 # --- BatchNorms, the optimiser, processes ----------------------------------------------------------------
@@ -190,11 +197,11 @@ def test_deeplabv3plus_at_one_image_per_process_is_refused_before_the_run_or_tra
                          student=StudentConfig(arch="deeplabv3plus", head=head, backbone="clip",
                                                head_channels=8 if head == "mvpseg" else None))
         with pytest.raises(ValueError, match="image-pooling BatchNorm needs at least 2 images"):
-            transfer(config, progress=False, callback=steps.append)
+            transfer(config, progress=False, on_step=lambda step, record: steps.append(step))
     assert steps == []  # refused before the first step
     config = _config(world, tmp_path / "frozen", batch_size=1, iters=1, checkpoint_every=1,
                      student=StudentConfig(arch="deeplabv3plus", backbone="clip", freeze_bn="all"))
-    transfer(config, progress=False, callback=steps.append)
+    transfer(config, progress=False, on_step=lambda step, record: steps.append(step))
     assert steps == [1]
 
 
@@ -530,13 +537,13 @@ def test_the_gradient_scaler_state_is_saved_and_restored(world: dict[str, Path],
     expected = load_training_state(tmp_path / "whole" / "checkpoint.safetensors").scaler
     assert expected["scale"] == 2.0**8  # grew at each of the 4 steps
 
-    def kill_after_step_3(step: int) -> None:
+    def kill_after_step_3(step: int, record: TransferStep) -> None:
         if step == 3:
             raise KeyboardInterrupt
 
     killed = replace(whole, out=str(tmp_path / "killed"))
     with pytest.raises(KeyboardInterrupt):
-        transfer(killed, progress=False, callback=kill_after_step_3)
+        transfer(killed, progress=False, on_step=kill_after_step_3)
     assert load_training_state(tmp_path / "killed" / "checkpoint.safetensors").scaler["scale"] == 2.0**6
     transfer(killed, resume=True, progress=False)
     assert load_training_state(tmp_path / "killed" / "checkpoint.safetensors").scaler == expected

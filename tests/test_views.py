@@ -4,11 +4,13 @@ prompts look (which prompt leads where, the ceilings), on hand-made cases."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from mvpseg.losses import (
     LossWeights,
@@ -19,7 +21,6 @@ from mvpseg.losses import (
     view_assignment_loss,
 )
 from mvpseg.model import MVPSegOutput
-from mvpseg.world import views as views_module
 from mvpseg.world.views import PartViews, prompt_lead, view_ceiling, view_diversity
 
 
@@ -133,7 +134,7 @@ def test_overlap_penalty_of_identical_and_complementary_maps() -> None:
     assert float(overlap_penalty(apart, labels)) == pytest.approx(-1.0)
 
 
-def test_the_view_terms_are_off_by_default_and_leave_the_paper_loss_as_it_was(monkeypatch) -> None:
+def test_the_view_terms_are_off_by_default_and_leave_the_paper_loss_as_it_was() -> None:
     weights = LossWeights()
     assert weights.views == 0 and weights.overlap == 0 and weights.views_classes == ()
     torch.manual_seed(2)
@@ -141,16 +142,15 @@ def test_the_view_terms_are_off_by_default_and_leave_the_paper_loss_as_it_was(mo
                           prompt_maps=torch.randn(2, 3, 3, 4, 4))
     labels = torch.randint(0, 3, (2, 16, 16))
     contexts = torch.randn(2, 6)
-
-    def never(*args, **kwargs):
-        raise AssertionError("a view term ran while switched off")
-
-    monkeypatch.setattr("mvpseg.losses.view_assignment_loss", never)
-    monkeypatch.setattr("mvpseg.losses.overlap_penalty", never)
-    losses = total_loss(output, labels, contexts, weights, tau1=5.0)
+    # Off, the view terms never run: the paper's loss needs neither the prompts' maps nor tau1, which they read.
+    mapless = MVPSegOutput(fused_logits=output.fused_logits, presence_logits=output.presence_logits,
+                           prompt_maps=torch.empty(0))
+    losses = total_loss(mapless, labels, contexts, weights)
     assert set(losses) == {"loss", "seg", "cls", "oc"}
     assert torch.equal(losses["loss"], losses["seg"] + losses["cls"] + losses["oc"])
-    monkeypatch.undo()
+    for term in ({"views": 0.5}, {"overlap": 2.0}):  # on, each one reads them
+        with pytest.raises(IndexError):
+            total_loss(mapless, labels, contexts, LossWeights(**term), tau1=5.0)
     on = total_loss(output, labels, contexts, LossWeights(views=0.5, overlap=2.0), tau1=5.0)
     expected = on["seg"] + on["cls"] + on["oc"] + 0.5 * on["views"] + 2.0 * on["overlap"]
     torch.testing.assert_close(on["loss"], expected)
@@ -173,16 +173,20 @@ def test_which_prompt_leads_is_a_softmax_over_the_prompts() -> None:
 
 
 class _Split:
-    """A one-image split: a 4x4 thing (class 0), its left half part kind 2, its right half part kind 5."""
+    """A one-image split of a parts world written to ``root``: a 4x4 thing (class 0), its left half part kind 2,
+    its right half part kind 5 (in ROOT/SegmentationPart/, beside the label, as a world writes them)."""
 
     class info:
         unseen = (0,)
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
         self.label = np.full((4, 4), 1, dtype=np.uint8)
         self.label[:, :] = 0
         self.parts = np.full((4, 4), 2, dtype=np.uint8)
         self.parts[:, 2:] = 5
+        self.label_paths = [root / "SegmentationClass" / "val_000000.png"]
+        (root / "SegmentationPart").mkdir()
+        Image.fromarray(self.parts, mode="L").save(root / "SegmentationPart" / "val_000000.png")
 
     def __len__(self) -> int:
         return 1
@@ -192,12 +196,11 @@ class _Split:
 
 
 @pytest.mark.parametrize(("num_prompts", "expected"), [(2, 1.0), (3, 2 / 3)])
-def test_ceiling_is_the_best_hard_assignment_of_parts_to_prompts(monkeypatch, num_prompts: int,
+def test_ceiling_is_the_best_hard_assignment_of_parts_to_prompts(tmp_path: Path, num_prompts: int,
                                                                  expected: float) -> None:
     # At a grid as fine as the labels nothing blurs: 2 prompts on the 2 parts are disjoint (JS 1); with 3, one
     # part is reused, and of the 3 pairs two are disjoint and one identical: JS 2/3 on both measures.
-    split = _Split()
-    monkeypatch.setattr(views_module, "_part_mask", lambda dataset, index: split.parts)
+    split = _Split(tmp_path)
     ceiling = view_ceiling(split, [(2, 5), (0, 1)], num_prompts, grid=(4, 4))
     assert ceiling["js"] == pytest.approx(expected) and ceiling["lead_js"] == pytest.approx(expected)
     assert ceiling["js_unseen"] == pytest.approx(expected) and list(ceiling["classes"]) == ["0"]

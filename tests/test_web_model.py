@@ -90,21 +90,27 @@ def test_examples_are_world_scenes_with_an_unseen_class(tmp_path: Path) -> None:
 
 
 def test_serve_says_what_is_missing_and_refuses_a_taken_port_at_once(monkeypatch: pytest.MonkeyPatch,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     tmp_path: Path) -> None:
+    import importlib.machinery
     import socket
+    import sys
+    import types
 
-    from mvpseg.cli import main, serve
+    from mvpseg.cli import main
 
-    monkeypatch.setattr(serve, "web_installed", lambda: False)
+    monkeypatch.setitem(sys.modules, "gradio", None)  # the web extra not installed
     assert main(["serve"]) == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and 'pip install "mvpseg[web]"' in error
-    monkeypatch.setattr(serve, "web_installed", lambda: True)
-    monkeypatch.setattr(serve, "load_segmenter", lambda args: pytest.fail("the model was loaded"))
+    installed = types.ModuleType("gradio")  # installed (never imported before the checks below refuse)
+    installed.__spec__ = importlib.machinery.ModuleSpec("gradio", None)
+    monkeypatch.setitem(sys.modules, "gradio", installed)
+    missing = ["--prompts", str(tmp_path / "missing.safetensors")]  # loading the model first would fail on this
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+        assert main(["serve", "--port", str(taken.getsockname()[1]), *missing]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "choose another --port" in error
     assert main(["serve", "--max-upload-mb", "0"]) == 2

@@ -13,10 +13,10 @@ import logging
 import os
 import socket
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import open_clip
 import torch
@@ -50,8 +50,12 @@ class ClipWeightsUnavailable(RuntimeError):
     """CLIP weights could not be had: no network, or a missing or unreadable file."""
 
 
+class _HasStateDict(Protocol):
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+
 @torch.no_grad()
-def weights_fingerprint(model: nn.Module) -> str:
+def weights_fingerprint(model: nn.Module | _HasStateDict) -> str:
     """A short digest of a model's weights: each tensor's name, shape, float64 sum and Euclidean norm.
 
     Tells apart two sets of weights of one architecture (a re-downloaded tag, an overwritten file,

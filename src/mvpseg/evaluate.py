@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import EVAL_PRESETS
+from .config import EVAL_PRESETS, to_dict
 from .data.classes import canonical_name, unseen_indices
 from .data.datasets import SegmentationDataset
 from .distributed import all_reduce_sum, is_distributed
@@ -199,7 +198,7 @@ def evaluation_setup(
         "images_folder": root,
         "clip": {"name": segmenter.clip.name, "pretrained": segmenter.clip.pretrained},
         "prompts": str(prompts) if prompts is not None else "templates (MaskCLIP baseline)",
-        "inference": asdict(segmenter.config),
+        "inference": to_dict(segmenter.config),
         "class_names": names,
         "prompt_names": {name: text for name, text in zip(names, texts) if text != [name]},
         "unseen": [names[i] for i in info.unseen],

@@ -84,8 +84,8 @@ def view_rng(seed: int, index: int, view: int) -> np.random.Generator:
 
 
 #: The run settings a feature cache depends on (with the resolved data root, the ViT mode and the CLIP's weights).
-_KEY_FIELDS = {"dataset", "split", "class_names_file", "unseen_file", "transductive", "clip", "pretrained",
-               "crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "seed", "cache_views"}
+_KEY_FIELDS = {"dataset", "split", "class_names_file", "unseen_file", "every_class_seen", "transductive", "clip",
+               "pretrained", "crop_size", "scale", "ratio_range", "cat_max_ratio", "photometric", "seed", "cache_views"}
 
 
 def cache_key(config: TrainConfig, clip: ClipBundle) -> dict[str, Any]:

@@ -137,7 +137,7 @@ _Model = TypeVar("_Model", bound="SegmentationModel")
 
 class SegmentationModel(Protocol):
     """What :class:`mvpseg.Segmenter` uses of a model, all of it: :class:`ClipModel`s (:class:`MVPSeg`, the
-    students) offer it, and so does ``mvpseg.export``'s model of an ONNX file (its windows in onnxruntime).
+    students) offer it, and so does the model of an ONNX file (:mod:`mvpseg.onnx_segmenter`: windows in onnxruntime).
 
     Attributes:
         head: fusion (and GPR) over the stitched per-prompt maps (B, P, C, h, w).
@@ -148,9 +148,15 @@ class SegmentationModel(Protocol):
     head: MVPHead
     inference_settings: dict[str, Any]
 
+    # (Any: a ClipBundle, read as one wherever a Segmenter of a torch model is used, and None for an ONNX
+    # file whose classes are baked in, the only model without a CLIP.)
     @property
-    def clip(self) -> ClipBundle | None:
-        """The frozen CLIP the model runs on; None for an ONNX file whose classes are baked in."""
+    def clip(self) -> Any:
+        """The frozen CLIP the model runs on (a :class:`ClipBundle`); None for an ONNX file with baked classes."""
+
+    @property
+    def clip_model(self) -> open_clip.CLIP:
+        """Its open_clip ``CLIP`` module (the template classifier encodes other template sets with it)."""
 
     @property
     def config(self) -> Any:

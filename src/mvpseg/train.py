@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .feature_cache import FeatureCache, build_feature_cache, cache_key
 from .losses import total_loss
 from .runs import Run, RunLog, SamplePositions, augmentation
 
-__all__ = ["TrainConfig", "PRESETS", "preset", "train", "training_vocabulary"]
+__all__ = ["TrainConfig", "PRESETS", "TrainStep", "preset", "train", "training_vocabulary"]
 
 #: Per-dataset presets (:data:`mvpseg.config.TRAIN_PRESETS`).
 PRESETS = TRAIN_PRESETS
@@ -79,15 +80,33 @@ def _view_classes(config: TrainConfig, names: list[str], device: torch.device) -
     return torch.tensor([name in config.loss.views_classes for name in names], device=device)
 
 
+@dataclass
+class TrainStep:
+    """What one training step did, as :func:`train` gives it to ``on_step`` (this process's share of the batch).
+
+    Attributes:
+        losses: the loss and its terms as :func:`mvpseg.losses.total_loss` gives them ("loss", "seg", "cls",
+            "oc"; "views", "views_entropy" and "overlap" when those terms are on), before the update.
+        lr: the learning rate of the step.
+        tau1, tau2: the head's temperatures after the update.
+    """
+
+    losses: dict[str, float]
+    lr: float
+    tau1: float
+    tau2: float
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
-          callback: Callable[[int], None] | None = None) -> Path:
+          on_step: Callable[[int, TrainStep], None] | None = None) -> Path:
     """Train MVP-SEG prompts; under ``torchrun`` every process runs this and rank 0 writes.
 
     Args:
         config: the run.
         resume: continue from ``OUT/checkpoint.safetensors`` if it exists (refused if the run differs).
         progress: show a progress bar with the loss and ETA (rank 0).
-        callback: called with the step number after each step (tests use it to interrupt a run).
+        on_step: called on every process after each step (once its checkpoint is written) with the number
+            of steps done and a :class:`TrainStep`; an exception it raises stops the run there, as a crash would.
 
     Returns:
         Path of the final prompt checkpoint ``OUT/prompts.safetensors``.
@@ -95,7 +114,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     run = Run(config, resume)
     device, main = run.device, run.main
     dataset = build_dataset(config.dataset, config.data_root, config.split, seed=config.seed,
-                            class_names_file=config.class_names_file, unseen_file=config.unseen_file)
+                            class_names_file=config.class_names_file,
+                            unseen_file="none" if config.every_class_seen else config.unseen_file)
     if main and progress:
         print(f"{dataset.describe()}; {len(dataset.info.class_names)} classes, {len(dataset.info.unseen)} unseen",
               flush=True)
@@ -137,18 +157,20 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                             known_presence=known_presence, tau1=model.head.tau1, view_classes=view_classes)
         run.optimise(losses["loss"], optimizer)
         done = step + 1
-        if run.logs_at(done):
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            values.update(lr=lr, tau1=float(model.head.tau1.detach()), tau2=float(model.head.tau2.detach()),
-                          seconds=time.perf_counter() - tic)
-            logger.log(done, values)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+        record = None
+        if on_step is not None or run.logs_at(done):
+            record = TrainStep(losses={k: float(v.detach()) for k, v in losses.items()}, lr=lr,
+                               tau1=float(model.head.tau1.detach()), tau2=float(model.head.tau2.detach()))
+        if record is not None and run.logs_at(done):
+            logger.log(done, {**record.losses, "lr": lr, "tau1": record.tau1, "tau2": record.tau2,
+                              "seconds": time.perf_counter() - tic})
+            bar.set_postfix(loss=f"{record.losses['loss']:.4f}", lr=f"{lr:.2e}")
         bar.update(1)
         # (type: ignore: mypy cannot infer a lambda with a default argument)
         run.checkpoint(done, model, optimizer, lambda done=done: save_prompt_checkpoint(  # type: ignore[misc]
             run.out / "prompts.safetensors", model, extra={**extra, "iters": done}, inference=made_for))
-        if callback is not None:
-            callback(done)
+        if on_step is not None and record is not None:
+            on_step(done, record)
     bar.close()
     logger.close()
     return run.out / "prompts.safetensors"

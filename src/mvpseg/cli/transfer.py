@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import EVAL_PRESETS, STUDENT_PRESETS, TRANSFER_PRESETS, TransferConfig
+from ..config import EVAL_PRESETS, STUDENT_PRESETS, TRANSFER_PRESETS, TransferConfig, to_dict
 from .common import (
     RENAME,
     UsageError,
@@ -106,7 +106,7 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
         segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
                                               device=device, config=inference_config(args, base=preset))
         teacher = {"prompts": Path(args.prompts).name, "clip": segmenter.clip.name,
-                   "fingerprint": segmenter.clip.fingerprint, "inference": vars(segmenter.config),
+                   "fingerprint": segmenter.clip.fingerprint, "inference": to_dict(segmenter.config),
                    "prompts_sha256": prompts_fingerprint(args.prompts)}
         write_pseudo_labels(segmenter, dataset, args.out, use_gpr=args.teacher_gpr, label_void=args.label_void,
                             confidence=args.unseen_min_probability, progress=not args.quiet, teacher=teacher)

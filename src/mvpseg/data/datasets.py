@@ -309,6 +309,8 @@ def custom_info(
     names = vocabulary.display_names
     unseen_path = Path(unseen_file) if unseen_file is not None else root / "unseen.txt"
     unseen: tuple[int, ...] = ()
+    if every_class_seen(unseen_file):
+        return DatasetInfo("custom", tuple(names), (), prompt_names=vocabulary.classes if vocabulary.has_synonyms else ())
     if unseen_file is not None and not unseen_path.is_file():
         raise FileNotFoundError(f"unseen classes file not found: {unseen_path}")
     if unseen_path.is_file():
@@ -322,6 +324,12 @@ def _read_vocabulary(path: str | Path) -> Vocabulary:
         return Vocabulary.of(read_classes_file(path), warn=False)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+def every_class_seen(unseen_file: str | Path | None) -> bool:
+    """Whether an unseen file is the word "none": no unseen class, every class seen (the cross-dataset protocol's
+    prompts, trained on all 171 COCO-Stuff classes as CAT-Seg and SAN train)."""
+    return isinstance(unseen_file, str) and unseen_file.strip().lower() == "none"
 
 
 def _override_info(
@@ -348,7 +356,9 @@ def _override_info(
             )
         prompts = vocabulary.classes
     unseen = info.unseen
-    if unseen_file is not None:
+    if every_class_seen(unseen_file):
+        unseen = ()
+    elif unseen_file is not None:
         unseen = unseen_indices(names, _read_name_list(Path(unseen_file)), source=str(unseen_file))
     return DatasetInfo(info.name, names, unseen, info.ignore_index, prompts)
 
@@ -377,7 +387,7 @@ def build_dataset(
         seed: base seed of the random transforms.
         class_names_file: replaces the class names (one class per line, same count for built-ins; a
             line's comma-separated names are the class's synonyms, the first shown).
-        unseen_file: replaces the unseen split (unseen class names, one per line).
+        unseen_file: replaces the unseen split (unseen class names, one per line); the word "none": no class unseen.
         prompt_names_file: gives the text tower each class's names from a class file (e.g.
             :func:`mvpseg.data.peer_class_file`), keeping the class names metrics are keyed by.
 

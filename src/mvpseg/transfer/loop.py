@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -37,13 +38,39 @@ from .pseudo import (
     VOID,
     assign_unseen,
     check_pseudo_labels,
+    check_unseen_hidden,
     on_pixels,
     pseudo_label_dataset,
     teacher_scores,
     transfer_vocabulary,
 )
 
-__all__ = ["synchronise_batchnorms", "transfer"]
+__all__ = ["TransferStep", "synchronise_batchnorms", "transfer"]
+
+
+@dataclass
+class TransferStep:
+    """What one MVP-SEG+ step did, as :func:`transfer` gives it to ``on_step`` (this process's share of the batch).
+
+    Attributes:
+        loss: the student's segmentation loss, before the update.
+        lr: the learning rate of the step.
+        tau1: the student head's fusion scale after the update.
+        labels: (B, H, W) int64, the labels the loss was taken on: ground truth on seen pixels, the ranking's
+            unseen class on unseen ones, ``ignore_index`` where nobody labelled.
+        ranked_by: who named the unseen pixels' classes: "teacher" (the prompts, online), "pseudo-labels" (the
+            teacher's, written by ``mvpseg pseudo-label``) or "student" (self-training).
+        unseen_scores: (B, U, h, w) float32, the log-probabilities among the U unseen classes the pixels were
+            ranked by, on the ranker's feature grid (:func:`mvpseg.transfer.pseudo.teacher_scores`); None for
+            written pseudo-labels.
+    """
+
+    loss: float
+    lr: float
+    tau1: float
+    labels: torch.Tensor
+    ranked_by: Literal["teacher", "pseudo-labels", "student"]
+    unseen_scores: torch.Tensor | None
 
 
 def synchronise_batchnorms(student: Student, world_size: int, local_batch: int, device: torch.device) -> Student:
@@ -81,14 +108,15 @@ def synchronise_batchnorms(student: Student, world_size: int, local_batch: int, 
 
 
 def transfer(config: TransferConfig, resume: bool = False, progress: bool = True,
-             callback: Callable[[int], None] | None = None) -> Path:
+             on_step: Callable[[int, TransferStep], None] | None = None) -> Path:
     """Train an MVP-SEG+ student; under ``torchrun`` every process runs this and rank 0 writes.
 
     Args:
         config: the run.
         resume: continue from ``OUT/checkpoint.safetensors`` if it exists (refused if the run differs).
         progress: show a progress bar with the loss and ETA (rank 0).
-        callback: called with the step number after each step (tests use it to interrupt a run).
+        on_step: called on every process after each step (once its checkpoint is written) with the number
+            of steps done and a :class:`TransferStep`; an exception it raises stops the run there, as a crash would.
 
     Returns:
         Path of the final student checkpoint ``OUT/student.safetensors``.
@@ -102,13 +130,15 @@ def transfer(config: TransferConfig, resume: bool = False, progress: bool = True
         raise ValueError(f"unseen_min_probability must be in [0, 1), not {config.unseen_min_probability}")
     run = Run(config, resume)
     with deterministic_algorithms(config.deterministic):
-        return _transfer(config, run, progress, callback)
+        return _transfer(config, run, progress, on_step)
 
 
-def _transfer(config: TransferConfig, run: Run, progress: bool, callback: Callable[[int], None] | None) -> Path:
+def _transfer(config: TransferConfig, run: Run, progress: bool,
+              on_step: Callable[[int, TransferStep], None] | None) -> Path:
     device, main = run.device, run.main
     dataset = build_dataset(config.dataset, config.data_root, config.split, seed=config.seed,
-                            class_names_file=config.class_names_file, unseen_file=config.unseen_file)
+                            class_names_file=config.class_names_file,
+                            unseen_file="none" if config.every_class_seen else config.unseen_file)
     names, label_map, unseen = transfer_vocabulary(dataset, config.label_void)
     if main and progress:
         print(f"{dataset.describe()}; {len(names)} classes, {len(unseen)} unseen", flush=True)
@@ -154,34 +184,41 @@ def _transfer(config: TransferConfig, run: Run, progress: bool, callback: Callab
             images = (batch["image"].to(device, non_blocking=True).float() / 255.0 - mean) / std
             lr = run.set_learning_rate(optimizer, step)
             teaching = step < self_training
-            if not offline and bool(torch.isin(labels, unseen_ids).any()):  # MaskCLIP+'s label_sanity_check
-                raise RuntimeError(f"unseen ground truth reached step {step}: the label map leaks unseen classes")
+            if not offline:  # MaskCLIP+'s label_sanity_check
+                check_unseen_hidden(labels, unseen, step)
+            scores: torch.Tensor | None = None  # (B, U, h, w) what the unseen pixels are ranked by
             if teaching and teacher_view is not None:
                 scores = teacher_scores(teacher_view.predict_torch(images, names), unseen, config.teacher_gpr)
-                scores = on_pixels(scores, teacher_view.feature_stride, tuple(labels.shape[-2:]))
-                labels = assign_unseen(labels, scores, unseen, config.unseen_min_probability, ignore).clone()
+                pixels = on_pixels(scores, teacher_view.feature_stride, tuple(labels.shape[-2:]))
+                labels = assign_unseen(labels, pixels, unseen, config.unseen_min_probability, ignore).clone()
             with run.autocast:
                 output = student(images, names)
             if not teaching:  # self-training: the student's own best unseen class, from this very forward
                 with torch.no_grad():
-                    labels = assign_unseen(labels, teacher_scores(output, unseen, False), unseen,
-                                           config.unseen_min_probability, ignore)
+                    scores = teacher_scores(output, unseen, False)
+                    labels = assign_unseen(labels, scores, unseen, config.unseen_min_probability, ignore)
             labels = torch.where(labels >= VOID, torch.full_like(labels, ignore), labels)  # markers nobody filled
             loss = segmentation_loss(output, labels, ignore, normalizer=run.normalizer(labels, ignore, config.loss_norm))
             run.optimise(loss, optimizer)
         done = step + 1
-        if run.logs_at(done):
+        ranked_by: Literal["teacher", "pseudo-labels", "student"] = (
+            "student" if not teaching else "pseudo-labels" if offline else "teacher")
+        record = None
+        if on_step is not None or run.logs_at(done):
+            record = TransferStep(loss=float(loss.detach()), lr=lr, tau1=float(student.head.tau1.detach()),
+                                  labels=labels.detach(), ranked_by=ranked_by,
+                                  unseen_scores=None if scores is None else scores.detach().float())
+        if record is not None and run.logs_at(done):
             unseen_pixels = float(torch.isin(labels, unseen_ids).float().mean()) if unseen else 0.0
-            values = {"loss": float(loss.detach()), "unseen_pixels": unseen_pixels, "lr": lr,
-                      "tau1": float(student.head.tau1.detach()), "seconds": time.perf_counter() - tic}
-            log.log(done, values)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", phase="teacher" if teaching else "self")
+            log.log(done, {"loss": record.loss, "unseen_pixels": unseen_pixels, "lr": lr, "tau1": record.tau1,
+                           "seconds": time.perf_counter() - tic})
+            bar.set_postfix(loss=f"{record.loss:.4f}", phase="teacher" if teaching else "self")
         bar.update(1)
         # (type: ignore: mypy cannot infer a lambda with a default argument)
         run.checkpoint(done, student, optimizer, lambda done=done: save_student_checkpoint(  # type: ignore[misc]
             run.out / "student.safetensors", student, teacher_info, extra={**extra, "iters": done}, inference=made_for))
-        if callback is not None:
-            callback(done)
+        if on_step is not None and record is not None:
+            on_step(done, record)
     bar.close()
     log.close()
     return run.out / "student.safetensors"

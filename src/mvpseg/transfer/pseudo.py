@@ -31,8 +31,9 @@ from ..data import DataLayoutError, SegmentationDataset
 from ..files import atomic_write, write_text
 from ..model import MVPSegOutput
 
-__all__ = ["UNSEEN", "VOID", "assign_unseen", "check_pseudo_labels", "on_pixels", "prompts_fingerprint",
-           "pseudo_label_dataset", "teacher_scores", "transfer_vocabulary", "write_pseudo_labels"]
+__all__ = ["UNSEEN", "VOID", "assign_unseen", "check_pseudo_labels", "check_unseen_hidden", "on_pixels",
+           "prompts_fingerprint", "pseudo_label_dataset", "teacher_scores", "transfer_vocabulary",
+           "write_pseudo_labels"]
 
 #: Training label of a pixel whose class is one of the unseen classes (which one is not given).
 UNSEEN = 254
@@ -58,6 +59,22 @@ def transfer_vocabulary(dataset: SegmentationDataset, label_void: bool = False) 
     if label_void:
         label_map[info.ignore_index] = VOID
     return list(info.class_names), label_map, list(info.unseen)
+
+
+def check_unseen_hidden(labels: torch.Tensor, unseen: Sequence[int], step: int) -> None:
+    """Refuse a batch whose training labels hold an unseen class's ground truth (MaskCLIP+'s label_sanity_check):
+    unseen pixels must reach a step as :data:`UNSEEN` only, for the teacher or the student to name.
+
+    Args:
+        labels: (B, H, W) int64 training labels (:func:`transfer_vocabulary`'s map applied).
+        unseen: the unseen class indices.
+        step: the step, named in the error.
+
+    Raises:
+        RuntimeError: an unseen class index among ``labels``.
+    """
+    if unseen and bool(torch.isin(labels, torch.as_tensor(list(unseen), device=labels.device)).any()):
+        raise RuntimeError(f"unseen ground truth reached step {step}: the label map leaks unseen classes")
 
 
 def teacher_scores(output: MVPSegOutput, unseen: Sequence[int], use_gpr: bool) -> torch.Tensor:
