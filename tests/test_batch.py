@@ -199,11 +199,11 @@ def test_skip_existing_redoes_outputs_made_with_another_vit_mode(tmp_path: Path,
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(photo)
     out = tmp_path / "out"
 
-    def segment(mode: str) -> str:
+    def segment(mode: str, *extra: str) -> str:
         capsys.readouterr()
         assert main(["segment", str(photo), "--clip", "mvpseg-tiny-parts-vit", "--classes", "owl,turtle,grass,sky",
                      "--short-side", "64", "--mode", "whole", "--vit-mode", mode, "--out", str(out),
-                     "--skip-existing", "--device", "cpu"]) == 0
+                     "--skip-existing", "--device", "cpu", *extra]) == 0
         return capsys.readouterr().err
 
     segment("scclip")
@@ -212,6 +212,12 @@ def test_skip_existing_redoes_outputs_made_with_another_vit_mode(tmp_path: Path,
     err = segment("naclip")
     assert "segmented 1 of 1 images" in err and "1 redone: made differently" in err
     assert json.loads((out / "a.json").read_text())["made_with"]["model"]["config"]["vit_mode"] == "naclip"
+    # another protocol (the mode, resize and window kept as typed) is another way of making the labels: redone
+    err = segment("naclip", "--protocol", "naclip:voc21")
+    assert "1 redone: made differently" in err
+    made = json.loads((out / "a.json").read_text())["made_with"]["inference"]
+    assert made["synonym_rule"] == "softmax-max" and made["pamr_steps"] == 10 and made["short_side"] == 64
+    assert "1 skipped: already done" in segment("naclip", "--protocol", "naclip:voc21")
 
 
 def test_every_setting_that_changes_labels_is_recorded_in_made_with(tiny_vit: mvpseg.ClipBundle) -> None:

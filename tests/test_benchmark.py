@@ -263,3 +263,31 @@ def test_own_protocol_gives_each_mode_its_repositorys_settings(world: Path, tmp_
     assert maskclip["protocol"]["class_file"] is None and maskclip["model"]["config"]["vit_mode"] == "maskclip"
     assert "| naclip | " in (tmp_path / "results.md").read_text() and f"protocol naclip ({protocol.class_file})" in \
         (tmp_path / "results.md").read_text()
+
+
+def test_an_image_without_a_label_and_a_missing_split_file_cost_their_cells(
+        world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A VOC image without its label fails VOC21 and a Context tree without its split file skips Context59, one line
+    each naming the file; ADE20K's cell still runs and gives the uninterrupted run's numbers."""
+    from tests.fakedata import write_context, write_voc
+
+    data = tmp_path / "data"
+    shutil.copytree(world, data)
+    write_voc(data, num_val=2)
+    voc = data / "VOCdevkit" / "VOC2012"
+    missing = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[1]
+    (voc / "SegmentationClass" / f"{missing}.png").unlink()
+    write_context(data, num_val=2)
+    for split_file in (data / "VOCdevkit" / "VOC2010").rglob("val.txt"):
+        split_file.unlink()
+    out = tmp_path / "out"
+    assert main(_argv(data, out, modes="maskclip", benchmarks="voc21,context59,ade20k")) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mvpseg:")]
+    assert len(lines) == 2
+    assert any(line.startswith("mvpseg: voc21: failed: label not found") and missing in line for line in lines)
+    assert any(line.startswith("mvpseg: context59: failed: split file not found") and "val.txt" in line
+               for line in lines)
+    cells = json.loads((out / "results.json").read_text())["cells"]["maskclip"]
+    assert cells["voc21"]["status"] == cells["context59"]["status"] == "failed"
+    assert cells["ade20k"]["status"] == "done"
+    assert missing in (out / "results.md").read_text()

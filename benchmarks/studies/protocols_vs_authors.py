@@ -19,12 +19,14 @@ Needs the mirrors (``/work/.mirror/<owner>+<repo>/repo``), opencv-python-headles
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,10 @@ REPOSITORIES: dict[str, tuple[str, str, str]] = {
     "naclip": ("sinahmr+NACLIP", "naclip", "NACLIP"),
     "scclip": ("SuleBai+SC-CLIP", "scclip_segmentor", "SCCLIPForSegmentation"),
     "resclip": ("yvhangyang+ResCLIP", "resclip_segmentor", "ResCLIPForSegmentation"),
+    "clearclip": ("mc-lan+ClearCLIP", "clearclip_segmentor", "ClearCLIPSegmentation"),
 }
+#: ClearCLIP's model_type for each mvpseg mode: its released config's "vanilla" (q-k) and its paper's "ClearCLIP" (q-q).
+CLEARCLIP_MODEL_TYPES = {"qk": "vanilla", "qq": "ClearCLIP"}
 CONFIG_FILES = {"voc21": "cfg_voc21.py", "context60": "cfg_context60.py", "coco-object": "cfg_coco_object.py",
                 "voc20": "cfg_voc20.py", "context59": "cfg_context59.py", "coco-stuff": "cfg_coco_stuff164k.py",
                 "cityscapes": "cfg_city_scapes.py", "ade20k": "cfg_ade20k.py"}
@@ -56,7 +61,7 @@ def _stand_ins() -> None:
             super().__init__()
 
     class SegDataPreProcessor:
-        def __init__(self, mean: list[float], std: list[float], rgb_to_bgr: bool = False) -> None:
+        def __init__(self, mean: list[float], std: list[float], rgb_to_bgr: bool = False, bgr_to_rgb: bool = False) -> None:
             self.mean, self.std = mean, std
 
     class PixelData:
@@ -98,7 +103,7 @@ def _export(mirror: str, into: Path) -> Path:
     target = into / mirror
     for line in listing.splitlines():
         meta, path = line.split("\t", 1)
-        if not path.endswith((".py", ".txt", ".gz")):
+        if not path.endswith((".py", ".txt", ".gz", ".json")):
             continue
         blob = subprocess.run([*git, "cat-file", "blob", meta.split()[2]], capture_output=True)
         if blob.returncode == 0:
@@ -138,8 +143,44 @@ def _their_inputs(image: np.ndarray, scale: tuple[int, int]) -> torch.Tensor:
     return tensor[None]
 
 
+def _clearclip_imports(root: Path, weights: Path) -> dict[str, Any]:
+    """ClearCLIP imports its own copy of open_clip (and BLIP and GEM, unused here): pip's open_clip is set aside
+    (returned, to be put back), stand-ins take BLIP's and GEM's names, and its create_model builds the compared
+    architecture from the compared weights whatever name ClearCLIP asks for."""
+    kept = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] == "open_clip"}
+    for name in ("BLIP", "BLIP.models", "BLIP.models.blip_retrieval", "gem"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["BLIP.models.blip_retrieval"].blip_retrieval = None  # type: ignore[attr-defined]
+    sys.path.insert(0, str(root))
+    theirs = __import__("open_clip")
+    theirs.add_model_config(weights.parent)
+    kept["__create__"] = lambda *args, **kwargs: theirs.create_model(ARCHITECTURE, pretrained=str(weights))
+    return kept
+
+
+@contextlib.contextmanager
+def _fp32_everywhere(active: bool) -> Iterator[None]:
+    """ClearCLIP's predict casts its inputs to fp16 for its fp16 CUDA model; on the CPU every repository here runs in
+    fp32, so ``Tensor.half`` is the identity while it runs."""
+    if not active:
+        yield
+        return
+    half = torch.Tensor.half
+    torch.Tensor.half = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.half = half  # type: ignore[method-assign]
+
+
+def _restore_open_clip(kept: dict[str, Any]) -> None:
+    for name in [name for name in sys.modules if name.split(".")[0] in ("open_clip", "BLIP", "gem")]:
+        del sys.modules[name]
+    sys.modules.update({name: module for name, module in kept.items() if name != "__create__"})
+
+
 def run_repository(protocol: str, benchmark: str, weights: Path, images: list[np.ndarray], workdir: Path,
-                   pamr_steps: int | None) -> list[dict[str, Any]]:
+                   pamr_steps: int | None, vit_mode: str | None = None) -> list[dict[str, Any]]:
     """The repository's labels and class probabilities (before thresholds) for each image."""
     mirror, module_name, class_name = REPOSITORIES[protocol]
     root = workdir / mirror
@@ -147,15 +188,22 @@ def run_repository(protocol: str, benchmark: str, weights: Path, images: list[np
         _export(mirror, workdir)
     model_cfg, scale = _config(root, benchmark)
     model_cfg.pop("type")
-    model_cfg["clip_path"] = str(weights)
     model_cfg["name_path"] = str(root / "configs" / Path(model_cfg["name_path"]).name)
     model_cfg["device"] = torch.device("cpu")
-    if pamr_steps is not None:
-        model_cfg["pamr_steps"] = pamr_steps
+    kept: dict[str, Any] | None = None
+    if protocol == "clearclip":  # no PAMR in its segmentor
+        model_cfg["model_type"] = CLEARCLIP_MODEL_TYPES[vit_mode or "qk"]
+        kept = _clearclip_imports(root, weights)
+    else:
+        model_cfg["clip_path"] = str(weights)
+        if pamr_steps is not None:
+            model_cfg["pamr_steps"] = pamr_steps
     _forget(("clip", "pamr", "prompts", module_name))
     sys.path.insert(0, str(root))
     try:
         module = __import__(module_name)
+        if kept is not None:
+            module.create_model = kept["__create__"]
         segmentor = getattr(module, class_name)(**model_cfg).eval()
         captured: dict[str, torch.Tensor] = {}
         original = segmentor.postprocess_result
@@ -165,12 +213,16 @@ def run_repository(protocol: str, benchmark: str, weights: Path, images: list[np
             return original(seg_logits, data_samples)
 
         segmentor.postprocess_result = capture
-        results = []
+        results: list[dict[str, Any]] = []
         for image in images:
             inputs = _their_inputs(image, scale)
             sample = DataSample({"ori_shape": image.shape[:2], "img_shape": tuple(inputs.shape[-2:])})  # noqa: F821
-            with torch.no_grad():
-                segmentor.predict(inputs, [sample])
+            try:
+                with torch.no_grad(), _fp32_everywhere(kept is not None):
+                    segmentor.predict(inputs, [sample])
+            except Exception as error:  # their code failing on an input is a finding, not the end of the study
+                results.append({"error": f"{type(error).__name__}: {error}", "resized": tuple(inputs.shape[-2:])})
+                continue
             cosines = captured["cosines"][0].float()  # (Q, H, W)
             probabilities = (cosines * segmentor.logit_scale).softmax(0)
             index = segmentor.query_idx.cpu()
@@ -180,14 +232,17 @@ def run_repository(protocol: str, benchmark: str, weights: Path, images: list[np
                             "probabilities": per_class.numpy(), "resized": tuple(inputs.shape[-2:])})
         return results
     finally:
-        sys.path.remove(str(root))
+        while str(root) in sys.path:
+            sys.path.remove(str(root))
         _forget(("clip", "pamr", "prompts", module_name))
+        if kept is not None:
+            _restore_open_clip(kept)
 
 
 # --- mvpseg ------------------------------------------------------------------------------------------------------
 
 def run_mvpseg(protocol: str, benchmark: str, weights: Path, images: list[np.ndarray], workdir: Path,
-               pamr_steps: int | None) -> list[dict[str, Any]]:
+               pamr_steps: int | None, vit_mode: str | None = None) -> list[dict[str, Any]]:
     from mvpseg.config import ModelSource
     from mvpseg.inference import Segmenter
     from mvpseg.protocols import get_protocol
@@ -196,7 +251,7 @@ def run_mvpseg(protocol: str, benchmark: str, weights: Path, images: list[np.nda
     preset = get_protocol(protocol, benchmark)
     overrides = {} if pamr_steps is None else {"pamr_steps": pamr_steps}
     config = preset.inference_config(**overrides)
-    source = ModelSource(clip=ARCHITECTURE, pretrained=str(weights), vit_mode=preset.vit_mode)
+    source = ModelSource(clip=ARCHITECTURE, pretrained=str(weights), vit_mode=vit_mode or preset.vit_mode)
     segmenter = Segmenter.from_source(source, device="cpu", config=config)
     # The repository's own class file: the one its config names.
     model_cfg, _ = _config(workdir / REPOSITORIES[protocol][0], benchmark)
@@ -270,7 +325,9 @@ def main() -> None:
     parser.add_argument("--peak", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--append", action="store_true", help="keep the rows already in --out (another run's)")
     args = parser.parse_args()
+    earlier = json.loads(args.out.read_text()) if args.append and args.out.exists() else {}
     _stand_ins()
     torch.set_grad_enabled(False)
     rows = []
@@ -284,26 +341,41 @@ def main() -> None:
             for benchmark in args.benchmarks:
                 names = args.images or [name for name in images if name.startswith("cityscapes") == (
                     benchmark == "cityscapes")]
-                for steps in args.pamr:
+                runs = [(steps, None) for steps in args.pamr]
+                if protocol == "clearclip":  # no PAMR in ClearCLIP's segmentor; its released mode and its paper's
+                    runs = [(0, mode) for mode in CLEARCLIP_MODEL_TYPES]
+                for steps, mode in runs:
                     start = time.perf_counter()
-                    theirs = run_repository(protocol, benchmark, weights, [images[n] for n in names], workdir, steps)
-                    ours = run_mvpseg(protocol, benchmark, weights, [images[n] for n in names], workdir, steps)
+                    chosen = [images[n] for n in names]
+                    theirs = run_repository(protocol, benchmark, weights, chosen, workdir, steps, mode)
+                    ours = run_mvpseg(protocol, benchmark, weights, chosen, workdir, steps, mode)
                     for name, their, our in zip(names, theirs, ours):
-                        agree = float((their["labels"] == our["labels"]).mean())
-                        diff = float(np.abs(their["probabilities"] - our["probabilities"]).max())
                         row = {"protocol": protocol, "benchmark": benchmark, "pamr_steps": steps, "image": name,
-                               "resized": their["resized"], "labels_agree": agree, "max_probability_diff": diff}
+                               "resized": their["resized"]}
+                        if "error" in their:
+                            row["repository_failed"] = their["error"]
+                        else:
+                            row["labels_agree"] = float((their["labels"] == our["labels"]).mean())
+                            row["max_probability_diff"] = float(np.abs(their["probabilities"] - our["probabilities"]).max())
+                        if mode is not None:
+                            row["vit_mode"] = mode
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-                    print(f"  {protocol} {benchmark} pamr {steps}: {time.perf_counter() - start:.0f} s", flush=True)
+                        _write(args.out, earlier, rows, args)  # after every row: a long study never loses its rows
+                    print(f"  {protocol} {benchmark} pamr {steps} {mode or ''}: {time.perf_counter() - start:.0f} s",
+                          flush=True)
+
+
+def _write(out: Path, earlier: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     import platform
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from cpuinfo import cpu_summary  # type: ignore[import-not-found]
 
-    args.out.write_text(json.dumps({"command": " ".join(sys.argv), "cpu": cpu_summary(), "python": platform.python_version(),
-                                    "torch": torch.__version__, "peak": args.peak, "seed": args.seed, "rows": rows},
-                                   indent=2) + "\n")
+    commands = [*earlier.get("commands", []), " ".join(sys.argv)]
+    out.write_text(json.dumps({"commands": commands, "cpu": cpu_summary(), "python": platform.python_version(),
+                               "torch": torch.__version__, "peak": args.peak, "seed": args.seed,
+                               "rows": [*earlier.get("rows", []), *rows]}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -193,7 +193,8 @@ def _resolve(settings: BenchmarkSettings) -> tuple[list[Cell], list[str]]:
                 except (CellFailed, OSError, ValueError) as error:
                     datasets[key] = _missing_data(benchmark, Path(root), error) if isinstance(
                         error, DataLayoutError) and root is not None else ("failed", _one_line(error))
-                    messages.append(f"{benchmark}: skipped: {datasets[key][1]}")
+                    status = {"missing": "skipped"}.get(datasets[key][0], datasets[key][0])  # no data: its column skipped
+                    messages.append(f"{benchmark}: {status}: {datasets[key][1]}")
             opened = datasets[key]
             if isinstance(opened, tuple):
                 cell.status, cell.reason = opened
