@@ -42,6 +42,7 @@ class PeerSettings:
     area_thd: float | None = None
     pamr_steps: int = 0
     cap: int = 2048
+    pad: bool = False  # ClearCLIP: a window side off the patch grid padded with zeros on both sides, maps cut back
 
 
 def class_lines(path: Path) -> list[list[str]]:
@@ -95,11 +96,15 @@ def peer_segment(model: MVPSeg, lines: list[list[str]], image: np.ndarray, setti
     with torch.no_grad():
         for top, bottom, left, right in windows:
             crop = x[:, :, top:bottom, left:right]
+            height_pad = (-(bottom - top) % model.feature_stride) if settings.pad else 0
+            width_pad = (-(right - left) % model.feature_stride) if settings.pad else 0
+            crop = F.pad(crop, (width_pad // 2, width_pad - width_pad // 2, height_pad // 2, height_pad - height_pad // 2))
             features = dense_features(model.clip_model.visual, crop, model.config.vit_mode, options)[0].float()
             features = features / features.norm(dim=0, keepdim=True)  # (D, gh, gw)
             cosines = torch.einsum("dhw,qd->qhw", features, text)
-            stretched = F.interpolate(cosines[None], size=(bottom - top, right - left), mode="bilinear",
-                                      align_corners=False)[0]
+            stretched = F.interpolate(cosines[None], size=crop.shape[-2:], mode="bilinear", align_corners=False)[0]
+            stretched = stretched[:, height_pad // 2 : height_pad // 2 + bottom - top,
+                                  width_pad // 2 : width_pad // 2 + right - left]
             canvas[:, top:bottom, left:right] += stretched
             count[:, top:bottom, left:right] += 1
         logits = F.interpolate((canvas / count)[None], size=(height, width), mode="bilinear", align_corners=False)

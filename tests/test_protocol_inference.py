@@ -51,7 +51,7 @@ def _settings(protocol: mvpseg.protocols.Protocol) -> PeerSettings:
     return PeerSettings(short_side=values["short_side"], crop=values["crop_size"] if values["mode"] == "slide" else 0,
                         stride=values["stride"], logit_scale=values["logit_scale"], prob_thd=values["prob_thd"],
                         area_thd=values["area_thd"] or None, pamr_steps=values["pamr_steps"],
-                        cap=values["resize_cap"])
+                        cap=values["resize_cap"], pad=values.get("partial_patches") == "pad")
 
 
 def _both(clip: mvpseg.ClipBundle, protocol: mvpseg.protocols.Protocol, image: np.ndarray,
@@ -78,7 +78,7 @@ CASES = [  # (protocol, benchmark, image sizes): background words and area_thd; 
     ("scclip", "coco-object", [(375, 500)]),
     ("naclip", "voc21", [(375, 500), (60, 600)]),
     ("naclip", "cityscapes", [(1024, 2048)]),
-    ("clearclip", "voc21", [(375, 500)]),
+    ("clearclip", "voc21", [(375, 500), (60, 600)]),
 ]
 
 

@@ -40,7 +40,7 @@ REPOSITORIES: dict[str, tuple[str, str, str]] = {
     "sclip": ("wangf3014+SCLIP", "clip_segmentor", "CLIPForSegmentation"),
     "naclip": ("sinahmr+NACLIP", "naclip", "NACLIP"),
     "scclip": ("SuleBai+SC-CLIP", "scclip_segmentor", "SCCLIPForSegmentation"),
-    "resclip": ("yvhangyang+ResCLIP", "resclip_segmentor", "ResCLIPForSegmentation"),
+    "resclip": ("yvhangyang+ResCLIP", "resclip_segmentor", "ResCLIPSegmentation"),
     "clearclip": ("mc-lan+ClearCLIP", "clearclip_segmentor", "ClearCLIPSegmentation"),
 }
 #: ClearCLIP's model_type for each mvpseg mode: its released config's "vanilla" (q-k) and its paper's "ClearCLIP" (q-q).
@@ -173,6 +173,26 @@ def _fp32_everywhere(active: bool) -> Iterator[None]:
         torch.Tensor.half = half  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def _cpu_for_cuda() -> Iterator[None]:
+    """ResCLIP's semantic feedback refinement moves tensors and a PAMR module to CUDA by name (``.cuda()``,
+    ``.to(torch.device('cuda'))``); on this CPU-only machine those moves stay on the CPU while it runs."""
+    tensor_cuda, module_to = torch.Tensor.cuda, nn.Module.to
+
+    def to(module: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
+        if args and isinstance(args[0], torch.device) and args[0].type == "cuda":
+            return module
+        return module_to(module, *args, **kwargs)
+
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    nn.Module.to = to  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = tensor_cuda  # type: ignore[method-assign]
+        nn.Module.to = module_to  # type: ignore[method-assign]
+
+
 def _restore_open_clip(kept: dict[str, Any]) -> None:
     for name in [name for name in sys.modules if name.split(".")[0] in ("open_clip", "BLIP", "gem")]:
         del sys.modules[name]
@@ -218,7 +238,7 @@ def run_repository(protocol: str, benchmark: str, weights: Path, images: list[np
             inputs = _their_inputs(image, scale)
             sample = DataSample({"ori_shape": image.shape[:2], "img_shape": tuple(inputs.shape[-2:])})  # noqa: F821
             try:
-                with torch.no_grad(), _fp32_everywhere(kept is not None):
+                with torch.no_grad(), _fp32_everywhere(kept is not None), _cpu_for_cuda():
                     segmentor.predict(inputs, [sample])
             except Exception as error:  # their code failing on an input is a finding, not the end of the study
                 results.append({"error": f"{type(error).__name__}: {error}", "resized": tuple(inputs.shape[-2:])})
@@ -314,6 +334,25 @@ def test_images(seed: int) -> dict[str, np.ndarray]:
     return images
 
 
+def summary(rows: list[dict[str, Any]]) -> str:
+    """The rows as a markdown table: per repository, benchmark and mode, the worst agreement over images and PAMR."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["protocol"], row["benchmark"], row.get("vit_mode", "")), []).append(row)
+    lines = ["| repository | benchmark | images x PAMR | labels agree (lowest) | probabilities (largest diff) | "
+             "their code failed |", "|---|---|---|---:|---:|---|"]
+    for (protocol, benchmark, mode), group in groups.items():
+        ran = [row for row in group if "labels_agree" in row]
+        failed = sorted({f"{row['image']}: {row['repository_failed'].split(':')[0]}" for row in group
+                         if "repository_failed" in row})
+        name = f"{protocol} ({mode})" if mode else protocol
+        agree = f"{100 * min(row['labels_agree'] for row in ran):.3f} %" if ran else "-"
+        diff = f"{max(row['max_probability_diff'] for row in ran):.1e}" if ran else "-"
+        runs = f"{len({row['image'] for row in group})} x {sorted({row['pamr_steps'] for row in group})}"
+        lines.append(f"| {name} | {benchmark} | {runs} | {agree} | {diff} | {'; '.join(failed) or '-'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--protocols", nargs="+", default=list(REPOSITORIES))
@@ -326,7 +365,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--append", action="store_true", help="keep the rows already in --out (another run's)")
+    parser.add_argument("--summary", action="store_true", help="print --out's rows as a markdown table and stop")
     args = parser.parse_args()
+    if args.summary:
+        print(summary(json.loads(args.out.read_text())["rows"]))
+        return
     earlier = json.loads(args.out.read_text()) if args.append and args.out.exists() else {}
     _stand_ins()
     torch.set_grad_enabled(False)

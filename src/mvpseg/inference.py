@@ -313,9 +313,16 @@ class Segmenter:
         counts = torch.zeros(1, 1, 1, height, width, device=self.device)
         with torch.inference_mode(), self.autocast():
             for group, crops in self.window_batches(images.to(self.device)):  # crops: (G*B, 3, h', w')
+                rows, cols = crops.shape[-2:]
+                pad = [0, 0, 0, 0]  # left, right, top, bottom
+                if self.config.partial_patches == "pad":  # ClearCLIP: zeros (the mean colour) to whole patches
+                    extra = [-cols % self.feature_stride, -rows % self.feature_stride]
+                    pad = [extra[0] // 2, extra[0] - extra[0] // 2, extra[1] // 2, extra[1] - extra[1] // 2]
+                    crops = F.pad(crops, pad)
                 maps = self.window_maps(crops, text)  # (G*B, P, N, h, w)
                 stretched = F.interpolate(maps.flatten(1, 2), size=crops.shape[-2:], mode="bilinear",
                                           align_corners=False)  # (G*B, P*N, h, w) -> (G*B, P*N, h', w')
+                stretched = stretched[..., pad[2] : pad[2] + rows, pad[0] : pad[0] + cols]  # padding cut back
                 stretched = stretched.unflatten(1, maps.shape[1:3])  # -> (G*B, P, N, h', w')
                 for index, (y0, y1, x0, x1) in enumerate(group):
                     canvas[..., y0:y1, x0:x1] += stretched[index * batch : (index + 1) * batch]

@@ -179,6 +179,7 @@ _CLEARCLIP = _peer("ClearCLIP", {
     "crop_size": (448, "clearclip_segmentor.py:23"),
     "stride": (224, "clearclip_segmentor.py:23"),
     "stitch": ("pixels", "clearclip_segmentor.py:175-190"),
+    "partial_patches": ("pad", "clearclip_segmentor.py:168-180,246-258"),
     "templates": ("openai-imagenet-80", "clearclip_segmentor.py:98"),
     "synonym_rule": ("softmax-max", "clearclip_segmentor.py:219-227"),
     "logit_scale": (50.0, "clearclip_segmentor.py:23"),

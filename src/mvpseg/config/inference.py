@@ -59,6 +59,7 @@ class InferenceConfig:
     resize_cap: int | None = None  # with short_side: mmcv's keep-ratio rescale to (cap, short_side), the factor min(cap / long side, short_side / short side), sizes rounded half up (the peers' Resize(scale=(2048, S), keep_ratio=True)); none: the short side alone
     resize_filter: Literal["antialias", "bilinear", "cv2"] = "antialias"  # antialias: bilinear with antialiasing (mvpseg); bilinear: without, the image back in 8 bits; cv2: OpenCV's cv2.resize on the 8-bit image, as mmcv's Resize runs it (the peers; needs opencv-python-headless: pip install "mvpseg[peers]")
     stitch: Literal["cells", "pixels"] = "cells"  # cells: windows averaged on the feature grid, scores upsampled once (mvpseg); pixels: each window's cosines upsampled to its pixels, averaged over overlaps, then upsampled to the image's own size (the peers' forward_slide)
+    partial_patches: Literal["stretch", "pad"] = "stretch"  # stitch pixels: a window side that is not a whole number of patches is seen on its whole patches, their maps stretched over it (stretch: SCLIP, NACLIP, ResCLIP, SC-CLIP), or padded with zeros on both sides to whole patches, the maps cut back (pad: ClearCLIP)
     templates: TemplateSet = "maskclip-85"  # the template classifier's texts: maskclip-85 (MaskCLIP's) or openai-imagenet-80 (the peers'); learned prompts ignore it
     synonym_rule: Literal["max-logit", "softmax-max"] = "max-logit"  # a class's several names: max-logit (its best name's logit, mvpseg) or softmax-max (softmax over every name, then each class's best probability: the peers)
     logit_scale: float | None = None  # the template classifier's logit scale; none: CLIP's 100 (the peers: 40 to 65)
@@ -97,6 +98,8 @@ class InferenceConfig:
             raise ValueError("resize_cap must be positive")
         if self.resize_filter not in ("antialias", "bilinear", "cv2"):
             raise ValueError(f"resize_filter must be antialias, bilinear or cv2, not {self.resize_filter!r}")
+        if self.partial_patches not in ("stretch", "pad"):
+            raise ValueError(f"partial_patches must be stretch or pad, not {self.partial_patches!r}")
         if self.stitch not in ("cells", "pixels"):
             raise ValueError(f"stitch must be cells or pixels, not {self.stitch!r}")
         if self.templates not in get_args(TemplateSet):
