@@ -191,10 +191,11 @@ def _resolve(settings: BenchmarkSettings) -> tuple[list[Cell], list[str]]:
                     names = class_names_path(cell.protocol.class_file) if cell.protocol.class_file else None
                     datasets[key] = build_dataset(benchmark, root, "val", prompt_names_file=names)
                 except (CellFailed, OSError, ValueError) as error:
-                    datasets[key] = _missing_data(benchmark, Path(root), error) if isinstance(
+                    status, reason = _missing_data(benchmark, Path(root), error) if isinstance(
                         error, DataLayoutError) and root is not None else ("failed", _one_line(error))
-                    status = {"missing": "skipped"}.get(datasets[key][0], datasets[key][0])  # no data: its column skipped
-                    messages.append(f"{benchmark}: {status}: {datasets[key][1]}")
+                    datasets[key] = (status, reason)
+                    word = "skipped" if status == "missing" else status  # no data: its column skipped
+                    messages.append(f"{benchmark}: {word}: {reason}")
             opened = datasets[key]
             if isinstance(opened, tuple):
                 cell.status, cell.reason = opened
