@@ -291,3 +291,26 @@ def test_an_image_without_a_label_and_a_missing_split_file_cost_their_cells(
     assert cells["voc21"]["status"] == cells["context59"]["status"] == "failed"
     assert cells["ade20k"]["status"] == "done"
     assert missing in (out / "results.md").read_text()
+
+
+def test_a_prompts_row_gives_mvpseg_evals_numbers(world: Path, tmp_path: Path) -> None:
+    """Learned prompts are a row like any mode (here untrained prompts on the tiny ViT, saved as training saves them),
+    scored as `mvpseg eval --prompts` scores them."""
+    import mvpseg
+    from mvpseg.checkpoint import save_prompt_checkpoint
+    from mvpseg.config import MVPSegConfig
+
+    clip = mvpseg.load_clip(CLIP, pretrained="auto")
+    model = mvpseg.build_mvpseg(clip, MVPSegConfig(num_prompts=2, vit_mode="naclip"),
+                                generator=torch.Generator().manual_seed(0))
+    prompts = save_prompt_checkpoint(tmp_path / "prompts.safetensors", model)
+    out = tmp_path / "out"
+    assert main(["benchmark", "--benchmarks", "ade20k", "--data-root", str(world), "--prompts", f"mine={prompts}",
+                 "--out", str(out), "--quiet", "--device", "cpu", *SIZE]) == 0
+    cell = _cells(out)["cells"]["mine"]["ade20k"]
+    assert main(["eval", "--dataset", "ade20k", "--data-root", str(world), "--prompts", str(prompts),
+                 "--out", str(tmp_path / "eval"), "--quiet", "--device", "cpu", *SIZE]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert cell["status"] == "done" and cell["model"]["kind"] == "prompts"
+    assert cell["miou"] == metrics["miou"] and cell["per_class"] == metrics["per_class"]
+    assert "| mine |" in (out / "results.md").read_text()
