@@ -196,7 +196,7 @@ def evaluation_setup(
         "split_images": len(dataset),
         "official_images": dataset.official_size,
         "images_folder": root,
-        "clip": {"name": segmenter.clip.name, "pretrained": segmenter.clip.pretrained},
+        "clip": None if segmenter.clip is None else {"name": segmenter.clip.name, "pretrained": segmenter.clip.pretrained},
         "prompts": str(prompts) if prompts is not None else "templates (MaskCLIP baseline)",
         "inference": to_dict(segmenter.config),
         "class_names": names,

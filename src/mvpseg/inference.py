@@ -165,7 +165,7 @@ class Segmenter:
         if self._identity is None:
             kind = "student" if not isinstance(self.model, MVPSeg) else (
                 "prompts" if self.model.prompts is not None else "templates")
-            self._identity = {"kind": kind, "clip": self.clip.fingerprint,
+            self._identity = {"kind": kind, "clip": None if self.clip is None else self.clip.fingerprint,
                               "weights": weights_fingerprint(self.model), "config": to_dict(self.model.config),
                               "runtime": "torch"}
         return dict(self._identity)
@@ -199,9 +199,9 @@ class Segmenter:
 
     def _encode_text(self, names: Sequence[str]) -> torch.Tensor:
         """(P, c, D) embeddings of some names: the template classifier's with ``config.templates``, else the model's."""
-        if self.config.templates != "maskclip-85" and self.is_template_model():
-            clip_model = self.model.clip_model
-            return template_embeddings(clip_model, self.model.clip.tokenizer, names,
+        model = self.model
+        if self.config.templates != "maskclip-85" and isinstance(model, MVPSeg) and model.prompts is None:
+            return template_embeddings(model.clip_model, model.clip.tokenizer, names,
                                        templates=TEMPLATE_SETS[self.config.templates]).unsqueeze(0)  # (c, D) -> (1, c, D)
         return self.model.text_embeddings(names)
 

@@ -148,10 +148,8 @@ class SegmentationModel(Protocol):
     head: MVPHead
     inference_settings: dict[str, Any]
 
-    # (Any: a ClipBundle, read as one wherever a Segmenter of a torch model is used, and None for an ONNX
-    # file whose classes are baked in, the only model without a CLIP.)
     @property
-    def clip(self) -> Any:
+    def clip(self) -> ClipBundle | None:
         """The frozen CLIP the model runs on (a :class:`ClipBundle`); None for an ONNX file with baked classes."""
 
     @property

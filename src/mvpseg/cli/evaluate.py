@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             what = (f"student {source.student}" if source.student else f"prompts {source.prompts}"
                     if source.prompts else "MaskCLIP templates")
             print(f"{dataset.info.name} {args.split}: {metrics['num_images']} images, "
-                  f"CLIP {segmenter.clip.name}, {what}")
+                  f"CLIP {segmenter.clip.name if segmenter.clip is not None else '(none)'}, {what}")
             print(protocol_line(protocol, segmenter.config))
             print(format_table(metrics, dataset.info.unseen_names))
             print(dataset.describe(), file=sys.stderr)  # the size check: is this the official split?

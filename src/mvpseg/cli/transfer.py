@@ -105,8 +105,10 @@ def run_pseudo_label(args: argparse.Namespace) -> int:
     try:
         segmenter = Segmenter.from_pretrained(clip=args.clip, pretrained=clip_source(args), prompts=args.prompts,
                                               device=device, config=inference_config(args, base=preset))
-        teacher = {"prompts": Path(args.prompts).name, "clip": segmenter.clip.name,
-                   "fingerprint": segmenter.clip.fingerprint, "inference": to_dict(segmenter.config),
+        clip = segmenter.clip
+        assert clip is not None  # a prompt checkpoint's model always holds its CLIP
+        teacher = {"prompts": Path(args.prompts).name, "clip": clip.name,
+                   "fingerprint": clip.fingerprint, "inference": to_dict(segmenter.config),
                    "prompts_sha256": prompts_fingerprint(args.prompts)}
         write_pseudo_labels(segmenter, dataset, args.out, use_gpr=args.teacher_gpr, label_void=args.label_void,
                             confidence=args.unseen_min_probability, progress=not args.quiet, teacher=teacher)
