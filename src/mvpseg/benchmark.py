@@ -178,10 +178,7 @@ def _resolve(settings: BenchmarkSettings) -> tuple[list[Cell], list[str]]:
                 cell.status, cell.reason = "failed", _one_line(error)
                 messages.append(f"{method.label} / {benchmark}: {cell.reason}")
                 continue
-            source = method.source
-            if source.prompts is None and source.student is None and source.vit_mode is None:
-                source = ModelSource(**{**to_dict(source), "vit_mode": cell.protocol.vit_mode})
-            cell.source = source
+            cell.source = cell.protocol.source_for(method.source)
             key = (benchmark, cell.protocol.class_file)
             if key not in datasets:
                 root = settings.roots.get(benchmark, settings.data_root)

@@ -12,7 +12,6 @@ features and the inference tower in :mod:`mvpseg.dense`, label upsampling in :mo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -144,8 +143,7 @@ class Segmenter:
                              "mvpseg.export.OnnxSegmenter.from_source (the export extra)")
         if protocol is not None:
             protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
-            if protocol.vit_mode and source.vit_mode is None and source.prompts is None and source.student is None:
-                source = dataclasses.replace(source, vit_mode=protocol.vit_mode)  # type: ignore[arg-type]
+            source = protocol.source_for(source)
             overrides = {**protocol.overrides(), **(overrides or {})}
         target = default_device(device)
         model = build.from_pretrained(source.clip, source.pretrained, source.prompts, device=target,

@@ -19,10 +19,10 @@ repository runs; every piece stays its own setting, so that a user can mix them 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .config import EVAL_PRESETS, InferenceConfig, from_dict, to_dict
+from .config import EVAL_PRESETS, InferenceConfig, ModelSource, from_dict, to_dict
 
 __all__ = ["BENCHMARKS", "CROSS_DATASET_BENCHMARKS", "PROTOCOL_NAMES", "TRAINING_FREE_BENCHMARKS", "Protocol",
            "get_protocol", "protocol_benchmarks"]
@@ -57,6 +57,13 @@ class Protocol:
         dense = {**self.inference.get("dense", {}), **overrides.get("dense", {})}
         values["dense"] = dense
         return from_dict(InferenceConfig, values)
+
+    def source_for(self, source: ModelSource) -> ModelSource:
+        """``source`` with the protocol's ViT mode when it is MaskCLIP's templates (no prompts, student or ONNX file)
+        and names no mode of its own: the one rule of every entry point (the CLI, the Segmenter, the runner)."""
+        if self.vit_mode and source.vit_mode is None and not (source.prompts or source.student or source.onnx):
+            return replace(source, vit_mode=self.vit_mode)  # type: ignore[arg-type]  # a preset holds a known mode
+        return source
 
     def overrides(self) -> dict[str, Any]:
         """The protocol's InferenceConfig values as flat overrides (dense options as ``dense.FIELD``), to lay over a

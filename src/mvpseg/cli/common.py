@@ -105,11 +105,9 @@ def model_source(args: argparse.Namespace, protocol: Protocol | None = None, **d
     typed = {name: value for name, value in overrides(args).items() if name in ModelSource.__dataclass_fields__}
     if getattr(args, "clip_weights", None):
         typed["pretrained"] = args.clip_weights
-    if (protocol is not None and protocol.vit_mode
-            and not any(typed.get(name) for name in ("prompts", "student", "onnx"))):
-        defaults.setdefault("vit_mode", protocol.vit_mode)
     try:
-        return ModelSource(**{**defaults, **typed})
+        source = ModelSource(**{**defaults, **typed})
+        return protocol.source_for(source) if protocol is not None else source
     except ValueError as error:
         raise UsageError(str(error)) from error
 
