@@ -53,10 +53,7 @@ class Protocol:
 
     def inference_config(self, **overrides: Any) -> InferenceConfig:
         """The protocol's :class:`InferenceConfig`, ``overrides`` (fields; ``dense`` as a dict of its own) on top."""
-        values = {**self.inference, **overrides}
-        dense = {**self.inference.get("dense", {}), **overrides.get("dense", {})}
-        values["dense"] = dense
-        return from_dict(InferenceConfig, values)
+        return from_dict(InferenceConfig, _laid_over(self.inference, overrides))
 
     def source_for(self, source: ModelSource) -> ModelSource:
         """``source`` with the protocol's ViT mode when it is MaskCLIP's templates (no prompts, student or ONNX file)
@@ -76,6 +73,15 @@ class Protocol:
         """Everything the protocol sets, as plain JSON values: what a result records beside its numbers."""
         return {"name": self.name, "benchmark": self.benchmark, "vit_mode": self.vit_mode,
                 "class_file": self.class_file, "inference": to_dict(self.inference_config()), "sources": self.sources}
+
+
+def _laid_over(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """InferenceConfig values ``top`` over ``base``, the dense options (a dict of their own) merged field by field."""
+    values = {**base, **top}
+    dense = {**base.get("dense", {}), **top.get("dense", {})}
+    if dense:
+        values["dense"] = dense
+    return values
 
 
 def _mvpseg_preset(benchmark: str) -> dict[str, Any]:
@@ -365,10 +371,7 @@ def get_protocol(name: str, benchmark: str | None = None) -> Protocol:
                          f"give another --protocol, or the settings as flags")
     shared = table.get("*", {})
     entry = table[key]
-    inference = {**shared.get("inference", {}), **entry.get("inference", {})}
-    dense = {**shared.get("inference", {}).get("dense", {}), **entry.get("inference", {}).get("dense", {})}
-    if dense:
-        inference["dense"] = dense
+    inference = _laid_over(shared.get("inference", {}), entry.get("inference", {}))
     return Protocol(name=name.strip().lower(), benchmark=key, inference=inference,
                     vit_mode=entry.get("vit_mode", shared.get("vit_mode")),
                     class_file=entry.get("class_file", shared.get("class_file")),
