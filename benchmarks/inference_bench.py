@@ -34,6 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mvpseg
 from mvpseg.inference import Segmenter
+from mvpseg.runtime import autocast
+from mvpseg.windows import pad_to_cells
 
 #: The two inference cases of the issue: (name, (height, width), classes).
 CASES = (("512x683_20", (512, 683), 20), ("2048x2048_171", (2048, 2048), 171))
@@ -46,7 +48,7 @@ class PhaseTimer:
     """Times the phases of :meth:`Segmenter.predict` by wrapping the instance's methods.
 
     ``predict`` calls ``resize``, ``predict_torch`` (which calls ``text_embeddings`` and, per window
-    batch, ``features``: the image tower) and ``upsample``; the head, the cosine maps and the
+    batch, ``features``: the image tower) and ``upsample_log_scores``; the head, the cosine maps and the
     stitching are what ``predict_torch`` spends outside the tower and the text lookup.
     """
 
@@ -55,7 +57,7 @@ class PhaseTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.count_flops, self.flops = False, 0  # count the tower's FLOPs (a warm-up run) instead of timing
         self.wrapped: list[tuple[Any, str]] = [
-            (seg, name) for name in ("features", "resize", "predict_torch", "upsample", "text_embeddings")]
+            (seg, name) for name in ("features", "resize", "predict_torch", "upsample_log_scores", "text_embeddings")]
         for owner, name in self.wrapped:
             setattr(owner, name, self._wrap(name, getattr(owner, name)))
 
@@ -87,9 +89,9 @@ class PhaseTimer:
             "text_lookup": seconds["text_embeddings"],
             "head_matching": seconds["predict_torch"] - seconds["features"] - seconds["text_embeddings"],
             "resize": seconds["resize"],
-            "upsample": seconds["upsample"],
+            "upsample": seconds["upsample_log_scores"],
         }
-        phases["other"] = total - seconds["predict_torch"] - seconds["resize"] - seconds["upsample"]
+        phases["other"] = total - seconds["predict_torch"] - seconds["resize"] - seconds["upsample_log_scores"]
         phases["total"] = total
         return phases, prediction
 
@@ -111,10 +113,13 @@ def counting_flops() -> Iterator[FlopCounterMode]:
 
 def window_batches(seg: Segmenter, image: np.ndarray) -> list[torch.Tensor]:
     """The crops ``predict`` feeds the image tower, batched as it batches them: normalised (G, 3, h', w')."""
-    batches = [crops for _, crops in seg.window_batches(seg.pad(seg.resize(image)))]
-    if len({crops.shape[-2:] for crops in batches}) > 1:
+    padded = pad_to_cells(seg.resize(image), seg.feature_stride)  # (1, 3, H, W)
+    boxes = seg.config.window_boxes(padded.shape[-2], padded.shape[-1], seg.feature_stride)
+    if len({(y1 - y0, x1 - x0) for y0, y1, x0, x1 in boxes}) > 1:
         raise ValueError("windows of several sizes: no fixed-size reference model fits")
-    return batches
+    step = seg.config.batch_size
+    return [torch.cat([padded[..., y0:y1, x0:x1] for y0, y1, x0, x1 in boxes[start : start + step]])
+            for start in range(0, len(boxes), step)]
 
 
 def reference_model(name: str, crop_size: int, device: torch.device) -> torch.nn.Module:
@@ -141,7 +146,7 @@ def inference_case(seg: Segmenter, reference: torch.nn.Module, image: np.ndarray
     right = torch.randn(size, size, device=device, dtype=matmul_dtype)
 
     def run_reference() -> None:
-        with torch.inference_mode(), seg.autocast():
+        with torch.inference_mode(), autocast(seg.device, seg.config.precision):
             for batch in batches:
                 reference.encode_image(batch)
 

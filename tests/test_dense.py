@@ -129,9 +129,9 @@ def test_vit_positional_embedding_interpolated_for_other_sizes(tiny_vit: mvpseg.
     assert features.shape == (1, 32, 12, 5)
     assert feature_stride(tiny_vit.model.visual) == 8
     # Interpolating an 8x8 grid of positions to 8x8 must give the original embedding back.
-    from mvpseg.dense import _interpolated_positions
+    from mvpseg.positions import resized_positions
 
-    torch.testing.assert_close(_interpolated_positions(tiny_vit.model.visual, (8, 8)),
+    torch.testing.assert_close(resized_positions(tiny_vit.model.visual, (8, 8)),
                                tiny_vit.model.visual.positional_embedding)
 
 
@@ -212,7 +212,9 @@ def test_dense_options_refuse_what_no_mode_can_run() -> None:
     from mvpseg.config import DenseOptions, InferenceConfig
 
     for bad, match in [({"position_resize": "nearest"}, "position_resize"), ({"naclip_std": 0.0}, "naclip_std"),
-                       ({"resclip_lambda": 1.5}, "resclip_lambda"), ({"resclip_tau": -1.0}, "resclip_tau")]:
+                       ({"resclip_lambda": 1.5}, "resclip_lambda"), ({"resclip_tau": -1.0}, "resclip_tau"),
+                       ({"sfr_tau": 0.0}, "sfr_tau must be positive"), ({"sfr_lambda": 1.2}, "sfr_lambda"),
+                       ({"sfr_threshold": -0.1}, "sfr_threshold")]:
         with pytest.raises(ValueError, match=match):
             DenseOptions(**bad)
     # an InferenceConfig rebuilt from its JSON values keeps its dense options

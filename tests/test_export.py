@@ -248,8 +248,9 @@ def test_export_rounds_the_crop_as_inference_does(tiny_vit: mvpseg.ClipBundle, t
     assert metadata["inference"]["crop_size"] == 40 and metadata["feature_stride"] == 8
     onnx_seg = OnnxSegmenter(path, model, config=config)
     assert onnx_seg.feature_stride == torch_seg.feature_stride == 8
-    assert onnx_seg.window_boxes(96, 120) == torch_seg.window_boxes(96, 120)
-    assert {y1 - y0 for y0, y1, _, _ in torch_seg.window_boxes(96, 120)} == {40}
+    boxes = torch_seg.config.window_boxes(96, 120, torch_seg.feature_stride)
+    assert onnx_seg.config.window_boxes(96, 120, onnx_seg.feature_stride) == boxes
+    assert {y1 - y0 for y0, y1, _, _ in boxes} == {40}
     image = np.random.default_rng(0).integers(0, 256, (96, 120, 3), dtype=np.uint8)
     got, expected = onnx_seg.predict(image, ["cat", "dog"]), torch_seg.predict(image, ["cat", "dog"])
     assert (got.labels == expected.labels).mean() >= 0.999

@@ -95,9 +95,9 @@ def test_background_is_class_zero_and_text_is_cached(tiny_rn: mvpseg.ClipBundle)
 def test_window_plan_rounds_crop_down_and_stride_to_the_nearest_feature_step(tiny_rn: mvpseg.ClipBundle) -> None:
     # Feature step 32: crop 100 -> 96 (whole cells only); stride 56 -> 64 (nearest), never 32 (floored).
     segmenter = _segmenter(tiny_rn, crop_size=100, stride=56)
-    assert segmenter.window_boxes(160, 224) == sliding_windows(160, 224, crop=96, stride=64)
-    assert _segmenter(tiny_rn, crop_size=100, stride=40).window_boxes(160, 160) == sliding_windows(160, 160, 96, 32)
-    assert _segmenter(tiny_rn, mode="whole").window_boxes(96, 128) == [(0, 96, 0, 128)]
+    assert segmenter.config.window_boxes(160, 224, segmenter.feature_stride) == sliding_windows(160, 224, crop=96, stride=64)
+    assert InferenceConfig(crop_size=100, stride=40).window_boxes(160, 160, 32) == sliding_windows(160, 160, 96, 32)
+    assert InferenceConfig(mode="whole").window_boxes(96, 128, 32) == [(0, 96, 0, 128)]
 
 
 def _covered(boxes: list[tuple[int, int, int, int]], height: int, width: int) -> bool:
@@ -113,11 +113,11 @@ def test_the_default_stride_follows_the_crop_and_windows_leave_no_gap(tiny_rn: m
     # fixed default stride of 426 left gaps there (0/0 stitched maps, NaN scores); 426/512 of the crop does not.
     segmenter = _segmenter(tiny_rn, crop_size=crop)
     assert segmenter.config.window_stride == round(crop * 426 / 512)
-    boxes = segmenter.window_boxes(512, 704)
+    boxes = segmenter.config.window_boxes(512, 704, segmenter.feature_stride)
     assert _covered(boxes, 512, 704)
     assert max(y1 - y0 for y0, y1, _, _ in boxes) <= crop
     # 112 = 3.5 cells: a stride rounded up to 4 cells would pass the 3-cell crop; it is capped at the crop.
-    assert _covered(_segmenter(tiny_rn, crop_size=112, stride=112).window_boxes(512, 704), 512, 704)
+    assert _covered(InferenceConfig(crop_size=112, stride=112).window_boxes(512, 704, 32), 512, 704)
 
 
 def test_a_stride_above_the_crop_is_one_line_and_a_new_crop_drops_a_recorded_stride(tiny_rn: mvpseg.ClipBundle) -> None:
@@ -137,17 +137,17 @@ def test_a_stride_above_the_crop_is_one_line_and_a_new_crop_drops_a_recorded_str
 def test_window_batches_are_the_padded_images_windows(tiny_rn: mvpseg.ClipBundle) -> None:
     segmenter = _segmenter(tiny_rn, short_side=None, crop_size=64, stride=32, batch_size=2)
     images = torch.randn(2, 3, 70, 100)
-    padded = segmenter.pad(images)
+    padded = segmenter._pad(images)
     assert padded.shape == (2, 3, 96, 128)
     torch.testing.assert_close(padded[..., :70, :100], images)
     assert padded[..., 70:, :].abs().sum() == 0 and padded[..., 100:].abs().sum() == 0
     seen = []
-    for boxes, crops in segmenter.window_batches(padded):
+    for boxes, crops in segmenter._window_batches(padded):
         assert len(boxes) <= 2 and crops.shape == (2 * len(boxes), 3, 64, 64)
         for index, (y0, y1, x0, x1) in enumerate(boxes):  # window-major: the B images of a window together
             torch.testing.assert_close(crops[2 * index : 2 * index + 2], padded[:, :, y0:y1, x0:x1])
         seen += boxes
-    assert seen == segmenter.window_boxes(96, 128)
+    assert seen == segmenter.config.window_boxes(96, 128, segmenter.feature_stride)
 
 
 def test_text_embeddings_can_be_given_and_forgotten(tiny_rn: mvpseg.ClipBundle) -> None:
@@ -156,7 +156,7 @@ def test_text_embeddings_can_be_given_and_forgotten(tiny_rn: mvpseg.ClipBundle) 
     segmenter.cache_text_embeddings(NAMES, given)
     torch.testing.assert_close(segmenter.text_embeddings(NAMES), given)
     maps = segmenter.predict_torch(segmenter.resize(_image(64, 64)), NAMES).prompt_maps
-    features = segmenter.features(segmenter.resize(_image(64, 64)))
+    features = segmenter.model.features(segmenter.resize(_image(64, 64)), tower=segmenter.tower, options=segmenter.config.dense)
     torch.testing.assert_close(maps, segmenter.model.cosine_maps(features, given))  # the given ones are used
     segmenter.clear_text_cache()
     with torch.no_grad():
@@ -241,7 +241,7 @@ def test_synonyms_use_the_cached_embeddings_of_their_names(tiny_rn: mvpseg.ClipB
     segmenter.cache_text_embeddings(["tv", "television", "cat"], given)
     image = segmenter.resize(_image(64, 64))
     maps = segmenter.predict_torch(image, [("tv", "television"), "cat"]).prompt_maps  # (1, P, 2, h, w)
-    cosine = segmenter.model.cosine_maps(segmenter.features(image), given)  # (1, P, 3, h, w)
+    cosine = segmenter.model.cosine_maps(segmenter.model.features(image, tower=segmenter.tower, options=segmenter.config.dense), given)  # (1, P, 3, h, w)
     torch.testing.assert_close(maps[:, :, 0], cosine[:, :, :2].amax(dim=2))
     torch.testing.assert_close(maps[:, :, 1], cosine[:, :, 2])
 

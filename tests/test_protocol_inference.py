@@ -182,6 +182,27 @@ def test_from_pretrained_takes_a_protocol(tiny_vit: mvpseg.ClipBundle, tmp_path:
         Segmenter.from_pretrained("test-tiny-vit", pretrained=None, device="cpu", protocol="sclip:pc459")
 
 
+def test_the_resclip_protocol_runs_its_semantic_feedback(peaked_vit: mvpseg.ClipBundle) -> None:
+    # ResCLIP's segmentor always runs SFR; the preset turns it on with each benchmark's settings, and it changes the
+    # answer (tests/test_vit_modes.py holds its features to ResCLIP's code).
+    protocol = get_protocol("resclip:cityscapes")
+    assert protocol.inference["dense"]["resclip_sfr"] and protocol.inference["dense"]["sfr_threshold"] == 0.1
+    config = protocol.inference_config(short_side=96, crop_size=48, stride=24, resize_filter="bilinear")
+    vocabulary = Vocabulary.of(["road", "car", "sky", "tree"])
+    image = _image(120, 240)
+    with_sfr = Segmenter(build_mvpseg(peaked_vit, vit_mode="resclip"), config, device="cpu")
+    without = Segmenter(with_sfr.model, dataclasses.replace(config, dense=dataclasses.replace(
+        config.dense, resclip_sfr=False)), device="cpu")
+    first, second = with_sfr.probabilities(image, vocabulary), without.probabilities(image, vocabulary)
+    assert first.shape == (4, 120, 240) and torch.isfinite(first).all()
+    assert (first - second).abs().max() > 1e-3
+    prompts = build_mvpseg(peaked_vit, mvpseg.MVPSegConfig(num_prompts=2, num_context=4, vit_mode="resclip"))
+    for model in (prompts, build_mvpseg(peaked_vit, vit_mode="naclip")):
+        with pytest.raises(ValueError, match="resclip_sfr .* template classifier in the resclip mode only") as error:
+            Segmenter(model, config, device="cpu")
+        assert "\n" not in str(error.value)
+
+
 # --- the command line -------------------------------------------------------------------------------------------
 
 

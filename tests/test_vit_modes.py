@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 import open_clip
 import pytest
@@ -20,13 +21,14 @@ from mvpseg.dense import (
     PUBLISHED_LAYERS,
     VIT_MODES,
     _fill_outliers,
-    _interpolated_positions,
     _outlier_tokens,
     _scaled_range,
     dense_features,
     layer_choices,
     neighbourhood_bias,
 )
+from mvpseg.feedback import SemanticFeedback, feedback_attention
+from mvpseg.positions import resized_positions
 
 
 @pytest.fixture(scope="module")
@@ -153,20 +155,62 @@ def test_mode_parameters_are_dense_options(case, mode, options, settings) -> Non
     assert _cosine(ours, default).min() < 0.9999, (mode, settings)  # the setting is measurably another answer
 
 
+@pytest.mark.parametrize("weights, size, threshold, sfr", [
+    ("peaked", (224, 224), 0.25, (1.8, 0.7)),  # a window, ResCLIP's Context-59 settings
+    ("peaked", (336, 448), 0.5, (2.2, 0.7)),  # VOC-21's whole image, its settings
+    ("random", (224, 224), 0.1, (2.1, 0.6)),  # Cityscapes'
+])
+def test_resclip_semantic_feedback_is_its_authors_code(case, weights, size, threshold, sfr) -> None:
+    visual, images, trunk = case(weights, size)
+    images, trunk = images[:1], ref.trunk(visual, images[:1])
+    with torch.no_grad():  # six names, each near one patch's features: the first segmentation has several names
+        tokens = F.normalize(ref.TAILS["resclip"](visual, trunk)[0], dim=-1)  # (L, D)
+    noise = 0.02 * torch.randn(6, 512, generator=torch.Generator().manual_seed(3))
+    names = F.normalize(tokens[torch.linspace(0, len(tokens) - 1, 6).long()] + noise, dim=-1)  # (N, D)
+    feedback = SemanticFeedback(names, logit_scale=40.0, threshold=threshold, std=5.0)
+    options = DenseOptions(position_resize="authors", resclip_sfr=True, sfr_tau=sfr[0], sfr_lambda=sfr[1])
+    with torch.no_grad():
+        ours = dense_features(visual, images, vit_mode="resclip", options=options, feedback=feedback)
+        expected = ref.resclip_sfr_tail(visual, trunk, images, names, threshold, sfr)
+        without = ref.TAILS["resclip"](visual, trunk)
+    assert _cosine(ours, expected).min() >= 0.99999, _cosine(ours, expected).min()
+    torch.testing.assert_close(_tokens(ours), expected, atol=1e-4, rtol=0)
+    assert _cosine(ours, without).min() < 0.999  # the feedback changed the features: the check can fail
+
+
+def test_semantic_feedback_decays_patches_whose_path_leaves_their_name() -> None:
+    # Names on a 3 x 4 grid. Patch (0, 0) shares name 1 with (0, 2), (0, 3) and the last row, but every path to
+    # them crosses another name: each is kept at exp(-d / 3), d its Chebyshev distance (3 the grid's largest).
+    labels = torch.tensor([[1, 2, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]])
+    attention = feedback_attention(labels, std=0.1)  # a Gaussian of one tap: no smoothing
+    assert attention.shape == (13, 13) and attention[0].abs().sum() == 0 and attention[:, 0].abs().sum() == 0
+    near, far = math.exp(-2 / 3), math.exp(-1)
+    row = torch.tensor([1, 0, near, far, 0, 0, 0, 0, near, near, near, far])
+    torch.testing.assert_close(attention[1, 1:], (row / row.sum()).half().float())  # the largest entry: (0, 1)'s 1
+    assert attention[2, 2] == 1.0 and attention[2].sum() == 1.0  # (0, 1) alone has name 2
+    row = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0.0])  # (1, 0): its row's straight paths keep name 0
+    torch.testing.assert_close(attention[5, 1:], (row / row.sum()).half().float())
+    smoothed = feedback_attention(labels, std=1.0)  # 7 taps along each row of the flattened grid
+    assert (smoothed[2, 1:] > 0).sum() == 5 and torch.equal(smoothed, smoothed.half().float())
+    with pytest.raises(ValueError, match="resclip"):
+        dense_features(open_clip.create_model("ViT-B-16", pretrained=None).visual, torch.zeros(1, 3, 32, 32), "naclip",
+                       feedback=SemanticFeedback(torch.zeros(2, 512), 40.0, 0.1, 5.0))
+
+
 def test_positions_are_resized_as_the_authors_code_does_or_to_the_grid(vit_b16) -> None:
     for grid in [(28, 28), (21, 28), (28, 21), (7, 7), (32, 43)]:
         tokens = torch.zeros(1, 1 + grid[0] * grid[1], 768)
         expected = ref.interpolate_pos_encoding(vit_b16, tokens, grid[0] * 16, grid[1] * 16)[0]  # (1 + h*w, W)
-        authors = _interpolated_positions(vit_b16, grid, "authors")
+        authors = resized_positions(vit_b16, grid, "authors")
         assert torch.equal(authors, expected), grid
         patches = vit_b16.positional_embedding[1:].reshape(1, 14, 14, 768).permute(0, 3, 1, 2)  # -> (1, W, 14, 14)
         resized = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)  # (1, W, h, w)
-        by_grid = _interpolated_positions(vit_b16, grid)  # the default
+        by_grid = resized_positions(vit_b16, grid)  # the default
         torch.testing.assert_close(by_grid[1:], resized.flatten(2)[0].T, atol=0, rtol=0)
         assert torch.equal(by_grid[0], vit_b16.positional_embedding[0]) and torch.equal(authors[0], by_grid[0])
         assert (authors - by_grid).abs().max() > 1e-3, grid  # two samplings of the same grid
     for resize in ("grid", "authors"):  # the tower's own grid: its embedding as it is
-        assert _interpolated_positions(vit_b16, (14, 14), resize) is vit_b16.positional_embedding
+        assert resized_positions(vit_b16, (14, 14), resize) is vit_b16.positional_embedding
 
 
 def test_grid_resize_is_not_the_authors_off_224(case) -> None:

@@ -42,6 +42,26 @@ def test_the_page_gives_what_the_segmenter_gives(model: PageModel) -> None:
     assert (np.asarray(cut.labels) == 0).all()
 
 
+def test_the_page_segments_under_the_protocol_it_was_started_with(tiny_vit: mvpseg.ClipBundle) -> None:
+    # `mvpseg serve --protocol sclip:voc21`: the page scores every pixel as SCLIP does (windows stitched on the
+    # pixels, softmax over every name, prob_thd), not with mvpseg's cells; before, it took the cells' path.
+    from mvpseg.protocols import get_protocol
+
+    config = get_protocol("sclip:voc21").inference_config(short_side=64, crop_size=32, stride=16, resize_filter="bilinear")
+    assert config.scores_at_pixels
+    segmenter = mvpseg.Segmenter(mvpseg.build_mvpseg(tiny_vit, None, vit_mode="csa"), config, device="cpu")
+    page = PageModel(segmenter)
+    result = page.segment(_image(), "tv monitor|television, cat, grass", background="sky|wall")
+    expected = segmenter.predict(_image(), [("tv monitor", "television"), "cat", "grass"], background=("sky", "wall"))
+    np.testing.assert_array_equal(np.asarray(result.labels), expected.labels)
+    cells = mvpseg.Segmenter(segmenter.model, mvpseg.InferenceConfig(short_side=64, crop_size=32, stride=16),
+                             device="cpu").predict(_image(), [("tv monitor", "television"), "cat", "grass"],
+                                                   background=("sky", "wall"))
+    assert (cells.labels != expected.labels).any()  # the two paths differ here: the check can fail
+    assert result.presence is None and result.prompt_maps.titles == ["probability"]
+    assert result.prompt_maps.maps.shape == (1, 4, 48, 64) and result.prompt_maps.picture("cat").size[0] > 0
+
+
 @pytest.mark.parametrize("classes, background, threshold, message", [
     ("", "", 0.0, "at least one class"),
     ("cat, , dog", "", 0.0, "empty"),

@@ -16,7 +16,8 @@ own layout (sequence-first tokens, heads folded into the batch, ``bmm``), run on
 - NACLIP: ``gaussian_window``, ``get_attention_addition``, ``custom_attn`` with ``arch='reduced'``,
   ``attn_strategy='naclip'``.
 - ResCLIP: ``custom_attn`` with ``use_rcs=True, use_sfr=False``, ``arch='wo_resi'``,
-  ``attn_strategy='resclip'``, ``attn_rcs_weights=[tau, lam]``.
+  ``attn_strategy='resclip'``, ``attn_rcs_weights=[tau, lam]``; :func:`resclip_sfr_tail` with its semantic
+  feedback refinement as well (``use_sfr=True``, the names' embeddings, ``temp_thd``, ``attn_sfr_weights``).
 - SC-CLIP: ``forward``, ``lof_pytorch``, ``mean_interpolation``, ``adaptively_aggregate``, ``custom_attn``,
   one image at a time as its code runs.
 
@@ -205,6 +206,83 @@ def resclip_tail(visual, t: Trunk, tau: float = 2.0, lam: float = 0.4, layers: r
     blk = visual.transformer.resblocks[-1]
     normed = blk.ln_1(t.x)
     attn_weights, v = _naclip_weights(blk.attn, normed, t.n_patches, std)
+    attn_weights = tau * ((1 - lam) * attn_weights + lam * attention_rcs)
+    return _patches(visual, _output(blk.attn, attn_weights, v, normed.shape[1], normed.shape[2]))
+
+
+def resclip_sfr_tail(visual, t: Trunk, images: torch.Tensor, query_features: torch.Tensor, temp_thd: float,
+                     attn_sfr_weights: tuple[float, float], tau: float = 2.0, lam: float = 0.4,
+                     layers: range = range(5, 9), std: float = 5.0, logit_scale: float = 40.0) -> torch.Tensor:
+    """ResCLIP with its semantic feedback refinement, one image (``use_rcs=True, use_sfr=True``,
+    ``delete_same_entity=True``): ``forward`` l.326-360, ``create_logit_temp`` l.242-291, ``create_patch_matrix``
+    l.106-127, ``check_path`` l.132-149, ``generate_attention_sfr`` l.152-240 and ``custom_attn``'s resclip branch
+    l.470-495. Its PAMR is mvpseg's (checked against NACLIP's ``pamr.py``, which ResCLIP's equals)."""
+    from mvpseg.pamr import pamr
+
+    attention_rcs = torch.stack([t.attn_map[i] for i in layers]).mean(dim=0)
+    blk = visual.transformer.resblocks[-1]
+    normed = blk.ln_1(t.x)
+    patch_size = visual.conv1.kernel_size[0]
+    # create_logit_temp: the last block with RCS alone, the window's names' probabilities.
+    attn_weights, v = _naclip_weights(blk.attn, normed, t.n_patches, std)
+    attn_weights = tau * ((1 - lam) * attn_weights + lam * attention_rcs)
+    image_features = _patches(visual, _output(blk.attn, attn_weights, v, normed.shape[1], normed.shape[2]))
+    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+    logits = image_features @ query_features.T
+    w, h = images[0].shape[-2] // patch_size, images[0].shape[-1] // patch_size
+    logits = logits.permute(0, 2, 1).reshape(-1, logits.shape[-1], w, h)
+    logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    logits = pamr(images, logits, 10, (8, 16))
+    seg_logit_temp = torch.softmax(logits[0] * logit_scale, dim=0)
+    # create_patch_matrix
+    seg_pred = seg_logit_temp.argmax(0, keepdim=True)
+    seg_pred[seg_logit_temp.max(0, keepdim=True)[0] < temp_thd] = 0
+    seg_pred = seg_pred.squeeze(0)
+    patches = seg_pred.unfold(0, patch_size, patch_size).unfold(1, patch_size, patch_size)
+    patch_logit_temp = torch.mode(patches.reshape(t.n_patches[0], t.n_patches[1], -1), dim=-1)[0]
+    # generate_attention_sfr
+    hh, ww = t.n_patches
+    total = hh * ww
+    attention_sfr = torch.zeros((total + 1, total + 1))
+    idx = torch.arange(total)
+    i, j = torch.meshgrid(idx, idx, indexing="ij")
+    i_w, i_h = torch.div(i, ww, rounding_mode="floor"), i % ww
+    j_w, j_h = torch.div(j, ww, rounding_mode="floor"), j % ww
+    attention_sfr[1:, 1:] = (patch_logit_temp[i_w, i_h] == patch_logit_temp[j_w, j_h]).float()
+    attention_sfr.diagonal().fill_(1)
+    attention_sfr[0, :] = 0
+    attention_sfr[:, 0] = 0
+    non_cls = attention_sfr[1:, 1:]
+    start_coords = torch.stack((i_w, i_h), dim=-1).view(-1, 2)
+    end_coords = torch.stack((j_w, j_h), dim=-1).view(-1, 2)
+    steps = torch.max(torch.abs(end_coords - start_coords), dim=1)[0]
+    max_steps = steps.max().item()
+    tt = torch.linspace(0, 1, steps=max_steps + 1).unsqueeze(1).unsqueeze(0)
+    current = (start_coords.unsqueeze(1) * (1 - tt) + end_coords.unsqueeze(1) * tt).round().long()
+    valid_steps = torch.arange(max_steps + 1).unsqueeze(0) <= steps.unsqueeze(1)
+    start_values = patch_logit_temp[start_coords[:, 0], start_coords[:, 1]].unsqueeze(1)
+    current_values = patch_logit_temp[current[:, :, 0], current[:, :, 1]]
+    valid_paths = ((current_values == start_values) | ~valid_steps).all(dim=1).view(total, total)
+    decay_factor = torch.exp(-steps.view(total, total) / max_steps)
+    non_cls = torch.where(valid_paths, non_cls, non_cls * decay_factor)
+    kernel_size = min(total, int(6 * std + 1))
+    kernel_size = kernel_size if kernel_size % 2 == 1 else kernel_size + 1
+    xs = torch.arange(kernel_size) - kernel_size // 2
+    kernel = torch.exp(-(xs ** 2) / (2 * std ** 2))
+    kernel = kernel / kernel.sum()
+    blurred = F.relu(F.conv1d(non_cls.unsqueeze(1), kernel.view(1, 1, -1), padding=kernel_size // 2).squeeze(1))
+    attention_sfr[1:, 1:] = blurred / (blurred.sum(dim=1, keepdim=True) + 1e-8)
+    attention_sfr = attention_sfr.unsqueeze(0)
+    # custom_attn, resclip branch, with attn_sfr
+    q, k, v, scale = _heads(blk.attn, normed)
+    window = gaussian_window(*[side * 2 - 1 for side in t.n_patches], std=std)
+    omega = attention_addition(*t.n_patches, window).unsqueeze(0)
+    attn_weights = torch.bmm(k, k.transpose(1, 2)) * scale
+    attn_sfr = (attention_sfr / torch.max(attention_sfr)).to(torch.float16)
+    tau_sfr, lambda_sfr = attn_sfr_weights
+    attn_weights = tau_sfr * ((1 - lambda_sfr) * attn_weights + lambda_sfr * attn_sfr)
+    attn_weights += omega
+    attn_weights = F.softmax(attn_weights, dim=-1)
     attn_weights = tau * ((1 - lam) * attn_weights + lam * attention_rcs)
     return _patches(visual, _output(blk.attn, attn_weights, v, normed.shape[1], normed.shape[2]))
 

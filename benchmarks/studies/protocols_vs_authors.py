@@ -364,7 +364,7 @@ def main() -> None:
     parser.add_argument("--peak", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--append", action="store_true", help="keep the rows already in --out (another run's)")
+    parser.add_argument("--append", action="store_true", help="keep the rows already in --out (another run's) but those of the protocols and benchmarks rerun")
     parser.add_argument("--summary", action="store_true", help="print --out's rows as a markdown table and stop")
     args = parser.parse_args()
     if args.summary:
@@ -416,9 +416,11 @@ def _write(out: Path, earlier: dict[str, Any], rows: list[dict[str, Any]], args:
     from cpuinfo import cpu_summary  # type: ignore[import-not-found]
 
     commands = [*earlier.get("commands", []), " ".join(sys.argv)]
+    rerun = {(row["protocol"], row["benchmark"]) for row in rows}  # an earlier run's rows of these are replaced
+    kept = [row for row in earlier.get("rows", []) if (row["protocol"], row["benchmark"]) not in rerun]
     out.write_text(json.dumps({"commands": commands, "cpu": cpu_summary(), "python": platform.python_version(),
                                "torch": torch.__version__, "peak": args.peak, "seed": args.seed,
-                               "rows": [*earlier.get("rows", []), *rows]}, indent=2) + "\n")
+                               "rows": [*kept, *rows]}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from .config import InferenceConfig, ModelSource, MVPSegConfig
     from .dense import dense_features
     from .image import load_image
-    from .inference import Prediction, Segmenter
+    from .inference import Segmenter
     from .model import MVPHead, MVPSeg, MVPSegOutput
+    from .prediction import Prediction
     from .prompts import TEMPLATES, PromptLearner, template_embeddings
 
 #: Public name -> the module that defines it.
@@ -41,7 +42,7 @@ _EXPORTS = {
     "MVPSegConfig": "config",
     "MVPSegOutput": "model",
     "ModelSource": "config",
-    "Prediction": "inference",
+    "Prediction": "prediction",
     "PromptLearner": "prompts",
     "Segmenter": "inference",
     "TEMPLATES": "prompts",

@@ -11,7 +11,7 @@ applied to every patch token. Positional embeddings are interpolated for any inp
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -22,8 +22,9 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
 from .config import VIT_MODES, DenseOptions, check_vit_mode
+from .positions import resized_positions
 
-__all__ = ["MODE_SPECS", "LayerChoices", "ModeSpec", "PUBLISHED_LAYERS", "dense_features", "feature_stride",
+__all__ = ["MODE_SPECS", "Feedback", "LayerChoices", "ModeSpec", "PUBLISHED_LAYERS", "dense_features", "feature_stride",
            "layer_choices", "VIT_MODES"]
 
 # How the last ViT block is run (mvpseg.config.VIT_MODES); s = head_width ** -0.5, per head:
@@ -48,8 +49,8 @@ __all__ = ["MODE_SPECS", "LayerChoices", "ModeSpec", "PUBLISHED_LAYERS", "dense_
 #   ``A = tau * ((1 - lam) * A_naclip + lam * A_mid)``, ``A_mid`` the mean of the ordinary
 #   ``softmax(q k^T s)`` of the middle blocks (layers 6-9, on ViT-B and ViT-L: :func:`layer_choices`),
 #   tau and lam ``DenseOptions.resclip_tau`` and ``resclip_lambda`` (2 and 0.4 by default, its Context-59
-#   and COCO-Stuff setting); ``y = out_proj(A v)``. ResCLIP's second part (semantic feedback
-#   refinement) needs the class names and is left out.
+#   and COCO-Stuff setting); ``y = out_proj(A v)``. ResCLIP's second part, semantic feedback refinement,
+#   needs the class names: :mod:`mvpseg.feedback` (``feedback=``, ``DenseOptions.resclip_sfr``).
 # - "scclip": SC-CLIP's self-calibration (:func:`_scclip_tokens`): anomaly tokens found by the local
 #   outlier factor after the penultimate block and replaced by their neighbours' mean, the last
 #   block's attention averaged with the similarity of a middle block's features, features aggregated
@@ -88,41 +89,6 @@ def _resnet_dense(visual: ModifiedResNet, images: torch.Tensor) -> torch.Tensor:
     x = x.permute(0, 2, 3, 1)  # (B, W, h, w) -> (B, h, w, W)
     x = pool.c_proj(pool.v_proj(x))  # (B, h, w, D)
     return x.permute(0, 3, 1, 2)  # (B, h, w, D) -> (B, D, h, w)
-
-
-def _interpolated_positions(visual: VisionTransformer, grid: tuple[int, int], resize: str = "grid") -> torch.Tensor:
-    """The positional embedding resized (bicubic) to a ``grid`` of patches (h, w): (1 + h*w, W).
-
-    ``resize`` (:attr:`mvpseg.config.DenseOptions.position_resize`):
-
-    - "grid": ``F.interpolate(size=(h, w))``: output cell i samples the g x g source at
-      ``(i + 0.5) * g / h - 0.5``, the two grids' edges aligned.
-    - "authors": what SCLIP, ClearCLIP, NACLIP, ResCLIP and SC-CLIP run (their ``interpolate_pos_encoding``):
-      ``F.interpolate(scale_factor=((h + 0.1) / g, (w + 0.1) / g))`` with the scale used as given
-      (``recompute_scale_factor`` False or unset), so the output is still h x w but cell i samples
-      ``(i + 0.5) * g / (h + 0.1) - 0.5``: a grid shrunk by h / (h + 0.1) towards the top-left corner.
-      Rows and columns get their own factor (non-square grids are handled alike by all five). One case
-      differs: their code skips the resize whenever the token count equals the embedding's (e.g. a 7 x 28
-      grid for a 14 x 14 embedding) and reads the square embedding as that grid; mvpseg resizes it.
-
-    The embedding is returned as it is on its own g x g grid, as in all five repositories.
-    """
-    positions = visual.positional_embedding  # (1 + g*g, W)
-    cls_position, patch_positions = positions[:1], positions[1:]
-    side = int(math.isqrt(patch_positions.shape[0]))
-    if (side, side) == grid:
-        return positions
-    width = positions.shape[1]
-    patch_positions = patch_positions.reshape(1, side, side, width).permute(0, 3, 1, 2)  # -> (1, W, g, g)
-    if resize == "authors":
-        scale = ((grid[0] + 0.1) / side, (grid[1] + 0.1) / side)
-        patch_positions = F.interpolate(patch_positions.float(), scale_factor=scale, mode="bicubic",
-                                        align_corners=False, recompute_scale_factor=False)  # (1, W, h, w)
-    else:
-        patch_positions = F.interpolate(patch_positions.float(), size=grid, mode="bicubic", align_corners=False)
-    patch_positions = patch_positions.to(positions.dtype)
-    patch_positions = patch_positions.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], width)  # -> (h*w, W)
-    return torch.cat([cls_position, patch_positions], dim=0)
 
 
 #: An open_clip transformer block (a ResidualAttentionBlock, or one of its other block classes). open_clip ships
@@ -241,13 +207,22 @@ def _csa_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int], options: 
     return _merge_heads(F.scaled_dot_product_attention(q, q, v) + F.scaled_dot_product_attention(k, k, v))
 
 
-def _neighbourhood_heads(block: _Block, x: torch.Tensor, grid: tuple[int, int], std: float
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """NACLIP: ``softmax(k k^T s + Omega) v`` per head, (B, n, L, W/n), and v; Omega's Gaussian has ``std``."""
+def _neighbourhood_heads(block: _Block, x: torch.Tensor, grid: tuple[int, int], std: float,
+                         feedback: tuple[torch.Tensor, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """NACLIP: ``softmax(k k^T s + Omega) v`` per head, (B, n, L, W/n), and v; Omega's Gaussian has ``std``.
+
+    ``feedback`` (S, tau, lambda), S (B, L, L) from :mod:`mvpseg.feedback`: ``softmax(tau ((1 - lambda) k k^T s +
+    lambda S) + Omega) v`` instead (ResCLIP's SFR).
+    """
     _, k, v = _qkv(block, x)
     omega = neighbourhood_bias(grid, std).to(device=x.device, dtype=k.dtype)  # (L, L)
-    # scaled_dot_product_attention(k, k, v, Omega) = softmax(k k^T s + Omega) v, per head.
-    return F.scaled_dot_product_attention(k, k, v, attn_mask=omega), v
+    queries = k
+    if feedback is not None:
+        attention, tau, lam = feedback
+        queries = k * (tau * (1 - lam))  # scales k k^T s
+        omega = omega + tau * lam * attention[:, None].to(k.dtype)  # (B, 1, L, L): every head
+    # scaled_dot_product_attention(q, k, v, Omega) = softmax(q k^T s + Omega) v, per head.
+    return F.scaled_dot_product_attention(queries, k, v, attn_mask=omega), v
 
 
 def _naclip_mixing(block: _Block, x: torch.Tensor, grid: tuple[int, int], options: DenseOptions) -> torch.Tensor:
@@ -260,11 +235,12 @@ _ATTENTION = {"value": _value_mixing, "qq": _qq_mixing, "qk": _qk_mixing, "qq+kk
 
 
 def _last_block(block: _Block, x: torch.Tensor, mode: str, options: DenseOptions, grid: tuple[int, int] = (0, 0),
-                middle_attention: torch.Tensor | None = None) -> torch.Tensor:
+                middle_attention: torch.Tensor | None = None, feedback: torch.Tensor | None = None) -> torch.Tensor:
     """Run the last residual block of a ViT as its mode's row of :data:`MODE_SPECS` says. x: (B, L, W).
 
     ``options`` holds the modes' parameters; ``grid`` is the patch grid (naclip, resclip);
-    ``middle_attention`` (B, n, L, L) the mean attention of the middle blocks (resclip).
+    ``middle_attention`` (B, n, L, L) the mean attention of the middle blocks (resclip); ``feedback`` (B, L, L)
+    SFR's attention (resclip).
     """
     spec = MODE_SPECS[mode]
     if spec.attention == "block":
@@ -272,7 +248,8 @@ def _last_block(block: _Block, x: torch.Tensor, mode: str, options: DenseOptions
     if spec.middle_attention:
         if middle_attention is None:
             raise ValueError(f"{mode} needs the middle blocks' attention")
-        heads, v = _neighbourhood_heads(block, x, grid, options.naclip_std)
+        sfr = None if feedback is None else (feedback, options.sfr_tau, options.sfr_lambda)
+        heads, v = _neighbourhood_heads(block, x, grid, options.naclip_std, sfr)
         tau, lam = options.resclip_tau, options.resclip_lambda
         heads = tau * ((1 - lam) * heads + lam * middle_attention.to(v.dtype) @ v)  # (B, n, L, W/n)
         mixed = _merge_heads(heads)
@@ -436,7 +413,13 @@ def _scclip_tokens(last: nn.Module, outputs: list[torch.Tensor], grid: tuple[int
     return x + _aggregate(fused, after)
 
 
-def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str, options: DenseOptions) -> torch.Tensor:
+#: ResCLIP's semantic feedback (:class:`mvpseg.feedback.SemanticFeedback`): windows (B, 3, H, W), their first pass's
+#: projected patch tokens (B, L, D) and the patch size give SFR's attention (B, 1 + L, 1 + L).
+Feedback: TypeAlias = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str, options: DenseOptions,
+               feedback: Feedback | None = None) -> torch.Tensor:
     if visual.attn_pool is not None:
         raise ValueError("ViT towers with an attentional pooler (CoCa) are not supported for dense features")
     x = visual.conv1(images)  # (B, W, h, w)
@@ -444,7 +427,7 @@ def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str, optio
     x = x.reshape(batch, width, height * grid_width).permute(0, 2, 1)  # (B, W, h, w) -> (B, h*w, W)
     cls_token = visual.class_embedding.to(x.dtype).expand(batch, 1, width)
     x = torch.cat([cls_token, x], dim=1)  # (B, 1 + h*w, W)
-    x = x + _interpolated_positions(visual, (height, grid_width), options.position_resize).to(x.dtype)
+    x = x + resized_positions(visual, (height, grid_width), options.position_resize).to(x.dtype)
     x = visual.ln_pre(x)
     blocks = list(visual.transformer.resblocks)
     spec = MODE_SPECS[mode]
@@ -462,15 +445,23 @@ def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str, optio
         x = visual.ln_post(_scclip_tokens(blocks[-1], outputs, grid))  # (B, h*w, W)
     else:
         middle_attention = torch.stack(attentions).mean(dim=0) if attentions else None
-        x = _last_block(blocks[-1], x, mode, options, grid, middle_attention)
+        sfr = None
+        if feedback is not None:  # ResCLIP's SFR: the last block once without it, its segmentation steers the second
+            first = _last_block(blocks[-1], x, mode, options, grid, middle_attention)
+            sfr = feedback(images, _projected(visual, visual.ln_post(first[:, 1:])), int(visual.conv1.kernel_size[0]))
+        x = _last_block(blocks[-1], x, mode, options, grid, middle_attention, sfr)
         x = visual.ln_post(x[:, 1:])  # drop CLS: (B, h*w, W)
-    if visual.proj is not None:
-        x = x @ visual.proj  # (B, h*w, D)
+    x = _projected(visual, x)  # (B, h*w, D)
     return x.permute(0, 2, 1).reshape(batch, -1, height, grid_width)  # (B, h*w, D) -> (B, D, h, w)
 
 
+def _projected(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens after ``ln_post`` (B, N, W) in the joint space (B, N, D) (towers without ``proj`` are already)."""
+    return tokens if visual.proj is None else tokens @ visual.proj
+
+
 def dense_features(clip_model: nn.Module, images: torch.Tensor, vit_mode: str = "maskclip",
-                   options: DenseOptions | None = None) -> torch.Tensor:
+                   options: DenseOptions | None = None, feedback: Feedback | None = None) -> torch.Tensor:
     """Per-location CLIP embeddings of normalised images, MaskCLIP-style.
 
     Args:
@@ -481,6 +472,8 @@ def dense_features(clip_model: nn.Module, images: torch.Tensor, vit_mode: str = 
         vit_mode: how the last ViT block runs, one of :data:`VIT_MODES`; ignored for ResNets.
         options: the ViT modes' parameters and the positional embedding's resize
             (:class:`mvpseg.config.DenseOptions`); None: its defaults. Ignored for ResNets.
+        feedback: ResCLIP's semantic feedback of a vocabulary (:class:`mvpseg.feedback.SemanticFeedback`), for
+            ``vit_mode="resclip"`` only: its last block runs twice, the second time steered by the first.
 
     Returns:
         (B, D, h, w) features in CLIP's joint embedding space, not normalised, with
@@ -495,6 +488,9 @@ def dense_features(clip_model: nn.Module, images: torch.Tensor, vit_mode: str = 
             if visual.conv1.weight.is_contiguous(memory_format=torch.channels_last):
                 images = images.contiguous(memory_format=torch.channels_last)  # an inference_tower's layout
             return _resnet_dense(visual, images)
+        if feedback is not None and (not isinstance(visual, VisionTransformer) or vit_mode != "resclip"):
+            raise ValueError(f"semantic feedback (SFR) is part of the resclip mode of ViTs, not of {vit_mode!r} "
+                             f"on a {type(visual).__name__}: use vit_mode resclip or turn resclip_sfr off")
         if isinstance(visual, VisionTransformer):
-            return _vit_dense(visual, images, vit_mode, DenseOptions() if options is None else options)
+            return _vit_dense(visual, images, vit_mode, DenseOptions() if options is None else options, feedback)
     raise TypeError(_unsupported(visual))

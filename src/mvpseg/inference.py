@@ -1,12 +1,14 @@
 """Open-vocabulary inference: any image, any list of class names. Glue only.
 
 Layers, top to bottom: :meth:`Segmenter.predict` (paths, PIL or NumPy in, NumPy out), then
-:meth:`Segmenter.predict_torch` (a normalised tensor in, log-scores at feature resolution out),
-then :class:`mvpseg.MVPSeg` itself. The steps in between are public, so that benchmarks and tools
-can run or time each one: :meth:`~Segmenter.resize`, :meth:`~Segmenter.window_boxes`,
-:meth:`~Segmenter.window_batches`, :meth:`~Segmenter.features`, :meth:`~Segmenter.window_maps`,
-:meth:`~Segmenter.text_embeddings`, :meth:`~Segmenter.upsample`. The heavy parts live elsewhere: dense
-features and the inference tower in :mod:`mvpseg.dense`, label upsampling in :mod:`mvpseg.upsample`.
+:meth:`Segmenter.predict_torch` (a normalised tensor from :meth:`Segmenter.resize` in, log-scores at feature
+resolution out), then :class:`mvpseg.MVPSeg` itself; :meth:`Segmenter.probabilities` and :meth:`Segmenter.labels`
+are the peers' protocols' path (every class's probability at every pixel). The public surface is what callers
+use: those, the image tower on crops (:meth:`~Segmenter.features`), the text cache (:meth:`~Segmenter.text_embeddings`, :meth:`~Segmenter.cache_text_embeddings`,
+:meth:`~Segmenter.clear_text_cache`), :meth:`~Segmenter.upsample_log_scores` and :meth:`~Segmenter.identity`; the
+steps between (padding, windows, features, stitching) are private. The heavy parts live elsewhere: the windows'
+rule in :meth:`mvpseg.InferenceConfig.window_boxes`, dense features and the inference tower in :mod:`mvpseg.dense`,
+label upsampling in :mod:`mvpseg.upsample`, the protocols' scoring in :mod:`mvpseg.scoring`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,41 +26,20 @@ import torch.nn.functional as F
 from . import build
 from .clip import weights_fingerprint
 from .config import InferenceConfig, ModelSource, ViTMode, to_dict, with_overrides
+from .feedback import SemanticFeedback
 from .image import ImageInput, load_image, resize_cv2
 from .model import MVPSeg, MVPSegOutput, SegmentationModel
+from .prediction import Prediction
 from .prompts import TEMPLATE_SETS, template_embeddings, validate_class_names
 from .protocols import Protocol, get_protocol
 from .runtime import autocast, default_device
 from .scoring import refined_probabilities, threshold_labels
 from .upsample import interpolate_cells, label_log_scores, upsample_log_scores
 from .vocabulary import ClassNames, Vocabulary, background_threshold_problem, max_over_names
-from .windows import Box, sliding_windows
+from .windows import Box, pad_to_cells, sliding_windows
 
 __all__ = ["InferenceConfig", "Prediction", "Segmenter", "sliding_windows", "with_overrides"]
 
-
-
-@dataclass
-class Prediction:
-    """A segmentation of one image.
-
-    Attributes:
-        labels: (H, W) int32 class indices into ``class_names``, at the input's own resolution.
-        class_names: the vocabulary, background names first when one was given.
-        scores: (C, H, W) float32 final map ``softmax_c(fused) * g`` in [0, 1], when requested.
-        presence: (C,) GPR's image-level class scores, or None without GPR.
-    """
-
-    labels: np.ndarray
-    class_names: list[str]
-    scores: np.ndarray | None = None
-    presence: np.ndarray | None = None
-
-    def class_shares(self) -> dict[str, float]:
-        """Fraction of the image's pixels given to each class (classes never predicted get 0)."""
-        counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
-        total = max(int(self.labels.size), 1)
-        return {name: float(count) / total for name, count in zip(self.class_names, counts.tolist())}
 
 
 class Segmenter:
@@ -89,6 +69,10 @@ class Segmenter:
         self._mean, self._std = model.normalisation(self.device)  # (1, 3, 1, 1) each
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._identity: dict[str, Any] | None = None
+        if self.config.dense.resclip_sfr and not (isinstance(model, MVPSeg) and model.prompts is None
+                                                  and model.config.vit_mode == "resclip"):
+            raise ValueError("dense.resclip_sfr (ResCLIP's semantic feedback) runs with the template classifier in the "
+                             "resclip mode only: choose vit_mode resclip without prompts, or turn it off")
 
     @classmethod
     def from_pretrained(
@@ -151,7 +135,7 @@ class Segmenter:
         base = config or InferenceConfig(**model.inference_settings)
         return cls(model, config=with_overrides(base, overrides), device=target)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
+    def _autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of ``config.precision`` on this device (:mod:`mvpseg.runtime`)."""
         return autocast(self.device, self.config.precision)
 
@@ -181,18 +165,18 @@ class Segmenter:
         key = self._text_key(names)
         if key not in self._text_cache:
             step = self.config.text_batch
-            with torch.inference_mode(), self.autocast():
+            with torch.inference_mode(), self._autocast():
                 parts = [self._encode_text(names[start : start + step]).float()
                          for start in range(0, len(names), step)]  # (P, c, D) each
             self._text_cache[key] = torch.cat(parts, dim=1)  # (P, C, D)
         return self._text_cache[key]
 
-    def is_template_model(self) -> bool:  # the zero-training template classifier (no prompts, not a student)
+    def _is_template_model(self) -> bool:  # the zero-training template classifier (no prompts, not a student)
         return isinstance(self.model, MVPSeg) and self.model.prompts is None
 
     def _text_key(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """The text cache's key: the names, and the template set when it is not the model's own."""
-        return names if self.config.templates == "maskclip-85" or not self.is_template_model() else (
+        return names if self.config.templates == "maskclip-85" or not self._is_template_model() else (
             f"<{self.config.templates}>", *names)
 
     def _encode_text(self, names: Sequence[str]) -> torch.Tensor:
@@ -241,67 +225,67 @@ class Segmenter:
         tensor = tensor if smooth else tensor.div_(255.0)
         return tensor.sub_(self._mean).div_(self._std)  # in place: no full-size temporaries
 
-    def pad(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) padded at the bottom and right to whole feature cells (multiples of the stride).
+    def _pad(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) padded to whole feature cells (:func:`mvpseg.windows.pad_to_cells`)."""
+        return pad_to_cells(images, self.feature_stride)
 
-        The padding is zero: the mean colour after normalisation.
-        """
-        height, width = images.shape[-2:]
-        step = self.feature_stride
-        return F.pad(images, (0, math.ceil(width / step) * step - width, 0, math.ceil(height / step) * step - height))
-
-    def window_boxes(self, height: int, width: int) -> list[Box]:
-        """The windows of a padded image: the whole image, or crops of ``config.crop_size`` every
-        ``config.window_stride`` pixels, both rounded to the feature stride so windows sit on whole cells
-        (the step at most the crop: windows never leave a gap)."""
-        if self.config.mode == "whole":
-            return [(0, height, 0, width)]
-        if self.config.stitch == "pixels":  # the peers' forward_slide: windows of the crop anywhere on the image
-            return sliding_windows(height, width, self.config.crop_size, self.config.window_stride)
-        return sliding_windows(height, width, *self.config.window_on_cells(self.feature_stride))
-
-    def window_batches(self, padded: torch.Tensor) -> Iterator[tuple[list[Box], torch.Tensor]]:
+    def _window_batches(self, padded: torch.Tensor) -> Iterator[tuple[list[Box], torch.Tensor]]:
         """The crops the image tower sees, batched: ``config.batch_size`` windows at a time, those
         of one size together.
 
         Args:
-            padded: (B, 3, H, W) images from :meth:`pad`.
+            padded: (B, 3, H, W) images from ``_pad``.
 
         Yields:
             (boxes, crops): G window boxes and their crops (G * B, 3, h', w'), window-major.
         """
-        boxes = self.window_boxes(*padded.shape[-2:])
+        boxes = self.config.window_boxes(padded.shape[-2], padded.shape[-1], self.feature_stride)
         for start in range(0, len(boxes), self.config.batch_size):
             chunk = boxes[start : start + self.config.batch_size]
             same_size = len({(y1 - y0, x1 - x0) for y0, y1, x0, x1 in chunk}) == 1
             for group in [chunk] if same_size else [[box] for box in chunk]:
                 yield group, torch.cat([padded[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in group])
 
-    def features(self, crops: torch.Tensor) -> torch.Tensor:
-        """(B, D, h, w) L2-normalised dense features of normalised crops (B, 3, H, W), with the inference tower."""
-        return self.model.features(crops, tower=self.tower, options=self.config.dense)
+    def features(self, crops: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D, h, w) L2-normalised dense features of normalised crops (B, 3, H, W), with the inference tower.
 
-    def window_maps(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        ``text`` (1, N, D): the vocabulary's embeddings, which ResCLIP's semantic feedback needs
+        (``config.dense.resclip_sfr``; :mod:`mvpseg.feedback`); other features ignore it.
+        """
+        model, options = self.model, self.config.dense
+        if not options.resclip_sfr:
+            return model.features(crops, tower=self.tower, options=options)
+        if text is None:
+            raise ValueError("semantic feedback (dense.resclip_sfr) segments each window first: give the text embeddings")
+        assert isinstance(model, MVPSeg)  # checked when the segmenter was made
+        feedback = SemanticFeedback(text[0], self._template_scale(), options.sfr_threshold, options.naclip_std)
+        return model.features(crops, tower=self.tower, options=options, feedback=feedback)
+
+    def _template_scale(self) -> float:
+        """The template classifier's logit scale: ``config.logit_scale``, else the classifier's own."""
+        return self.config.logit_scale or float(self.model.head.tau1)
+
+    def _window_maps(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, P, C, h, w) float32 cosine maps of normalised crops (B, 3, H, W) against text (P, C, D)."""
-        return self.model.cosine_maps(self.features(crops), text).float()
+        return self.model.cosine_maps(self.features(crops, text), text).float()
 
-    def stitched_maps(self, padded: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def _stitched_maps(self, padded: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, P, N, h, w) float32 cosine maps of padded images (B, 3, H, W) against text (P, N, D) on the feature
         grid: the windows' maps averaged on the cells where they overlap (``stitch="cells"``)."""
         batch, step = padded.shape[0], self.feature_stride
         grid = (padded.shape[-2] // step, padded.shape[-1] // step)
         canvas = torch.zeros(batch, text.shape[0], text.shape[1], *grid, device=self.device)  # (B, P, N, h, w)
         counts = torch.zeros(1, 1, 1, *grid, device=self.device)
-        with torch.inference_mode(), self.autocast():
-            for group, crops in self.window_batches(padded):  # crops: (G*B, 3, h', w')
-                maps = self.window_maps(crops, text)  # (G*B, P, N, h', w')
+        with torch.inference_mode(), self._autocast():
+            for group, crops in self._window_batches(padded):  # crops: (G*B, 3, h', w')
+                maps = self._window_maps(crops, text)  # (G*B, P, N, h', w')
                 for index, (y0, y1, x0, x1) in enumerate(group):
                     cells = (..., slice(y0 // step, y1 // step), slice(x0 // step, x1 // step))
                     canvas[cells] += maps[index * batch : (index + 1) * batch]
                     counts[cells] += 1
         return canvas / counts
 
-    def pixel_maps(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def _pixel_maps(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, P, N, H, W) float32 cosine maps of images (B, 3, H, W) against text (P, N, D) at the images' pixels:
         each window's maps upsampled (bilinear) to the window, summed and divided by the windows over each pixel
         (``stitch="pixels"``, the peers' ``forward_slide``; a window whose side is not a whole number of patches
@@ -309,15 +293,15 @@ class Segmenter:
         batch, _, height, width = images.shape
         canvas = torch.zeros(batch, text.shape[0], text.shape[1], height, width, device=self.device)  # (B, P, N, H, W)
         counts = torch.zeros(1, 1, 1, height, width, device=self.device)
-        with torch.inference_mode(), self.autocast():
-            for group, crops in self.window_batches(images.to(self.device)):  # crops: (G*B, 3, h', w')
+        with torch.inference_mode(), self._autocast():
+            for group, crops in self._window_batches(images.to(self.device)):  # crops: (G*B, 3, h', w')
                 rows, cols = crops.shape[-2:]
                 pad = [0, 0, 0, 0]  # left, right, top, bottom
                 if self.config.partial_patches == "pad":  # ClearCLIP: zeros (the mean colour) to whole patches
                     extra = [-cols % self.feature_stride, -rows % self.feature_stride]
                     pad = [extra[0] // 2, extra[0] - extra[0] // 2, extra[1] // 2, extra[1] - extra[1] // 2]
                     crops = F.pad(crops, pad)
-                maps = self.window_maps(crops, text)  # (G*B, P, N, h, w)
+                maps = self._window_maps(crops, text)  # (G*B, P, N, h, w)
                 stretched = F.interpolate(maps.flatten(1, 2), size=crops.shape[-2:], mode="bilinear",
                                           align_corners=False)  # (G*B, P*N, h, w) -> (G*B, P*N, h', w')
                 stretched = stretched[..., pad[2] : pad[2] + rows, pad[0] : pad[0] + cols]  # padding cut back
@@ -343,8 +327,8 @@ class Segmenter:
         """
         vocabulary = Vocabulary.of(class_names)
         text = self.text_embeddings(vocabulary.names)  # (P, N, D): one entry per distinct name
-        maps = self.stitched_maps(self.pad(images.to(self.device)), text)  # (B, P, N, h, w)
-        with torch.inference_mode(), self.autocast():
+        maps = self._stitched_maps(self._pad(images.to(self.device)), text)  # (B, P, N, h, w)
+        with torch.inference_mode(), self._autocast():
             output = self.model.head(maps)  # over the N names
             presence = output.presence_logits
             return MVPSegOutput(
@@ -353,7 +337,7 @@ class Segmenter:
                 prompt_maps=max_over_names(output.prompt_maps, vocabulary, dim=2),  # (B, P, N, h, w) -> (B, P, C, h, w)
             )
 
-    def upsample(self, output: MVPSegOutput, resized: tuple[int, int], size: tuple[int, int],
+    def _upsample(self, output: MVPSegOutput, resized: tuple[int, int], size: tuple[int, int],
                  with_scores: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Labels (H, W) int32 and, optionally, scores (C, H, W) float32 at an image's own size.
 
@@ -371,7 +355,9 @@ class Segmenter:
 
     def upsample_log_scores(self, log_scores: torch.Tensor, resized: tuple[int, int], size: tuple[int, int],
                             with_scores: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`upsample` for any log-scores (C', h, w) on this segmenter's feature grid (e.g. a subset of classes)."""
+        """Labels (H, W) int32 and, with ``with_scores``, scores ``exp`` (C', H, W) float32 at an image's own size, of
+        any log-scores (C', h, w) on this segmenter's feature grid (e.g. a subset of :meth:`predict_torch`'s classes),
+        for an image resized to ``resized`` (H', W') by :meth:`resize`."""
         cells_per_pixel = self._cells_per_pixel(resized, size)
         with torch.inference_mode():
             return upsample_log_scores(log_scores.float(), size, cells_per_pixel,
@@ -380,7 +366,7 @@ class Segmenter:
 
     def predict(self, image: ImageInput, class_names: Sequence[ClassNames] | Vocabulary,
                 background: ClassNames | None = None, return_scores: bool = False,
-                background_threshold: float | None = None) -> Prediction:
+                background_threshold: float | None = None, return_output: bool = False) -> Prediction:
         """Segment one image against any list of class names.
 
         Args:
@@ -391,6 +377,7 @@ class Segmenter:
             return_scores: also return the (C, H, W) final map.
             background_threshold: P in [0, 1]: pixels whose best class score (the final map's largest
                 value) is below P become the background (needs ``background``).
+            return_output: also return the feature-grid output (:attr:`Prediction.output`: the prompt maps).
 
         Returns:
             :class:`Prediction` at the image's own resolution; its ``class_names`` are the display names.
@@ -412,15 +399,16 @@ class Segmenter:
         output = self.predict_torch(resized, vocabulary)
         size = array.shape[:2]
         resized_size = (resized.shape[-2], resized.shape[-1])
-        labels, scores = self.upsample(output, resized_size, size, return_scores)
+        labels, scores = self._upsample(output, resized_size, size, return_scores)
         if background_threshold is not None:
-            labels = self.threshold_background(output, labels, resized_size, size, background_threshold)
+            labels = self._threshold_background(output, labels, resized_size, size, background_threshold)
         presence = output.presence[0].cpu().numpy() if output.presence is not None else None
         return Prediction(
             labels=labels.cpu().numpy(),
             class_names=vocabulary.display_names,
             scores=scores.cpu().numpy() if scores is not None else None,
             presence=presence,
+            output=output if return_output else None,
         )
 
     # --- the peers' protocols: every class's probability at every pixel -------------------------------------
@@ -431,7 +419,7 @@ class Segmenter:
         scaled by ``logit_scale`` (default the classifier's), by the synonym rule; learned prompts' and students'
         final map ``softmax(fused) * g`` upsampled as log-scores. ``stitch="pixels"`` is for the templates alone."""
         config = self.config
-        template = self.is_template_model()
+        template = self._is_template_model()
         if config.stitch == "pixels" and not template:
             raise ValueError("stitch 'pixels' is the training-free protocol of the template classifier: learned prompts "
                              "and students segment with stitch 'cells'")
@@ -441,11 +429,11 @@ class Segmenter:
         if template:
             text = self.text_embeddings(vocabulary.names)  # (1, N, D)
             if config.stitch == "pixels":
-                maps = self.pixel_maps(resized, text)[:, 0]  # (1, N, H', W')
+                maps = self._pixel_maps(resized, text)[:, 0]  # (1, N, H', W')
                 with torch.inference_mode():
                     maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)  # (1, N, H, W)
             else:
-                grid = self.stitched_maps(self.pad(resized), text)[0, 0]  # (N, h, w)
+                grid = self._stitched_maps(self._pad(resized), text)[0, 0]  # (N, h, w)
                 with torch.inference_mode():
                     maps = interpolate_cells(grid, size, cells_per_pixel)[None]  # (1, N, H, W)
         else:
@@ -454,7 +442,7 @@ class Segmenter:
                 maps = interpolate_cells(output.final_logits()[0].float(), size, cells_per_pixel)[None]  # (1, C, H, W)
         with torch.inference_mode():
             guide = F.interpolate(resized, size=size, mode="bilinear", align_corners=False) if config.pamr_steps else None
-            scale = None if not template else config.logit_scale or float(self.model.head.tau1)
+            scale = self._template_scale() if template else None
             return refined_probabilities(maps, vocabulary, scale, config, guide)
 
     def labels(self, probabilities: torch.Tensor, background_threshold: float | None = None) -> torch.Tensor:
@@ -464,7 +452,7 @@ class Segmenter:
             return threshold_labels(probabilities, self.config.area_thd,
                                     max(self.config.prob_thd, background_threshold or 0.0))
 
-    def threshold_background(self, output: MVPSegOutput, labels: torch.Tensor, resized: tuple[int, int],
+    def _threshold_background(self, output: MVPSegOutput, labels: torch.Tensor, resized: tuple[int, int],
                              size: tuple[int, int], threshold: float) -> torch.Tensor:
         """Labels with every pixel whose best class score is below ``threshold`` set to class 0 (the background).
 
@@ -472,7 +460,7 @@ class Segmenter:
 
         Args:
             output: :meth:`predict_torch`'s output for one image.
-            labels: (H, W) int32 labels from :meth:`upsample` (changed in place).
+            labels: (H, W) int32 labels from ``_upsample`` (changed in place).
             resized: (H', W') the size the image was segmented at.
             size: (H, W) the labels' size.
             threshold: P in [0, 1]; strictly lower scores become 0.

@@ -18,7 +18,7 @@ from torch import nn
 
 from .clip import ClipBundle
 from .config import DenseOptions, MVPSegConfig
-from .dense import dense_features, feature_stride
+from .dense import Feedback, dense_features, feature_stride
 from .prompts import PromptLearner, template_embeddings
 from .tower import inference_tower
 
@@ -297,7 +297,7 @@ class MVPSeg(ClipModel):
         return inference_tower(self.clip_model.visual, fold=fold, channels_last=channels_last)
 
     def features(self, images: torch.Tensor, tower: nn.Module | None = None,
-                 options: DenseOptions | None = None) -> torch.Tensor:
+                 options: DenseOptions | None = None, feedback: Feedback | None = None) -> torch.Tensor:
         """(B, D, h, w) L2-normalised dense features of normalised images (B, 3, H, W).
 
         Args:
@@ -307,6 +307,7 @@ class MVPSeg(ClipModel):
             options: the ViT mode's parameters and positional resize (:class:`mvpseg.config.DenseOptions`,
                 an ``InferenceConfig.dense``); None: the defaults. The mode itself is the model's
                 (``config.vit_mode``).
+            feedback: ResCLIP's semantic feedback of a vocabulary (resclip only; :mod:`mvpseg.feedback`).
         """
         visual = self.clip_model.visual if tower is None else tower
-        return F.normalize(dense_features(visual, images, self.config.vit_mode, options).float(), dim=1)
+        return F.normalize(dense_features(visual, images, self.config.vit_mode, options, feedback).float(), dim=1)

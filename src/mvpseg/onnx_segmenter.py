@@ -298,15 +298,15 @@ class OnnxSegmenter(Segmenter):
                             f"order, synonyms included): give those, or export it without --classes")
         return torch.zeros(int(self.metadata["num_prompts"]), len(names), 1)  # (P, C, 1): the file holds them
 
-    def pad(self, images: torch.Tensor) -> torch.Tensor:
-        """As :meth:`Segmenter.pad`; for a v1 file (one crop size) at least to its crop (zeros at the bottom and right)."""
-        padded = super().pad(images)
+    def _pad(self, images: torch.Tensor) -> torch.Tensor:
+        """As the Segmenter's padding to whole cells; for a v1 file (one crop size) at least to its crop (zeros at the bottom and right)."""
+        padded = super()._pad(images)
         if self.dynamic_size:
             return padded
         height, width = padded.shape[-2:]
         return F.pad(padded, (0, max(self.crop - width, 0), 0, max(self.crop - height, 0)))
 
-    def window_maps(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def _window_maps(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, P, C, h, w) prompt maps of crops (B, 3, H, W), computed by onnxruntime."""
         return self.model.window_maps(crops, text)
 

@@ -243,8 +243,9 @@ _NACLIP = _peer("NACLIP", {
 })
 
 # ResCLIP (on NACLIP, arch 'wo_resi'): NACLIP's windows, resize and thresholds, no PAMR; RCS's
-# attn_rcs_weights=[tau, lambda] per benchmark. Its semantic feedback refinement (use_sfr, temp_thd,
-# attn_sfr_weights, delete_same_entity) is on in every config and has no mvpseg counterpart.
+# attn_rcs_weights=[tau, lambda] per benchmark. Its semantic feedback refinement is on in every run (the
+# segmentor's ``self.use_sfr=use_sfr,`` makes a tuple, always true), with temp_thd and attn_sfr_weights=[tau,
+# lambda] per benchmark and delete_same_entity=True in every config (mvpseg.feedback always separates entities).
 _RESCLIP = _peer("ResCLIP", {
     "resize_filter": ("cv2", "README.md:68"),
     "mode": ("slide", "resclip_segmentor.py:26,145"),
@@ -261,19 +262,28 @@ _RESCLIP = _peer("ResCLIP", {
     "dense.naclip_std": (5.0, "resclip_segmentor.py:24"),
     "dense.position_resize": ("authors", "clip/model.py:387"),
     "vit_mode": ("resclip", "resclip_segmentor.py:24"),
+    "dense.resclip_sfr": (True, "resclip_segmentor.py:62"),
 }, {
-    "voc21": {"short_side": (336, 20), "prob_thd": (0.1, 6), "mode": ("whole", 7), "dense.resclip_tau": (2.0, 10),
-              "dense.resclip_lambda": (0.3, 10)},
-    "context60": {"short_side": (336, 19), "prob_thd": (0.1, 6), "dense.resclip_tau": (2.0, 9),
-                  "dense.resclip_lambda": (0.3, 9)},
-    "coco-object": {"short_side": (336, 19), "prob_thd": (0.1, 6), "dense.resclip_tau": (2.0, 9),
-                    "dense.resclip_lambda": (0.4, 9)},
-    "voc20": {"short_side": (336, 19), "mode": ("whole", 6), "dense.resclip_tau": (2.0, 9),
-              "dense.resclip_lambda": (0.6, 9)},
-    "context59": {"short_side": (336, 18), "dense.resclip_tau": (2.0, 8), "dense.resclip_lambda": (0.4, 8)},
-    "coco-stuff": {"short_side": (336, 18), "dense.resclip_tau": (2.0, 8), "dense.resclip_lambda": (0.4, 8)},
-    "cityscapes": {"short_side": (560, 18), "dense.resclip_tau": (2.0, 8), "dense.resclip_lambda": (0.2, 8)},
-    "ade20k": {"short_side": (336, 18), "dense.resclip_tau": (2.0, 8), "dense.resclip_lambda": (0.3, 8)},
+    "voc21": {"short_side": (336, 20), "prob_thd": (0.1, 6), "mode": ("whole", 7),
+        "dense.resclip_tau": (2.0, 10), "dense.resclip_lambda": (0.3, 10),
+        "dense.sfr_threshold": (0.5, 8), "dense.sfr_tau": (2.2, 11), "dense.sfr_lambda": (0.7, 11)},
+    "context60": {"short_side": (336, 19), "prob_thd": (0.1, 6),
+        "dense.resclip_tau": (2.0, 9), "dense.resclip_lambda": (0.3, 9),
+        "dense.sfr_threshold": (0.3, 7), "dense.sfr_tau": (1.8, 10), "dense.sfr_lambda": (0.7, 10)},
+    "coco-object": {"short_side": (336, 19), "prob_thd": (0.1, 6),
+        "dense.resclip_tau": (2.0, 9), "dense.resclip_lambda": (0.4, 9),
+        "dense.sfr_threshold": (0.11, 7), "dense.sfr_tau": (1.8, 10), "dense.sfr_lambda": (0.7, 10)},
+    "voc20": {"short_side": (336, 19), "mode": ("whole", 6),
+        "dense.resclip_tau": (2.0, 9), "dense.resclip_lambda": (0.6, 9),
+        "dense.sfr_threshold": (0.1, 7), "dense.sfr_tau": (2.1, 10), "dense.sfr_lambda": (0.6, 10)},
+    "context59": {"short_side": (336, 18), "dense.resclip_tau": (2.0, 8), "dense.resclip_lambda": (0.4, 8),
+        "dense.sfr_threshold": (0.25, 6), "dense.sfr_tau": (1.8, 9), "dense.sfr_lambda": (0.7, 9)},
+    "coco-stuff": {"short_side": (336, 18), "dense.resclip_tau": (2.0, 8), "dense.resclip_lambda": (0.4, 8),
+        "dense.sfr_threshold": (0.11, 6), "dense.sfr_tau": (1.8, 9), "dense.sfr_lambda": (0.7, 9)},
+    "cityscapes": {"short_side": (560, 18), "dense.resclip_tau": (2.0, 8), "dense.resclip_lambda": (0.2, 8),
+        "dense.sfr_threshold": (0.1, 6), "dense.sfr_tau": (2.1, 9), "dense.sfr_lambda": (0.6, 9)},
+    "ade20k": {"short_side": (336, 18), "dense.resclip_tau": (2.0, 8), "dense.resclip_lambda": (0.3, 8),
+        "dense.sfr_threshold": (0.25, 6), "dense.sfr_tau": (2.1, 9), "dense.sfr_lambda": (0.7, 9)},
 })
 
 # SC-CLIP: SCLIP's segmentor (windows, area_thd on VOC-21, no PAMR) with its own thresholds; its dense mode's

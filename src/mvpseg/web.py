@@ -174,20 +174,21 @@ class PageModel:
         except ImageReadError as error:
             raise PageInputError(NOT_AN_IMAGE) from error
         start = time.perf_counter()
-        segmenter = self.segmenter
-        resized = segmenter.resize(array)
-        resized_size = (resized.shape[-2], resized.shape[-1])
-        output = segmenter.predict_torch(resized, vocabulary)
-        labels, _ = segmenter.upsample(output, resized_size, array.shape[:2])
-        if threshold > 0:
-            labels = segmenter.threshold_background(output, labels, resized_size, array.shape[:2], threshold)
-        label_array = labels.cpu().numpy()
+        # predict itself, so the page gives what ``mvpseg segment`` gives under the same settings (a protocol's too)
+        back = vocabulary.classes[0] if (background or "").strip() else None  # the vocabulary holds it first
+        prediction = self.segmenter.predict(array, Vocabulary(vocabulary.classes[1:]) if back else vocabulary,
+                                            background=back, background_threshold=threshold or None, return_output=True,
+                                            return_scores=self.segmenter.config.scores_at_pixels)
+        label_array = prediction.labels
         seconds = time.perf_counter() - start
         names = vocabulary.display_names
         counts = np.bincount(label_array.ravel(), minlength=len(names))
-        maps = output.prompt_maps[0].float().cpu().numpy()  # (P, C, h, w)
-        titles = ["templates"] if maps.shape[0] == 1 else ["global"] + [f"prompt {i}" for i in range(1, maps.shape[0])]
-        presence = output.presence
+        if prediction.output is not None:
+            maps = prediction.output.prompt_maps[0].float().cpu().numpy()  # (P, C, h, w)
+            titles = ["templates"] if maps.shape[0] == 1 else ["global"] + [f"prompt {i}" for i in range(1, maps.shape[0])]
+        else:  # a protocol scoring pixels: its class probabilities, at most the thumbnail's size
+            maps, titles = _shrunk(prediction.scores)[None], ["probability"]  # (C, H, W) -> (1, C, h, w)
+        presence = prediction.output.presence if prediction.output is not None else None
         thumbnail = Image.fromarray(array)
         thumbnail.thumbnail((_THUMBNAIL, _THUMBNAIL))
         return PageResult(
@@ -200,6 +201,13 @@ class PageModel:
             size=(int(array.shape[0]), int(array.shape[1])),
             seconds=seconds,
         )
+
+
+def _shrunk(scores: np.ndarray | None) -> np.ndarray:
+    """(C, h, w) class scores (C, H, W) subsampled to at most :data:`_THUMBNAIL` pixels on a side (for drawing)."""
+    assert scores is not None  # predict returns them when asked
+    step = max(-(-max(scores.shape[1:]) // _THUMBNAIL), 1)
+    return np.ascontiguousarray(scores[:, ::step, ::step])
 
 
 def write_examples(folder: str | Path, count: int = 4, seed: int = 0) -> list[Path]:

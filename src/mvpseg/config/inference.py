@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal, get_args
 
+from ..windows import Box, sliding_windows
 from .base import PRECISIONS, Precision, from_dict
 
 __all__ = ["EVAL_PRESETS", "STUDENT_EVAL_PRESETS", "DenseOptions", "InferenceConfig", "TemplateSet", "inference_made_for",
@@ -22,6 +23,10 @@ class DenseOptions:
     naclip_std: float = 5.0  # naclip, resclip: the neighbourhood Gaussian's standard deviation, in patches (NACLIP's and ResCLIP's gaussian_std: 5 on every benchmark)
     resclip_lambda: float = 0.4  # resclip: weight of the middle blocks' attention in RCS (ResCLIP's configs: 0.2 Cityscapes, 0.3 VOC-21, Context-60, ADE20K, 0.4 Context-59, COCO-Stuff, COCO-Object, 0.6 VOC-20)
     resclip_tau: float = 2.0  # resclip: scale of the RCS attention (ResCLIP's configs: 2 on every benchmark)
+    resclip_sfr: bool = False  # resclip with the template classifier: ResCLIP's semantic feedback refinement (mvpseg.feedback), a first segmentation of each window steering its last block's attention; needs the class names, so learned prompts and students refuse it (ResCLIP's segmentor always runs it: the resclip protocol turns it on)
+    sfr_tau: float = 1.8  # resclip_sfr: scale of the last block's logits mixed with the feedback (ResCLIP's attn_sfr_weights[0]: 1.8 Context, COCO; 2.1 VOC-20, Cityscapes, ADE20K; 2.2 VOC-21)
+    sfr_lambda: float = 0.7  # resclip_sfr: weight of the feedback in those logits (attn_sfr_weights[1]: 0.6 VOC-20, Cityscapes; 0.7 elsewhere)
+    sfr_threshold: float = 0.25  # resclip_sfr: pixels of the first segmentation less sure than this count as its first name (ResCLIP's temp_thd: 0.10 to 0.50 per benchmark)
 
     def __post_init__(self) -> None:
         if self.position_resize not in ("grid", "authors"):
@@ -32,6 +37,9 @@ class DenseOptions:
             raise ValueError(f"resclip_lambda must be in [0, 1], not {self.resclip_lambda}")
         if self.resclip_tau <= 0:
             raise ValueError(f"resclip_tau must be positive, not {self.resclip_tau}")
+        if self.sfr_tau <= 0 or not 0.0 <= self.sfr_lambda <= 1.0 or not 0.0 <= self.sfr_threshold <= 1.0:
+            raise ValueError(f"sfr_tau must be positive and sfr_lambda and sfr_threshold in [0, 1], not {self.sfr_tau}, "
+                             f"{self.sfr_lambda} and {self.sfr_threshold}")
 
 
 #: Text templates of the zero-training classifier: MaskCLIP's 85 (mvpseg's default) or OpenAI's 80 ImageNet ones
@@ -173,6 +181,16 @@ class InferenceConfig:
         crop = max(self.crop_size // feature_stride, 1) * feature_stride
         step = min(max(round(self.window_stride / feature_stride), 1) * feature_stride, crop)
         return crop, step
+
+    def window_boxes(self, height: int, width: int, feature_stride: int) -> list[Box]:
+        """The windows (y0, y1, x0, x1) of an image padded to whole feature cells: the whole image (``mode="whole"``),
+        else crops every :attr:`window_stride` pixels, on whole cells (:meth:`window_on_cells`; the step at most the
+        side, so windows never leave a gap) or, with ``stitch="pixels"``, of ``crop_size`` anywhere (the peers')."""
+        if self.mode == "whole":
+            return [(0, height, 0, width)]
+        if self.stitch == "pixels":
+            return sliding_windows(height, width, self.crop_size, self.window_stride)
+        return sliding_windows(height, width, *self.window_on_cells(feature_stride))
 
 
 def with_overrides(config: InferenceConfig, overrides: Mapping[str, Any] | None) -> InferenceConfig:

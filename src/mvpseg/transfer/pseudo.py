@@ -92,7 +92,7 @@ def teacher_scores(output: MVPSegOutput, unseen: Sequence[int], use_gpr: bool) -
 def on_pixels(scores: torch.Tensor, stride: int, size: tuple[int, int]) -> torch.Tensor:
     """(B, U, h, w) scores on a grid of ``stride``-pixel cells that covers an image padded at the bottom and right
     to whole cells -> (B, U, H, W) on the image's pixels: upsampled to the padded size, then cropped, so that
-    each cell stays over its own pixels whatever the crop size (as :meth:`mvpseg.Segmenter.upsample` does)."""
+    each cell stays over its own pixels whatever the crop size (as :meth:`mvpseg.Segmenter.upsample_log_scores` does)."""
     padded = (scores.shape[-2] * stride, scores.shape[-1] * stride)
     if padded == tuple(size):
         return scores
