@@ -46,7 +46,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
-    """A gradient scaler where training needs one (fp16 on CUDA), else None."""
-    if autocast_dtype(device, precision) == torch.float16 and device.type == "cuda":
+    """A gradient scaler where training needs one (fp16 autocast, on CUDA or the CPU: small fp16 gradients
+    underflow to zero unless the loss is scaled up), else None."""
+    if autocast_dtype(device, precision) == torch.float16:
         return torch.amp.GradScaler(device.type)
     return None
