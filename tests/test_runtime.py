@@ -21,7 +21,8 @@ def test_precision_resolves_the_same_everywhere() -> None:
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast(cpu, "auto"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
-    assert grad_scaler(cpu, "fp16") is None  # a scaler only for fp16 on CUDA
+    assert grad_scaler(cpu, "fp16") is not None  # fp16 scales its loss wherever it runs
+    assert grad_scaler(cpu, "bf16") is None and grad_scaler(cpu, "auto") is None
     with pytest.raises(ValueError, match="auto, fp32, bf16, fp16"):
         autocast_dtype(cpu, "fp8")
     assert default_device("cpu") == cpu
