@@ -53,7 +53,7 @@ MEAN, STD = [122.771, 116.746, 104.094], [68.501, 66.632, 70.323]
 
 # --- the repository, as its code runs -------------------------------------------------------------------------
 
-def _stand_ins() -> None:
+def stand_ins() -> None:
     """The mmseg and mmengine names the segmentors import, as small modules."""
 
     class BaseSegmentor(nn.Module):
@@ -371,7 +371,7 @@ def main() -> None:
         print(summary(json.loads(args.out.read_text())["rows"]))
         return
     earlier = json.loads(args.out.read_text()) if args.append and args.out.exists() else {}
-    _stand_ins()
+    stand_ins()
     torch.set_grad_enabled(False)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
