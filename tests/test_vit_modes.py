@@ -178,7 +178,7 @@ def test_resclip_semantic_feedback_is_its_authors_code(case, weights, size, thre
     assert _cosine(ours, without).min() < 0.999  # the feedback changed the features: the check can fail
 
 
-def test_semantic_feedback_decays_patches_whose_path_leaves_their_name() -> None:
+def test_semantic_feedback_decays_patches_whose_path_leaves_their_name(vit_b16, tiny_rn) -> None:
     # Names on a 3 x 4 grid. Patch (0, 0) shares name 1 with (0, 2), (0, 3) and the last row, but every path to
     # them crosses another name: each is kept at exp(-d / 3), d its Chebyshev distance (3 the grid's largest).
     labels = torch.tensor([[1, 2, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]])
@@ -192,9 +192,10 @@ def test_semantic_feedback_decays_patches_whose_path_leaves_their_name() -> None
     torch.testing.assert_close(attention[5, 1:], (row / row.sum()).half().float())
     smoothed = feedback_attention(labels, std=1.0)  # 7 taps along each row of the flattened grid
     assert (smoothed[2, 1:] > 0).sum() == 5 and torch.equal(smoothed, smoothed.half().float())
-    with pytest.raises(ValueError, match="resclip"):
-        dense_features(open_clip.create_model("ViT-B-16", pretrained=None).visual, torch.zeros(1, 3, 32, 32), "naclip",
-                       feedback=SemanticFeedback(torch.zeros(2, 512), 40.0, 0.1, 5.0))
+    feedback = SemanticFeedback(torch.zeros(2, 512), 40.0, 0.1, 5.0)
+    for visual, mode in [(vit_b16, "naclip"), (tiny_rn.model.visual, "resclip")]:  # another mode; not a ViT
+        with pytest.raises(ValueError, match="resclip"):
+            dense_features(visual, torch.zeros(1, 3, 64, 64), mode, feedback=feedback)
 
 
 def test_positions_are_resized_as_the_authors_code_does_or_to_the_grid(vit_b16) -> None:

@@ -483,14 +483,15 @@ def dense_features(clip_model: nn.Module, images: torch.Tensor, vit_mode: str = 
     check_vit_mode(vit_mode)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    # SFR steers the last block of the modes with RCS (middle_attention: _last_block hands it to their attention)
+    if feedback is not None and not (isinstance(visual, VisionTransformer) and MODE_SPECS[vit_mode].middle_attention):
+        raise ValueError(f"semantic feedback (SFR) is part of the resclip mode of ViTs, not of {vit_mode!r} "
+                         f"on a {type(visual).__name__}: use vit_mode resclip or turn resclip_sfr off")
     with torch.no_grad():
         if isinstance(visual, ModifiedResNet):
             if visual.conv1.weight.is_contiguous(memory_format=torch.channels_last):
                 images = images.contiguous(memory_format=torch.channels_last)  # an inference_tower's layout
             return _resnet_dense(visual, images)
-        if feedback is not None and (not isinstance(visual, VisionTransformer) or vit_mode != "resclip"):
-            raise ValueError(f"semantic feedback (SFR) is part of the resclip mode of ViTs, not of {vit_mode!r} "
-                             f"on a {type(visual).__name__}: use vit_mode resclip or turn resclip_sfr off")
         if isinstance(visual, VisionTransformer):
             return _vit_dense(visual, images, vit_mode, DenseOptions() if options is None else options, feedback)
     raise TypeError(_unsupported(visual))

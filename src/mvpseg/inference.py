@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from . import build
 from .clip import weights_fingerprint
 from .config import InferenceConfig, ModelSource, ViTMode, to_dict, with_overrides
+from .dense import MODE_SPECS
 from .feedback import SemanticFeedback
 from .image import ImageInput, load_image, resize_cv2
 from .model import MVPSeg, MVPSegOutput, SegmentationModel
@@ -69,8 +70,8 @@ class Segmenter:
         self._mean, self._std = model.normalisation(self.device)  # (1, 3, 1, 1) each
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._identity: dict[str, Any] | None = None
-        if self.config.dense.resclip_sfr and not (isinstance(model, MVPSeg) and model.prompts is None
-                                                  and model.config.vit_mode == "resclip"):
+        if self.config.dense.resclip_sfr and not (self._is_template_model()
+                                                  and MODE_SPECS[model.config.vit_mode].middle_attention):
             raise ValueError("dense.resclip_sfr (ResCLIP's semantic feedback) runs with the template classifier in the "
                              "resclip mode only: choose vit_mode resclip without prompts, or turn it off")
 

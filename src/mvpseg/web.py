@@ -188,7 +188,6 @@ class PageModel:
             titles = ["templates"] if maps.shape[0] == 1 else ["global"] + [f"prompt {i}" for i in range(1, maps.shape[0])]
         else:  # a protocol scoring pixels: its class probabilities, at most the thumbnail's size
             maps, titles = _shrunk(prediction.scores)[None], ["probability"]  # (C, H, W) -> (1, C, h, w)
-        presence = prediction.output.presence if prediction.output is not None else None
         thumbnail = Image.fromarray(array)
         thumbnail.thumbnail((_THUMBNAIL, _THUMBNAIL))
         return PageResult(
@@ -196,7 +195,7 @@ class PageModel:
             labels=colorize(label_array),
             class_names=names,
             shares={name: float(count) / label_array.size for name, count in zip(names, counts.tolist())},
-            presence=None if presence is None else dict(zip(names, map(float, presence[0].cpu().tolist()))),
+            presence=None if prediction.presence is None else dict(zip(names, map(float, prediction.presence))),
             prompt_maps=PromptMaps(maps, titles, names, names[int(counts.argmax())], np.asarray(thumbnail)),
             size=(int(array.shape[0]), int(array.shape[1])),
             seconds=seconds,
