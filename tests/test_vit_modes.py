@@ -5,7 +5,6 @@ ViT-L/14 (24 blocks, width 1024) with each author's ViT-L settings."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 
@@ -39,20 +38,8 @@ def vit_b16() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def vit_b16_peaked(vit_b16: torch.nn.Module) -> torch.nn.Module:
-    """The random ViT-B/16 made more like a trained one: every block's query and key weights times 3 (attention
-    logits times 9: the largest weight of a row averages 0.46 in the penultimate block instead of 0.01), positions 15
-    times stronger (as strong as the patch embeddings, so that where they are sampled shows), and biases of
-    N(0, 0.1) instead of zeros (so that ResCLIP's tau, a factor on the attention, is not undone by ln_post)."""
-    visual = copy.deepcopy(vit_b16)
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for block in visual.transformer.resblocks:
-            width = block.attn.embed_dim
-            block.attn.in_proj_weight[: 2 * width] *= 3.0
-            for bias in (block.attn.in_proj_bias, block.attn.out_proj.bias, block.mlp.c_fc.bias, block.mlp.c_proj.bias):
-                bias.copy_(torch.randn(bias.shape, generator=generator) * 0.1)
-        visual.positional_embedding *= 15.0
-    return visual
+    """The random ViT-B/16 made more like a trained one (:func:`vit_references.peaked`)."""
+    return ref.peaked(vit_b16)
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +49,6 @@ def vit_l14() -> torch.nn.Module:
     torch.manual_seed(0)
     config = open_clip.get_model_config("ViT-L-14")
     return _build_vision_tower(config["embed_dim"], {**config["vision_cfg"], "image_size": 112}).eval()
-
-
-def _regions(count: int, size: int, seed: int = 5) -> torch.Tensor:
-    """Images of four flat regions and noise: regions give tokens similar enough for SC-CLIP's
-    aggregation (similarity >= 0.4) to act, which pure noise on random weights does not."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(count, 3, size, size, generator=generator) * 0.3
-    colours = torch.randn(count, 4, 3, 1, 1, generator=generator)
-    half = size // 2
-    images[:, :, :half, :half] += colours[:, 0]
-    images[:, :, :half, half:] += colours[:, 1]
-    images[:, :, half:, :] += colours[:, 2]
-    images[:, :, size * 60 // 224 : size * 170 // 224, size * 80 // 224 : size * 150 // 224] = colours[:, 3]
-    return images
 
 
 def _tokens(features: torch.Tensor) -> torch.Tensor:
@@ -101,7 +74,7 @@ def case(vit_b16, vit_b16_peaked):
     def make(weights: str, size: tuple[int, int]):
         if (weights, size) not in made:
             count = 2 if size == (224, 224) and weights == "random" else 1
-            images = _regions(count, max(size))[:, :, : size[0], : size[1]]
+            images = ref.regions(count, max(size))[:, :, : size[0], : size[1]]
             with torch.no_grad():
                 made[weights, size] = towers[weights], images, ref.trunk(towers[weights], images)
         return made[weights, size]
@@ -234,7 +207,7 @@ SCCLIP_SCALED = {"pre_adjust_idx": 17, "post_adjust_idx": 6, "multi_start_idx": 
 ])
 def test_vit_l_modes_match_their_authors_code_with_their_vit_l_settings(vit_l14, mode, reference, published,
                                                                          other) -> None:
-    images = _regions(1, 112, seed=6)
+    images = ref.regions(1, 112, seed=6)
     with torch.no_grad():
         ours = dense_features(vit_l14, images, vit_mode=mode)
         expected = reference(vit_l14, images, **published)

@@ -30,11 +30,45 @@ ViT-L/14 in SuleBai/SC-CLIP issue #5).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+def peaked(visual):
+    """A copy of a random ViT tower made more like a trained one: every block's query and key weights times 3
+    (attention logits times 9: the largest weight of a row averages 0.46 in the penultimate block of ViT-B/16
+    instead of 0.01), positions 15 times stronger (as strong as the patch embeddings, so that where they are
+    sampled shows), and biases of N(0, 0.1) instead of zeros (so that ResCLIP's tau, a factor on the attention, is
+    not undone by ln_post). The tests' and ``benchmarks/studies/modes_vs_authors.py``'s peaked weights."""
+    visual = copy.deepcopy(visual)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for block in visual.transformer.resblocks:
+            width = block.attn.embed_dim
+            block.attn.in_proj_weight[: 2 * width] *= 3.0
+            for bias in (block.attn.in_proj_bias, block.attn.out_proj.bias, block.mlp.c_fc.bias, block.mlp.c_proj.bias):
+                bias.copy_(torch.randn(bias.shape, generator=generator) * 0.1)
+        visual.positional_embedding *= 15.0
+    return visual
+
+
+def regions(count: int, size: int, seed: int = 5) -> torch.Tensor:
+    """Images (count, 3, size, size) of four flat regions and noise: regions give tokens similar enough for
+    SC-CLIP's aggregation (similarity >= 0.4) to act, which pure noise on random weights does not. The tests' and
+    ``benchmarks/studies/modes_vs_authors.py``'s images (cut to H x W for the other sizes)."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(count, 3, size, size, generator=generator) * 0.3
+    colours = torch.randn(count, 4, 3, 1, 1, generator=generator)
+    half = size // 2
+    images[:, :, :half, :half] += colours[:, 0]
+    images[:, :, :half, half:] += colours[:, 1]
+    images[:, :, half:, :] += colours[:, 2]
+    images[:, :, size * 60 // 224 : size * 170 // 224, size * 80 // 224 : size * 150 // 224] = colours[:, 3]
+    return images
 
 
 def interpolate_pos_encoding(visual, x: torch.Tensor, w: int, h: int) -> torch.Tensor:

@@ -26,7 +26,6 @@ default resize (``position_resize="grid"``) is from the authors' output.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import subprocess
@@ -42,7 +41,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: cpuinfo
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # the tests' test weights and images
 from cpuinfo import cpu_summary  # noqa: E402
+from vit_references import peaked, regions  # noqa: E402
 
 from mvpseg.config import DenseOptions  # noqa: E402
 from mvpseg.dense import dense_features  # noqa: E402
@@ -155,32 +156,9 @@ COMPARISONS: list[tuple[str, str, Callable[[Any, torch.Tensor], torch.Tensor], s
 ]
 
 
-def peaked(visual: torch.nn.Module) -> torch.nn.Module:
-    """As tests/test_vit_modes.py's vit_b16_peaked: q and k weights x3, biases N(0, 0.1), positions x15."""
-    visual = copy.deepcopy(visual)
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for block in visual.transformer.resblocks:
-            width = block.attn.embed_dim
-            block.attn.in_proj_weight[: 2 * width] *= 3.0
-            for bias in (block.attn.in_proj_bias, block.attn.out_proj.bias, block.mlp.c_fc.bias, block.mlp.c_proj.bias):
-                bias.copy_(torch.randn(bias.shape, generator=generator) * 0.1)
-        visual.positional_embedding *= 15.0
-    return visual
-
-
-def regions(size: tuple[int, int], seed: int = 5) -> torch.Tensor:
-    """One image (1, 3, H, W) of four flat regions and noise (tests/test_vit_modes.py's, cut to H x W)."""
-    side = max(size)
-    generator = torch.Generator().manual_seed(seed)
-    image = torch.randn(1, 3, side, side, generator=generator) * 0.3
-    colours = torch.randn(1, 4, 3, 1, 1, generator=generator)
-    half = side // 2
-    image[:, :, :half, :half] += colours[:, 0]
-    image[:, :, :half, half:] += colours[:, 1]
-    image[:, :, half:, :] += colours[:, 2]
-    image[:, :, side * 60 // 224 : side * 170 // 224, side * 80 // 224 : side * 150 // 224] = colours[:, 3]
-    return image[:, :, : size[0], : size[1]]
+def regions_at(size: tuple[int, int]) -> torch.Tensor:
+    """One image (1, 3, H, W) of four flat regions and noise, as tests/test_vit_modes.py cuts it to H x W."""
+    return regions(1, max(size))[:, :, : size[0], : size[1]]
 
 
 def compare(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float]:
@@ -212,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     for weight_name, visual in weights.items():
         theirs_towers = towers(args.scratch, visual)
         for size in SIZES:
-            images = regions(size)
+            images = regions_at(size)
             ours_cache: dict[tuple[str, str], torch.Tensor] = {}
             for repository, call, run, mode, fields in COMPARISONS:
                 if repository == "SC-CLIP-patched" and size[0] == size[1]:
