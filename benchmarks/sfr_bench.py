@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpuinfo import cpu_summary  # noqa: E402
+from common import machine, measure, median  # noqa: E402
 
 
 def main() -> None:
@@ -37,24 +36,21 @@ def main() -> None:
     from mvpseg.vocabulary import Vocabulary
 
     torch.manual_seed(0)
+    device = torch.device("cpu")
     clip = mvpseg.load_clip("ViT-B-16", pretrained=None)
     model = mvpseg.build_mvpseg(clip, vit_mode="resclip")
     image = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
-    results = {"cpu": cpu_summary(), "threads": torch.get_num_threads(), "torch": torch.__version__, "cases": []}
+    results = {"machine": machine(device), "cases": []}
     for benchmark, classes in (("voc21", 21), ("context59", 59)):
         vocabulary = Vocabulary.of([f"class {index}" for index in range(classes)])
         for sfr in (False, True):
             config = get_protocol("resclip", benchmark).inference_config(
                 resize_filter="bilinear", dense={"resclip_sfr": sfr})
-            segmenter = mvpseg.Segmenter(model, config, device="cpu")
-            segmenter.probabilities(image, vocabulary)  # warm-up (and the text embeddings, cached)
-            seconds = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                segmenter.probabilities(image, vocabulary)
-                seconds.append(time.perf_counter() - start)
+            segmenter = mvpseg.Segmenter(model, config, device=device)
+            # one warm-up (which also caches the text embeddings), then the timed runs
+            seconds = measure(partial(segmenter.probabilities, image, vocabulary), device, 1, args.repeats)
             row = {"protocol": f"resclip:{benchmark}", "classes": classes, "sfr": sfr,
-                   "seconds_median": statistics.median(seconds), "seconds_min": min(seconds)}
+                   "seconds_median": median(seconds), "seconds_min": min(seconds)}
             results["cases"].append(row)
             print(json.dumps(row), flush=True)
     if args.json:
