@@ -14,7 +14,6 @@ tipped the other way.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import tempfile
@@ -33,17 +32,11 @@ import mvpseg.inference as inference  # noqa: E402
 def gap(protocol: str, benchmark: str, image_name: str, vit_mode: str | None, pamr_steps: int, peak: float,
         seed: int) -> dict[str, Any]:
     """Both sides' cosine maps of one image under the protocol, and how they differ."""
-    stash: dict[str, list[torch.Tensor]] = {"theirs": [], "ours": []}
-    # The study's run_repository with the repository's upsampled cosines kept (the line that reads them, extended).
-    source = inspect.getsource(pva.run_repository).replace(
-        'cosines = captured["cosines"][0].float()  # (Q, H, W)',
-        'cosines = captured["cosines"][0].float(); STASH["theirs"].append(cosines.clone())')
-    namespace = dict(vars(pva), STASH=stash)
-    exec(source, namespace)  # noqa: S102 - the study's own function, one line longer
+    kept: list[torch.Tensor] = []
     scored = inference.refined_probabilities
 
     def keep(maps: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        stash["ours"].append(maps.clone())  # (1, N, H, W): mvpseg's upsampled cosines
+        kept.append(maps.clone())  # (1, N, H, W): mvpseg's upsampled cosines
         return scored(maps, *args, **kwargs)
 
     inference.refined_probabilities = keep
@@ -54,11 +47,12 @@ def gap(protocol: str, benchmark: str, image_name: str, vit_mode: str | None, pa
             pva.register_architecture(workdir)
             pva.random_weights(weights, peak, seed)
             image = pva.test_images(seed)[image_name]
-            theirs = namespace["run_repository"](protocol, benchmark, weights, [image], workdir, pamr_steps, vit_mode)
+            theirs = pva.run_repository(protocol, benchmark, weights, [image], workdir, pamr_steps, vit_mode,
+                                        keep_cosines=True)
             ours = pva.run_mvpseg(protocol, benchmark, weights, [image], workdir, pamr_steps, vit_mode)
     finally:
         inference.refined_probabilities = scored
-    difference = (stash["theirs"][0] - stash["ours"][0][0]).abs().amax(dim=0)  # (H, W): the worst name per pixel
+    difference = (theirs[0]["cosines"] - kept[0][0]).abs().amax(dim=0)  # (H, W): the worst name per pixel
     row: dict[str, Any] = {"protocol": protocol, "benchmark": benchmark, "image": image_name, "vit_mode": vit_mode,
                            "pamr_steps": pamr_steps, "peak": peak, "seed": seed,
                            "max_cosine_diff": float(difference.max()), "mean_cosine_diff": float(difference.mean()),

@@ -200,8 +200,10 @@ def _restore_open_clip(kept: dict[str, Any]) -> None:
 
 
 def run_repository(protocol: str, benchmark: str, weights: Path, images: list[np.ndarray], workdir: Path,
-                   pamr_steps: int | None, vit_mode: str | None = None) -> list[dict[str, Any]]:
-    """The repository's labels and class probabilities (before thresholds) for each image."""
+                   pamr_steps: int | None, vit_mode: str | None = None, keep_cosines: bool = False
+                   ) -> list[dict[str, Any]]:
+    """The repository's labels and class probabilities (before thresholds) for each image; with ``keep_cosines``
+    its upsampled cosines (Q, H, W) too (``protocol_gap.py``)."""
     mirror, module_name, class_name = REPOSITORIES[protocol]
     root = workdir / mirror
     if not root.exists():
@@ -249,7 +251,8 @@ def run_repository(protocol: str, benchmark: str, weights: Path, images: list[np
             classes = int(index.max()) + 1
             per_class = torch.stack([probabilities[index == c].amax(0) for c in range(classes)])  # (C, H, W)
             results.append({"labels": sample.outputs["pred_sem_seg"].data[0].cpu().numpy(),
-                            "probabilities": per_class.numpy(), "resized": tuple(inputs.shape[-2:])})
+                            "probabilities": per_class.numpy(), "resized": tuple(inputs.shape[-2:]),
+                            **({"cosines": cosines} if keep_cosines else {})})
         return results
     finally:
         while str(root) in sys.path:
