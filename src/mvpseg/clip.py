@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .config import TINY_CLIP_NAME
+from .stems import attach_stem, stem_config
 
 __all__ = ["ClipBundle", "ClipWeightsUnavailable", "load_clip", "weights_fingerprint", "default_weights", "CACHE_ENV",
            "SHIPPED_TAG", "TINY_CLIP_NAME"]
@@ -142,6 +143,23 @@ def _openai_state_dict(path: Path) -> dict[str, torch.Tensor]:
     for key in ("input_resolution", "context_length", "vocab_size"):
         state.pop(key, None)
     return state
+
+
+def _local_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """An open_clip state dict from a ``.safetensors`` file, or a ``.pt``/``.bin`` one read with ``weights_only``."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which, not a reader's traceback
+        raise ClipWeightsUnavailable(f"{path} could not be read as CLIP weights ({error.__class__.__name__}: "
+                                     f"{str(error).splitlines()[0][:160]})") from error
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ClipWeightsUnavailable(f"{path} holds no state dict of CLIP weights")
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _offline_message(name: str, pretrained: str, cause: BaseException | str) -> str:
@@ -298,6 +316,7 @@ def load_clip(
     if pretrained_str is None:
         with _logging_disabled(logging.WARNING):  # open_clip warns that no weights were loaded: asked for
             model = open_clip.create_model(name, pretrained=None, **kwargs)
+        model = attach_stem(model, name).to(device)
     elif Path(pretrained_str).expanduser().exists() or os.sep in pretrained_str or pretrained_str.endswith(
         (".pt", ".pth", ".bin", ".safetensors")
     ):
@@ -307,7 +326,12 @@ def load_clip(
                 f"CLIP weights file not found: {path}. Pass an existing OpenAI .pt or open_clip "
                 f".pt/.bin/.safetensors file with --clip-weights PATH."
             )
-        if _is_torchscript_archive(path):
+        if stem_config(name) is not None:
+            # open_clip cannot build a convolutional stem: build the tower, attach it, then load (strictly, below)
+            state_dict = _local_state_dict(path)
+            with _logging_disabled(logging.WARNING):
+                model = attach_stem(open_clip.create_model(name, pretrained=None, **kwargs), name)
+        elif _is_torchscript_archive(path):
             # OpenAI's models were trained with QuickGELU.
             state_dict = _openai_state_dict(path)
             model = open_clip.create_model(name, pretrained=None, force_quick_gelu=True, **kwargs)

@@ -71,7 +71,7 @@ def feature_stride(visual: nn.Module) -> int:
     if isinstance(visual, ModifiedResNet):
         return 32
     if isinstance(visual, VisionTransformer):
-        return int(visual.conv1.kernel_size[0])
+        return int(visual.patch_size[0])  # the linear patch embedding's kernel, or a convolutional stem's stride
     raise TypeError(_unsupported(visual))
 
 
@@ -448,7 +448,7 @@ def _vit_dense(visual: VisionTransformer, images: torch.Tensor, mode: str, optio
         sfr = None
         if feedback is not None:  # ResCLIP's SFR: the last block once without it, its segmentation steers the second
             first = _last_block(blocks[-1], x, mode, options, grid, middle_attention)
-            sfr = feedback(images, _projected(visual, visual.ln_post(first[:, 1:])), int(visual.conv1.kernel_size[0]))
+            sfr = feedback(images, _projected(visual, visual.ln_post(first[:, 1:])), feature_stride(visual))
         x = _last_block(blocks[-1], x, mode, options, grid, middle_attention, sfr)
         x = visual.ln_post(x[:, 1:])  # drop CLS: (B, h*w, W)
     x = _projected(visual, x)  # (B, h*w, D)

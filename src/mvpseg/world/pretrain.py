@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from mvpseg.files import atomic_write
+from mvpseg.stems import attach_stem
 from mvpseg.world.pool import batch_indices, caption_from_counts, draw_pool, is_stuff_twin
 from mvpseg.world.registry import get_world
 
@@ -63,7 +64,8 @@ class PretrainConfig:
     model: str = "mvpseg-tiny"  # open_clip architecture name, or the path of a model config JSON
     world: str = "patterns"  # the world of the images and captions: patterns (the first) or parts
     init: str = ""  # start from these tiny-CLIP weights (safetensors; the attention pool's positions resized)
-    init_towers: str = "all"  # what --init gives: all (the whole CLIP) or text (text tower and temperature only)
+    init_towers: str = "all"  # what --init gives: all (the whole CLIP), text (text tower and temperature only) or text+stem (also a hybrid ViT's ResNet stages, from a ResNet CLIP's)
+    freeze_stem: bool = False  # a hybrid ViT's ResNet stages (not its projection) keep their --init weights and BatchNorm statistics
     teacher: str = ""  # distil from this tiny CLIP's pooled image embedding (safetensors of --teacher-model)
     teacher_model: str = "mvpseg-tiny-parts"  # open_clip name or config JSON of --teacher
     distill_weight: float = 1.0  # weight of the distillation term, 1 - cos(student, teacher) per image
@@ -89,13 +91,14 @@ class PretrainConfig:
 
 
 def build_tiny_clip(name: str = "mvpseg-tiny") -> torch.nn.Module:
-    """A randomly initialised open_clip CLIP of a registered name or of a config JSON's path."""
+    """A randomly initialised open_clip CLIP of a registered name or of a config JSON's path (with the
+    convolutional stem :data:`mvpseg.stems.STEMS` declares for its name, if any)."""
     if name.endswith(".json"):
         open_clip.add_model_config(name)
         name = Path(name).stem
     elif name not in open_clip.list_models():
         open_clip.add_model_config(TINY_CONFIG_PATH.parent)  # the tiny CLIPs of every world
-    return open_clip.create_model(name)
+    return attach_stem(open_clip.create_model(name), name)
 
 
 def model_name(name: str) -> str:
@@ -125,6 +128,8 @@ def to_model_input(images: np.ndarray) -> torch.Tensor:
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
         if param.ndim < 2 or "logit_scale" in name or "positional_embedding" in name:
             no_decay.append(param)
         else:
@@ -161,15 +166,27 @@ def initial_state(model: torch.nn.Module, path: str | Path, towers: str = "all")
     grid, so weights pretrained at one image size start a model of another. Other shapes must match.
     With ``towers="text"`` only the text tower and the temperature come from ``path`` (every key not
     under ``visual.``); the image tower keeps ``model``'s own initialisation, which may be of another
-    kind (a ViT started beside a ResNet CLIP's text tower).
+    kind (a ViT started beside a ResNet CLIP's text tower). ``towers="text+stem"`` also gives a hybrid ViT's
+    ResNet stages (:class:`mvpseg.stems.ResNetStem`, ``visual.conv1.trunk.*``) the ResNet CLIP's own
+    (``visual.*`` of ``path``); the stem's projection and the transformer keep ``model``'s.
     """
-    if towers not in ("all", "text"):
-        raise ValueError(f"init_towers must be 'all' or 'text', not {towers!r}")
+    if towers not in ("all", "text", "text+stem"):
+        raise ValueError(f"init_towers must be 'all', 'text' or 'text+stem', not {towers!r}")
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     target = model.state_dict()
-    if towers == "text":
-        state = {k: v for k, v in state.items() if not k.startswith("visual.")}
+    if towers in ("text", "text+stem"):
+        source = state
+        state = {k: v for k, v in source.items() if not k.startswith("visual.")}
         state.update({k: v for k, v in target.items() if k.startswith("visual.")})
+        if towers == "text+stem":
+            trunk = "visual.conv1.trunk."
+            stages = [k for k in target if k.startswith(trunk)]
+            missing = ["visual." + k[len(trunk):] for k in stages if "visual." + k[len(trunk):] not in source]
+            if not stages or missing:
+                why = "the model has no ResNet stem" if not stages else "it lacks " + ", ".join(missing[:3])
+                raise ValueError(f"{path} cannot start a hybrid ViT's stem ({why}): use --init-towers text+stem with "
+                                 "a ResNet CLIP's weights and a model declared in mvpseg.stems.STEMS")
+            state.update({k: source["visual." + k[len(trunk):]] for k in stages})
     key = "visual.attnpool.positional_embedding"
     if key in state and key in target and state[key].shape != target[key].shape:
         positions = state[key]
@@ -293,6 +310,12 @@ def pretrain(config: PretrainConfig) -> Path:
     channels_last = hasattr(model.visual, "attnpool")  # ResNet towers: oneDNN convs run faster NHWC
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    stem: Any = getattr(model.visual, "conv1", None)
+    frozen = stem.trunk if config.freeze_stem and hasattr(stem, "trunk") else None
+    if config.freeze_stem and frozen is None:
+        raise ValueError("--freeze-stem needs a hybrid ViT (a model declared in mvpseg.stems.STEMS)")
+    if frozen is not None:
+        frozen.requires_grad_(False)
     images, counts, num_pairs = draw_pool(
         config.seed, config.image_size, config.pool, config.twin_fraction, config.threads, config.progress,
         config.stuff_twin_fraction, config.world,
@@ -333,6 +356,8 @@ def pretrain(config: PretrainConfig) -> Path:
     log = csv.writer(log_file)
     start = time.time() - elapsed
     model.train()
+    if frozen is not None:
+        frozen.eval()  # BatchNorm keeps the statistics it was given
     bar = tqdm(range(first_step, config.steps), desc="pretraining", unit="step", disable=not config.progress,
                initial=first_step, total=config.steps)
     # the curriculum's images: single scenes (no twins) whose only visible thing is large
