@@ -112,17 +112,18 @@ def test_demo_runs_on_the_tiny_vit_in_a_chosen_mode(tmp_path: Path) -> None:
     assert metadata["config"]["vit_mode"] == "naclip" and metadata["clip"]["name"] == "mvpseg-tiny-parts-vit"
 
 
-def test_the_shipped_tiny_vit_loads_by_name_offline() -> None:
+@pytest.mark.parametrize("name", ["mvpseg-tiny-parts-vit", "mvpseg-tiny-parts-hvit"])
+def test_the_shipped_tiny_vits_load_by_name_offline(name: str) -> None:
     from mvpseg.dense import dense_features
 
-    bundle = mvpseg.load_clip("mvpseg-tiny-parts-vit", pretrained="mvpseg")
+    bundle = mvpseg.load_clip(name, pretrained="mvpseg")
     assert bundle.pretrained == "mvpseg" and bundle.image_size == 256
-    assert (ASSETS / "mvpseg-tiny-parts-vit.safetensors").stat().st_size < 15 * 2**20
+    assert (ASSETS / f"{name}.safetensors").stat().st_size < 15 * 2**20
     features = dense_features(bundle.model, torch.zeros(1, 3, 256, 256), vit_mode="scclip")
     assert features.shape == (1, 128, 16, 16) and torch.isfinite(features).all()
 
 
-@pytest.mark.parametrize("name", ["mvpseg-tiny", "mvpseg-tiny-parts", "mvpseg-tiny-parts-vit"])
+@pytest.mark.parametrize("name", ["mvpseg-tiny", "mvpseg-tiny-parts", "mvpseg-tiny-parts-vit", "mvpseg-tiny-parts-hvit"])
 def test_every_shipped_tiny_clip_loads_by_its_name_alone(name: str, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """No --pretrained: the shipped weights, in Python and on the command line; a wrong tag lists 'mvpseg'."""
@@ -143,13 +144,14 @@ def test_every_shipped_tiny_clip_loads_by_its_name_alone(name: str, tmp_path: Pa
         mvpseg.load_clip(name, pretrained="openai")
 
 
-def test_vanilla_mode_is_the_untouched_towers_projected_patch_tokens() -> None:
+@pytest.mark.parametrize("name", ["mvpseg-tiny-parts-vit", "mvpseg-tiny-parts-hvit"])
+def test_vanilla_mode_is_the_untouched_towers_projected_patch_tokens(name: str) -> None:
     """``vanilla``: open_clip's own forward (last block as trained) gives the same patch tokens, projected."""
     import copy
 
     from mvpseg.dense import dense_features
 
-    bundle = mvpseg.load_clip("mvpseg-tiny-parts-vit", pretrained="mvpseg")
+    bundle = mvpseg.load_clip(name, pretrained="mvpseg")
     images = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     visual = copy.deepcopy(bundle.model.visual)
     visual.output_tokens = True

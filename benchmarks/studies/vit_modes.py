@@ -1,7 +1,7 @@
 """The training-free ViT dense modes in the parts world, and MVP-SEG's prompts learned over each.
 
-For every world seed and every ``vit_mode`` (mvpseg.config.VIT_MODES) of the tiny ViT CLIP
-(``mvpseg-tiny-parts-vit``, a 16x16 grid on the world's 256-px images): the template row (MaskCLIP's
+For every world seed and every ``vit_mode`` (mvpseg.config.VIT_MODES) of a tiny ViT CLIP (``--clip``; default the
+hybrid ``mvpseg-tiny-parts-hvit``, a 16x16 grid on the world's 256-px images): the template row (MaskCLIP's
 85 templates, no training) and the MVP-SEG row (K prompts + OCLoss + GPR, trained exactly as
 ``mvpseg demo --world parts`` trains its MVP-SEG row, over that mode's features; the mean of
 ``--prompt-seeds`` seeds, with their spread), mIoU(S) / mIoU(U) / hIoU, and the MVP-SEG prompts' part
@@ -9,7 +9,8 @@ views (:mod:`mvpseg.world.views`).
 
 ::
 
-    python benchmarks/studies/vit_modes.py --world-seeds 0 1 2          # benchmarks/results/vit_modes.json
+    python benchmarks/studies/vit_modes.py --world-seeds 0 1 2          # benchmarks/results/vit_modes_hvit.json
+    python benchmarks/studies/vit_modes.py --clip mvpseg-tiny-parts-vit --results benchmarks/results/vit_modes.json
     python benchmarks/studies/vit_modes.py --quick --out /tmp/vit-modes --results /tmp/vit-modes.json  # a check
 
 Each (world seed, mode) result is written as it is done (``OUT/seed-N/MODE/result.json``) and kept by
@@ -43,7 +44,7 @@ from mvpseg.world.demo import DemoSetup, demo_setup, learned_row_run, row_train_
 from mvpseg.world.registry import get_world  # noqa: E402
 
 KEYS = ("miou_seen", "miou_unseen", "hiou")
-RESULTS = Path(__file__).resolve().parent.parent / "results" / "vit_modes.json"
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "vit_modes_hvit.json"
 #: Published mIoU on CLIP ViT-B/16, no post-processing (VOC-20, Context-59), as docs/modes.md gives them.
 PUBLISHED = {"maskclip": (74.9, 26.4), "csa": (80.4, 34.2), "qq": (80.9, 35.9), "naclip": (79.7, 35.2),
              "resclip": (86.0, 36.8), "scclip": (84.3, 40.1)}
@@ -192,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", default=list(VIT_MODES), choices=VIT_MODES)
     parser.add_argument("--prompt-seeds", type=int, default=3, help="prompt-training seeds per MVP-SEG row")
-    parser.add_argument("--clip", default="mvpseg-tiny-parts-vit")
+    parser.add_argument("--clip", default="mvpseg-tiny-parts-hvit",
+                        help="the tiny ViT; mvpseg-tiny-parts-vit (linear patches) made benchmarks/results/vit_modes.json")
     parser.add_argument("--clip-weights", default="mvpseg", help="mvpseg: the shipped weights; a file; none: random")
     parser.add_argument("--out", type=Path, default=Path("runs/vit-modes"))
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON written at the end")

@@ -68,7 +68,7 @@ class ModelSource:
     :meth:`mvpseg.Segmenter.from_source` and the Ray ``SegmentBatch``: one source gives one model everywhere.
     """
 
-    clip: str | None = None  # open_clip architecture (RN50, ViT-B-16, ... or the shipped tiny CLIPs mvpseg-tiny, mvpseg-tiny-parts, mvpseg-tiny-parts-vit); default the checkpoint's, else ViT-B-16 (templates)
+    clip: str | None = None  # open_clip architecture (RN50, ViT-B-16, ... or the shipped tiny CLIPs mvpseg-tiny, mvpseg-tiny-parts, mvpseg-tiny-parts-vit, mvpseg-tiny-parts-hvit); default the checkpoint's, else ViT-B-16 (templates)
     pretrained: str | None = "auto"  # CLIP weights: an open_clip tag (openai, laion2b_s34b_b88k, ...), a local weights file, a transformers CLIPModel folder or Hub id, or none (random); auto: the checkpoint's when it names a tag, else the CLIP's own (mvpseg for the tiny CLIPs, else openai)
     prompts: str | None = None  # learned prompts: a .safetensors from mvpseg train, a model folder, or a Hugging Face Hub id org/name[@rev]; none: MaskCLIP's 85 templates
     student: str | None = None  # an MVP-SEG+ student (a .safetensors from mvpseg transfer, a model folder or a Hub id) instead of prompts

@@ -117,7 +117,7 @@ class DemoConfig:
     short_side: int = 128  # the world's image size: the scale the tiny CLIP was pretrained at, for training and evaluation
     clip: str = TINY_CLIP_NAME  # the CLIP architecture
     clip_weights: str | None = "mvpseg"  # tiny CLIP weights: mvpseg (the shipped ones), a file, or none (random)
-    vit_mode: ViTMode = "maskclip"  # ViT towers (mvpseg-tiny-parts-vit): the last block's mode of every row; ResNets ignore it
+    vit_mode: ViTMode = "maskclip"  # ViT towers (mvpseg-tiny-parts-hvit, mvpseg-tiny-parts-vit): the last block's mode of every row; ResNets ignore it
     num_workers: int = 0  # data-loading processes during training
     precision: Precision = "auto"  # numeric precision of training and inference
     overlays: int = 4  # val images drawn with their predicted labels
