@@ -273,7 +273,7 @@ def load_clip(
         name: an open_clip architecture name ("RN50", "ViT-B-16", ...) or "mvpseg-tiny".
         pretrained: an open_clip tag ("openai", "laion2b_s34b_b88k"), a local checkpoint file (OpenAI's
             TorchScript ``.pt`` archive, an open_clip ``.pt``/``.bin``/``.safetensors`` state dict), or
-            None for random weights. For the project's tiny CLIPs ("mvpseg-tiny", "mvpseg-tiny-parts-vit", ...)
+            None for random weights. For the project's tiny CLIPs ("mvpseg-tiny", "mvpseg-tiny-parts-hvit", ...)
             the tag "mvpseg" selects the weights shipped inside the package. "auto": :func:`default_weights`.
             Or a Hugging Face transformers CLIPModel checkpoint: a folder with config.json and
             model.safetensors, or a Hub id (``org/name[@revision]``, e.g. "openai/clip-vit-base-patch16");
