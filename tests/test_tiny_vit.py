@@ -89,7 +89,7 @@ def test_segment_takes_a_vit_mode(tiny_vit, tmp_path: Path) -> None:
     assert main([*common, "--onnx", str(tmp_path / "m.onnx"), "--vit-mode", "naclip", "--out", str(tmp_path / "x")]) == 2
 
 
-def test_demo_runs_on_the_tiny_vit_in_a_chosen_mode(tmp_path: Path) -> None:
+def test_demo_runs_on_the_tiny_vit_in_a_chosen_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     from mvpseg.checkpoint import read_prompt_checkpoint
@@ -103,10 +103,13 @@ def test_demo_runs_on_the_tiny_vit_in_a_chosen_mode(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--world", "parts", "--clip", "mvpseg-tiny-parts-vit", "--vit-mode", "naclip",
                  "--out", str(out), "--num-train", "6", "--num-val", "3", "--iters", "2", "--batch-size", "3",
-                 "--seeds", "1", "--student-iters", "0", "--overlays", "0", "--no-views-rows",
+                 "--seeds", "1", "--student-iters", "2", "--overlays", "0", "--no-views-rows",
                  "--clip-weights", str(weights), "--quiet"]) == 0
+    # MVP-SEG+'s student stands on a ResNet CLIP's trunk: a ViT demo says so at the start and has no such row
+    assert "no MVP-SEG+ row" in capsys.readouterr().err
     rows = {row["name"]: row for row in json.loads((out / "results.json").read_text())}
-    assert {"templates", "mvp-seg", "gpr-off"} <= set(rows)
+    assert {"templates", "mvp-seg", "gpr-off"} <= set(rows) and "mvp-seg+" not in rows
+    assert json.loads((out / "run_info.json").read_text())["student_row"] is False
     assert rows["mvp-seg"]["views"]["js"] is not None  # part views on the 16x16 grid
     _, metadata = read_prompt_checkpoint(out / "runs" / "mvp-seg" / "seed-0" / "prompts.safetensors")
     assert metadata["config"]["vit_mode"] == "naclip" and metadata["clip"]["name"] == "mvpseg-tiny-parts-vit"

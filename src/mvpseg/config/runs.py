@@ -121,7 +121,7 @@ class DemoConfig:
     num_workers: int = 0  # data-loading processes during training
     precision: Precision = "auto"  # numeric precision of training and inference
     overlays: int = 4  # val images drawn with their predicted labels
-    student_iters: int = 400  # MVP-SEG+ row: student training steps (0: no MVP-SEG+ row)
+    student_iters: int = 400  # MVP-SEG+ row: student training steps (0: no MVP-SEG+ row; a ViT CLIP has none: the student stands on the CLIP's ResNet trunk)
     student_self_train_from: int = 300  # MVP-SEG+ row: the step from which the student teaches itself
     student_batch_size: int = 16  # MVP-SEG+ row: student batch size
     student_crop_size: int = 96  # MVP-SEG+ row: random crops of the world's images

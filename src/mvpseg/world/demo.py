@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from open_clip.modified_resnet import ModifiedResNet
 from PIL import Image, ImageDraw
 
 from ..build import build_mvpseg, load_mvpseg, load_student
@@ -365,6 +367,12 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
     start = time.perf_counter()
     setup = demo_setup(config, progress)
     world_module, world, val, clip, inference = setup.module, setup.world, setup.val, setup.clip, setup.inference
+    # MVP-SEG+'s student stands on the CLIP's own ResNet trunk: a ViT CLIP has none, so it has no such row
+    student_iters = config.student_iters if isinstance(clip.model.visual, ModifiedResNet) else 0
+    if config.student_iters > 0 and student_iters == 0:
+        print(f"no MVP-SEG+ row: its student is built on the CLIP's ResNet trunk and {config.clip} is a "
+              f"{type(clip.model.visual).__name__} (mvpseg transfer --backbone resnet101 teaches a student "
+              "with another trunk)", file=sys.stderr, flush=True)
     has_parts = world_module.HAS_PARTS
     rows: list[dict[str, Any]] = []
     shown: Segmenter | None = None  # MVP-SEG of the first seed: the pictures' model
@@ -413,7 +421,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
             runs.append(run_figures(Segmenter(model, inference, device="cpu"), val, world_module, seed, views=True))
         rows.append(with_ceiling(_row("gpr-off", _LABELS["gpr-off"], runs, tic, progress)))
     student = None
-    if config.student_iters > 0:
+    if student_iters > 0:
         tic = time.perf_counter()
         label = _LABELS["mvp-seg+"]
         if progress:
@@ -428,7 +436,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
             for name, segmenter in shown_views.items():  # the same things through the view rows' prompts
                 view_figures(segmenter, val, out, world_module, count=3, prefix=_FIGURES[name])
     table = format_results(rows)
-    run_info = {"config": asdict(config), "seconds": round(time.perf_counter() - start, 1),
+    run_info = {"config": asdict(config), "seconds": round(time.perf_counter() - start, 1), "student_row": student_iters > 0,
                 "unseen": list(val.info.unseen_names), "torch_threads": torch.get_num_threads()}
     if ceiling is not None:
         run_info["view_ceiling"] = ceiling
