@@ -29,6 +29,8 @@ import torchvision
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
+from .files import read_state_dict
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "WEIGHT_FILES", "Backbone", "build_backbone", "freeze_batchnorm",
            "frozen_batchnorms"]
 
@@ -77,23 +79,11 @@ def _dilations(output_stride: int) -> tuple[bool, bool, bool]:
 
 
 def _read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file or a ``torch.save`` file (``weights_only=True``: nothing is unpickled)."""
+    """A state dict from a safetensors file or a ``torch.save`` file (:func:`mvpseg.files.read_state_dict`)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"backbone weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several kinds for a file that is not a plain state dict
-        raise ValueError(f"{path} is not a readable state dict of tensors ({type(error).__name__})") from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict")
-    return state
+    return read_state_dict(path)
 
 
 def _deep_stem() -> nn.Sequential:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .config import TINY_CLIP_NAME
+from .files import read_state_dict
 from .stems import attach_stem, stem_config
 
 __all__ = ["ClipBundle", "ClipWeightsUnavailable", "load_clip", "weights_fingerprint", "default_weights", "CACHE_ENV",
@@ -146,19 +147,12 @@ def _openai_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _local_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """An open_clip state dict from a ``.safetensors`` file, or a ``.pt``/``.bin`` one read with ``weights_only``."""
+    """An open_clip state dict from a local file (:func:`mvpseg.files.read_state_dict`), DataParallel's prefix off."""
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: say which, not a reader's traceback
-        raise ClipWeightsUnavailable(f"{path} could not be read as CLIP weights ({error.__class__.__name__}: "
-                                     f"{str(error).splitlines()[0][:160]})") from error
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise ClipWeightsUnavailable(f"{path} holds no state dict of CLIP weights")
+        state = read_state_dict(path)
+    except ValueError as error:  # a truncated or foreign file: one line naming it
+        raise ClipWeightsUnavailable(f"{error}: it could not be read as CLIP weights; pass an open_clip "
+                                     ".safetensors/.pt/.bin file") from error
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

@@ -18,8 +18,9 @@ import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write", "publish_dir", "staging_dir", "write_text"]
+__all__ = ["atomic_write", "publish_dir", "read_state_dict", "staging_dir", "write_text"]
 
 
 def _fsync(path: str | os.PathLike[str], directory: bool = False) -> None:
@@ -105,3 +106,25 @@ def publish_dir(staging: str | os.PathLike[str], final: str | os.PathLike[str]) 
     os.rename(staging, final)
     _fsync(final.parent, directory=True)
     return final
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A state dict from a safetensors file or a ``torch.save`` file (``weights_only=True``: nothing is unpickled).
+
+    A ``{"state_dict": ...}`` wrapper is opened. A ValueError naming the file when it cannot be read or holds
+    no state dict.
+    """
+    import torch  # here, not at the top: this module is imported where torch is not
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(
+            path, map_location="cpu", weights_only=True)
+    except Exception as error:  # safetensors and torch raise several kinds for a file that is not a state dict
+        raise ValueError(f"{path} is not a readable state dict of tensors ({type(error).__name__})") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    return state
