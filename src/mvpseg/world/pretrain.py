@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from mvpseg.files import atomic_write
-from mvpseg.stems import attach_stem
+from mvpseg.stems import ResNetStem, attach_stem
 from mvpseg.world.pool import batch_indices, caption_from_counts, draw_pool, is_stuff_twin
 from mvpseg.world.registry import get_world
 
@@ -310,8 +310,8 @@ def pretrain(config: PretrainConfig) -> Path:
     channels_last = hasattr(model.visual, "attnpool")  # ResNet towers: oneDNN convs run faster NHWC
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    stem: Any = getattr(model.visual, "conv1", None)
-    frozen = stem.trunk if config.freeze_stem and hasattr(stem, "trunk") else None
+    stem = getattr(model.visual, "conv1", None)
+    frozen = stem.trunk if config.freeze_stem and isinstance(stem, ResNetStem) else None
     if config.freeze_stem and frozen is None:
         raise ValueError("--freeze-stem needs a hybrid ViT (a model declared in mvpseg.stems.STEMS)")
     if frozen is not None:
